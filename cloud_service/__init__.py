@@ -1,0 +1,1 @@
+"""Cloud service (issue 4): FastAPI + Celery + SQLAlchemy."""

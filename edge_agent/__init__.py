@@ -1,0 +1,1 @@
+"""Edge agent (issue 5). Must run without torch."""

@@ -1,0 +1,46 @@
+"""One root exception for the library; subclasses say what to do."""
+
+from __future__ import annotations
+
+
+class HadmcError(Exception):
+    """Root of every error HAD-MC raises on purpose. The message is user-facing."""
+
+
+class UnknownNameError(HadmcError, KeyError):
+    """An architecture, dataset, profile or technique name that does not exist."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]) -> None:
+        self.kind, self.name, self.valid = kind, name, valid
+        super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(valid))}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class WeightsMismatchError(HadmcError):
+    """Weights that do not fit the architecture."""
+
+
+class DatasetError(HadmcError):
+    """A dataset that is missing, malformed, or of the wrong shape or labels."""
+
+
+class InputFileError(HadmcError):
+    """A file that is missing, truncated or corrupt."""
+
+
+class BudgetError(HadmcError):
+    """A constraint that cannot be met; carries the best result found."""
+
+    def __init__(self, message: str, best: object | None = None) -> None:
+        super().__init__(message)
+        self.best = best
+
+
+class ConfigError(HadmcError):
+    """An invalid technique or pipeline configuration."""
+
+
+class DeltaError(HadmcError):
+    """Base for delta and manifest failures (see hadmc_core.delta.errors)."""

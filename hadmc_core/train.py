@@ -1,0 +1,103 @@
+"""Baseline training and evaluation (used by ``hadmc train`` and the recovery stages)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hadmc_core.data import Split
+from hadmc_core.progress import ProgressFn, no_progress
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def batches(split: Split, batch_size: int, shuffle: bool, seed: int = 0,
+            limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(split)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    if limit is not None:
+        order = order[:limit]
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512,
+             device: torch.device | None = None) -> float:
+    """Top-1 accuracy in percent."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    correct = 0
+    for x, y in batches(split, batch_size, shuffle=False):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    return 100.0 * correct / max(1, len(split))
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def fit(model: nn.Module, split: Split, cfg: TrainConfig, loss_fn: LossFn = ce_loss,
+        extra_params: list[nn.Parameter] | None = None, progress: ProgressFn = no_progress,
+        stage: str = "train") -> list[float]:
+    """SGD + Nesterov with a one-cycle schedule for ``cfg.epochs`` (may be fractional).
+
+    Returns the mean loss of each tenth of training (so callers can check it fell).
+    """
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(split) / cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * per_epoch)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                pct_start=0.15)
+    step, losses, window = 0, [], []
+    epoch = 0
+    while step < total:
+        for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
+            loss = loss_fn(model, x.to(device), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            window.append(float(loss.detach()))
+            if step % max(1, total // 10) == 0 or step == total:
+                losses.append(float(np.mean(window)))
+                window = []
+            progress(stage, step, total)
+            if step >= total:
+                break
+        epoch += 1
+    model.eval()
+    return losses

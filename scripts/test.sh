@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install HAD-MC with its test dependencies into .venv and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+pip install -q torch==2.13.0            # the CPU build; satisfies every torch requirement
+pip install -q -e ".[core,cloud,dev]"
+ruff check .
+python -m pytest "$@"
