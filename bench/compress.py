@@ -1,0 +1,174 @@
+"""Compression benchmark: FP32 vs PTQ-INT8 vs L1 uniform pruning vs the HAD-MC pipeline.
+
+    python bench/compress.py            # trains the baseline once (cached), then all rows
+
+Every latency is measured here, on this CPU, with ONNX Runtime at batch 1, threads =
+cores; all rows' models are timed in the same process, round-robin, and the median of
+all runs after warm-up is reported. Accuracy is top-1 on the Fashion-MNIST test split
+(10,000 images) evaluated by ONNX Runtime on the exported file. Results go to
+bench/results/compress.json and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".hadmc-cache" / "bench"
+
+
+def baseline_weights(epochs: float) -> Path:
+    path = CACHE / "resnet18-fmnist.safetensors"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "hadmc_core.cli", "train", "--arch", "resnet18",
+                        "--stem", "small", "--data", "fashion-mnist", "--epochs", str(epochs),
+                        "--out", str(path)], check=True)
+    return path
+
+
+def ptq_default(fp32: Path, out: Path, calib) -> Path:
+    """ONNX Runtime static quantization with its default settings."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib.x[i:i + 32]} for i in range(0, 512, 32)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader())
+    return out
+
+
+def time_round_robin(paths: dict[str, Path], shape, rounds: int, runs: int) -> dict[str, float]:
+    from hadmc_core.onnx_io import session
+
+    sessions = {k: session(p) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for s in sessions.values():
+        for _ in range(10):
+            s.run(None, {"input": x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, {"input": x})
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline-epochs", type=float, default=2.0)
+    ap.add_argument("--max-accuracy-drop", type=float, default=0.5)
+    ap.add_argument("--distill-epochs", type=float, default=2.0)
+    ap.add_argument("--distill-samples", type=int, default=12000)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+
+    from hadmc_core.compress import compress
+    from hadmc_core.config import PipelineConfig
+    from hadmc_core.data import load_dataset
+    from hadmc_core.hal import detect_profile
+    from hadmc_core.models import load_model
+    from hadmc_core.onnx_io import export_onnx, onnx_accuracy
+
+    weights = baseline_weights(args.baseline_epochs)
+    data = load_dataset("fashion-mnist")
+    model, spec = load_model(weights)
+    profile = detect_profile()
+    work = CACHE / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    example = __import__("torch").from_numpy(data.val.x[:1])
+    files, walls = {}, {}
+
+    files["FP32 baseline"] = export_onnx(model, example, work / "fp32.onnx")
+    walls["FP32 baseline"] = 0.0
+    t = time.perf_counter()
+    files["PTQ-INT8 only"] = ptq_default(files["FP32 baseline"], work / "ptq.onnx", data.train)
+    walls["PTQ-INT8 only"] = time.perf_counter() - t
+
+    distill = {"epochs": args.distill_epochs, "samples": args.distill_samples}
+    l1 = PipelineConfig.from_dict({
+        "prune": {"importance": "l1", "uniform_ratio": 0.5},
+        "distill": {**distill, "alpha_kd": 0.0, "beta_feature": 0.0},
+        "quantize": {"enabled": False},
+        "constraints": {"max_accuracy_drop": 100.0}})
+    full = PipelineConfig.from_dict({
+        "distill": distill, "constraints": {"max_accuracy_drop": args.max_accuracy_drop}})
+    reports = {}
+    for name, cfg in (("L1 uniform 50% pruning", l1), ("HAD-MC full", full)):
+        t = time.perf_counter()
+        res = compress(model, spec, data, profile, work / name.split()[0], cfg,
+                       progress=_printer(name), overwrite=True)
+        walls[name] = time.perf_counter() - t
+        files[name] = res.out_dir / "model.onnx"
+        reports[name] = res.report
+
+    lat = time_round_robin(files, (1, *example.shape[1:]), rounds=5, runs=20)
+    base_acc = onnx_accuracy(files["FP32 baseline"], data.test)
+    base_size = files["FP32 baseline"].stat().st_size
+    rows = []
+    for name, path in files.items():
+        acc = onnx_accuracy(path, data.test)
+        rows.append({"row": name, "accuracy": round(acc, 2),
+                     "delta_points": round(acc - base_acc, 2),
+                     "latency_ms": round(lat[name], 3),
+                     "speedup": round(lat["FP32 baseline"] / lat[name], 2),
+                     "size_mb": round(path.stat().st_size / 1e6, 2),
+                     "compression": round(base_size / path.stat().st_size, 2),
+                     "wall_s": round(walls[name], 1)})
+    machine = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+               "profile": profile.name}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compress.json").write_text(json.dumps(
+        {"rows": rows, "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+         "hadmc_report": reports["HAD-MC full"]}, indent=2))
+    print(table(rows))
+    print(f"\nmachine: {machine}")
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| row | top-1 % | Δ points | latency ms | speedup | size MB | compression × "
+            "| pipeline wall s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['row']} | {r['accuracy']:.2f} | {r['delta_points']:+.2f} | "
+             f"{r['latency_ms']:.3f} | {r['speedup']:.2f} | {r['size_mb']:.2f} | "
+             f"{r['compression']:.2f} | {r['wall_s']:.0f} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _printer(name: str):
+    last = {"stage": None, "t": 0.0}
+
+    def fn(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if stage != last["stage"] or now - last["t"] > 30 or done == total:
+            print(f"[{name}] {stage} {done}/{total}", flush=True)
+            last.update(stage=stage, t=now)
+    return fn
+
+
+if __name__ == "__main__":
+    main()

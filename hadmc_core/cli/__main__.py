@@ -1,0 +1,3 @@
+from hadmc_core.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""Feature-aligned knowledge distillation to recover a pruned student's accuracy.
+
+Loss = (1 - a) * CE(student, y) + a * T^2 * KL(student/T || teacher/T)
+       + b * sum_stages MSE(adapter(student_feature), teacher_feature) / E[teacher^2]
+Adapters are 1x1 convolutions from the student's (pruned) channels to the teacher's,
+trained with the student and dropped afterwards. The teacher's logits and features on
+the fine-tune subset are computed once and reused by every candidate and epoch.
+Uses CUDA when available.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hadmc_core.config import DistillConfig
+from hadmc_core.data import Split
+from hadmc_core.progress import ProgressFn, no_progress
+from hadmc_core.train import TrainConfig, batches, fit, pick_device
+
+log = logging.getLogger(__name__)
+
+
+def stage_names(model: nn.Module, n: int) -> list[str]:
+    stages = model.feature_stages() if hasattr(model, "feature_stages") else []
+    return list(stages)[-n:] if n > 0 else []
+
+
+class _Features:
+    """Forward hooks that keep the latest output of the named modules."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        mods = dict(model.named_modules())
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [mods[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name: str):
+        def fn(_m: nn.Module, _i: object, o: torch.Tensor) -> None:
+            self.out[name] = o
+        return fn
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@dataclass
+class TeacherCache:
+    """Teacher outputs for a fixed subset, in float16 to halve memory."""
+
+    split: Split
+    logits: np.ndarray
+    features: dict[str, np.ndarray]
+    scale: dict[str, float]
+
+
+@torch.no_grad()
+def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
+                  progress: ProgressFn = no_progress) -> TeacherCache:
+    n = len(data) if cfg.samples is None else min(cfg.samples, len(data))
+    idx = np.random.default_rng(7).permutation(len(data))[:n]
+    subset = Split(data.x[idx], data.y[idx])
+    device = pick_device(cfg.device)
+    teacher = teacher.to(device).eval()
+    names = stage_names(teacher, cfg.feature_stages)
+    hooks = _Features(teacher, names)
+    logits, feats = [], {k: [] for k in names}
+    total = (n + 255) // 256
+    for i, (x, _y) in enumerate(batches(subset, 256, shuffle=False)):
+        logits.append(teacher(x.to(device)).float().cpu().numpy())
+        for k in names:
+            feats[k].append(hooks.out[k].half().cpu().numpy())
+        progress("teacher", i + 1, total)
+    hooks.close()
+    features = {k: np.concatenate(v) for k, v in feats.items()}
+    scale = {k: float(np.mean(np.square(v[:512].astype(np.float32)))) + 1e-8
+             for k, v in features.items()}
+    return TeacherCache(subset, np.concatenate(logits), features, scale)
+
+
+def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
+            progress: ProgressFn = no_progress, stage: str = "distill") -> list[float]:
+    """Train ``student`` in place against the cached teacher; returns the loss curve."""
+    device = pick_device(cfg.device)
+    student.to(device)
+    names = list(cache.features)
+    hooks = _Features(student, names)
+    with torch.no_grad():
+        student.eval()
+        student(torch.from_numpy(cache.split.x[:2]).to(device))
+    adapters = nn.ModuleDict({
+        k.replace(".", "_"): nn.Conv2d(hooks.out[k].shape[1], cache.features[k].shape[1], 1)
+        for k in names
+    }).to(device)
+    # The training loop batches row numbers of the subset, so cached rows line up.
+    order_x = torch.from_numpy(cache.split.x)
+    ids = Split(np.arange(len(cache.split), dtype=np.float32).reshape(-1, 1, 1, 1),
+                cache.split.y)
+    t, a, b = cfg.temperature, cfg.alpha_kd, cfg.beta_feature
+
+    def loss_fn(model: nn.Module, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r = rows.view(-1).long().cpu().numpy()
+        x = order_x[r].to(device)
+        out = model(x)
+        loss = (1 - a) * F.cross_entropy(out, y)
+        if a > 0:
+            tl = torch.from_numpy(cache.logits[r]).to(device)
+            loss = loss + a * t * t * F.kl_div(F.log_softmax(out / t, 1),
+                                               F.softmax(tl / t, 1), reduction="batchmean")
+        for k in names:
+            if b <= 0:
+                break
+            tf = torch.from_numpy(cache.features[k][r]).to(device).float()
+            sf = adapters[k.replace(".", "_")](hooks.out[k])
+            loss = loss + b * F.mse_loss(sf, tf) / cache.scale[k]
+        return loss
+
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                            weight_decay=5e-4, device=str(device))
+    try:
+        return fit(student, ids, train_cfg, loss_fn=loss_fn,
+                   extra_params=list(adapters.parameters()), progress=progress, stage=stage)
+    finally:
+        hooks.close()
+        student.cpu().eval()

@@ -1,0 +1,172 @@
+"""Structured channel pruning on Torch-Pruning's dependency graph.
+
+Importance: first-order Taylor (|w * dL/dw| summed over each coupled group, from
+calibration batches) or L1 magnitude. Every coupled group (residual adds, concats,
+depthwise convolutions) is pruned as one unit by Torch-Pruning, so shapes stay
+consistent. How many channels each group keeps is decided by ``search.allocate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from hadmc_core.config import PruneConfig
+from hadmc_core.data import Split
+from hadmc_core.hal.latency import LayerGeom
+from hadmc_core.progress import ProgressFn, no_progress
+from hadmc_core.train import batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Layer:
+    name: str
+    geom: LayerGeom
+    cin: int
+    cout: int
+
+
+@dataclass
+class Group:
+    """One coupled set of channels that is pruned together."""
+
+    root: str                    # name of the root module
+    handler: Callable            # Torch-Pruning pruning function of the root
+    channels: int
+    order: list[int]             # channel indices, least important first
+    scores: list[float]          # scores sorted ascending (same order)
+    outs: dict[str, int] = field(default_factory=dict)  # layer -> channels of its cout
+    ins: dict[str, int] = field(default_factory=dict)   # layer -> channels of its cin
+
+
+def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
+    """Conv and linear layers with their input sizes, from one forward pass."""
+    table: dict[str, Layer] = {}
+    hooks = []
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            x = inp[0]
+            if isinstance(mod, nn.Conv2d):
+                dw = mod.groups > 1 and mod.groups == mod.in_channels
+                geom = LayerGeom("dwconv" if dw else "conv", mod.kernel_size[0],
+                                 mod.stride[0], int(x.shape[2]), int(x.shape[3]))
+                table[name] = Layer(name, geom, mod.in_channels, mod.out_channels)
+            else:
+                table[name] = Layer(name, LayerGeom("linear"), mod.in_features,
+                                    mod.out_features)
+        return fn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d | nn.Linear):
+            hooks.append(mod.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(example)
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return table
+
+
+def _output_layer(model: nn.Module) -> nn.Module:
+    last = None
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            last = mod
+    if last is None:
+        raise ValueError("model has no final linear layer")
+    return last
+
+
+def _graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, list]:
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    groups = list(dg.get_all_groups(ignored_layers=[_output_layer(model)],
+                                    root_module_types=[nn.Conv2d, nn.Linear]))
+    return dg, groups
+
+
+def _accumulate_gradients(model: nn.Module, data: Split, cfg: PruneConfig,
+                          progress: ProgressFn) -> None:
+    model.eval()
+    model.zero_grad()
+    device = next(model.parameters()).device
+    limit = cfg.calib_batches * cfg.batch_size
+    for i, (x, y) in enumerate(batches(data, cfg.batch_size, True, seed=1, limit=limit)):
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        progress("sensitivity", i + 1, cfg.calib_batches)
+
+
+def analyze(model: nn.Module, data: Split, cfg: PruneConfig, example: torch.Tensor,
+            progress: ProgressFn = no_progress) -> tuple[list[Group], dict[str, Layer]]:
+    """Score every channel of every prunable group (on a copy; ``model`` is untouched)."""
+    work = copy.deepcopy(model).cpu()
+    names = {m: n for n, m in work.named_modules()}
+    if cfg.importance == "taylor":
+        _accumulate_gradients(work, data, cfg, progress)
+        imp = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    else:
+        imp = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum",
+                                                     normalizer=None)
+    _dg, raw_groups = _graph(work, example)
+    layers = layer_table(work, example)
+    groups: list[Group] = []
+    for g in raw_groups:
+        scores = imp(g)
+        if scores is None:
+            continue
+        root_dep = g[0].dep
+        order = torch.argsort(scores).tolist()
+        grp = Group(names[root_dep.target.module], root_dep.handler,
+                    len(order), order, [float(scores[i]) for i in order])
+        for dep, idxs in g:
+            mod, fn = dep.target.module, dep.handler.__name__
+            lname = names.get(mod)
+            if lname not in layers:
+                continue
+            if "out_channels" in fn or "out_features" in fn:
+                grp.outs[lname] = len(idxs)
+            elif "in_channels" in fn or "in_features" in fn:
+                grp.ins[lname] = len(idxs)
+        groups.append(grp)
+    work.zero_grad(set_to_none=True)
+    return groups, layers
+
+
+def apply(model: nn.Module, groups: list[Group], keep: dict[str, int],
+          example: torch.Tensor) -> nn.Module:
+    """Return a pruned copy of ``model`` keeping ``keep[root]`` channels of each group."""
+    pruned = copy.deepcopy(model).cpu().eval()
+    modules = dict(pruned.named_modules())
+    dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
+    for grp in groups:
+        k = keep.get(grp.root, grp.channels)
+        if k >= grp.channels:
+            continue
+        idxs = sorted(grp.order[: grp.channels - k])
+        group = dg.get_pruning_group(modules[grp.root], grp.handler, idxs=idxs)
+        if dg.check_pruning_group(group):
+            group.prune()
+        else:
+            log.warning("group %s could not be pruned; kept whole", grp.root)
+    return pruned
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of conv and linear layers at the example's batch size 1."""
+    return sum(layer.geom.macs(layer.cin, layer.cout) for layer in
+               layer_table(model, example[:1]).values())

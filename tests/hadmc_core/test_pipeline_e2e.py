@@ -1,0 +1,83 @@
+"""End to end on digits: CLI in, ONNX + report out, report checked independently."""
+
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from hadmc_core.cli import _register, app
+from hadmc_core.config import PipelineConfig
+
+_register()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def compressed(trained_digits_resnet, tmp_path_factory):
+    _model, _spec, weights = trained_digits_resnet
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = PipelineConfig.from_dict({
+        "distill": {"epochs": 4, "samples": None, "batch_size": 64},
+        "quantize": {"keep_ladder": [0, 2]}, "max_candidates": 2,
+    })
+    (root / "cfg.json").write_text(cfg.to_json())
+    t = time.perf_counter()
+    res = runner.invoke(app, ["compress", "--weights", str(weights), "--data", "digits",
+                              "--profile", "x86-avx2", "--out", str(root / "out"),
+                              "--config", str(root / "cfg.json"), "--max-accuracy-drop", "1.5",
+                              "--quiet"])
+    return res, root / "out", time.perf_counter() - t
+
+
+def test_compress_cli_finishes_quickly_with_all_outputs(compressed):
+    res, out, seconds = compressed
+    assert res.exit_code in (0, 3), res.output
+    assert seconds < 120
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.png"}
+    assert not list(out.parent.glob(".out.tmp-*")), "no temporary directory left behind"
+
+
+def test_report_matches_an_independent_evaluation(compressed, digits):
+    _res, out, _ = compressed
+    rep = json.loads((out / "report.json").read_text())
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: digits.test.x})[0]
+    acc = 100.0 * float((logits.argmax(1) == digits.test.y).mean())
+    assert rep["compressed"]["accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert rep["compressed"]["size_bytes"] == (out / "model.onnx").stat().st_size
+    for key in ("accuracy", "latency_ms", "size_bytes", "params", "macs"):
+        assert key in rep["baseline"] and key in rep["compressed"]
+    assert rep["compressed"]["params"] < rep["baseline"]["params"]
+    assert rep["compressed"]["size_bytes"] < rep["baseline"]["size_bytes"] / 4
+    assert rep["latency_model"] == "measured-onnxruntime"
+    assert rep["fusion"]["fused_conv_bn"] > 0 and rep["fusion"]["max_abs_diff"] < 1e-4
+    chosen = [c for c in rep["candidates"] if c["chosen"]]
+    assert len(chosen) == 1
+    precisions = {layer["precision"] for layer in rep["layers"]}
+    assert "int8" in precisions
+    assert set(rep["stages_seconds"]) >= {"baseline", "sensitivity", "prune", "distill",
+                                          "fuse", "quantize", "measure"}
+    assert rep["versions"]["onnxruntime"] == ort.__version__
+    if rep["constraints"]["met"]:
+        assert rep["summary"]["val_accuracy_drop_points"] <= 1.5
+    assert PipelineConfig.from_dict(rep["config"]).to_dict() == rep["config"]
+    # The ONNX graph really is quantized.
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_config_round_trips_through_json():
+    cfg = PipelineConfig.from_dict({"prune": {"min_keep": 0.2}, "distill": {"enabled": False}})
+    again = PipelineConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.prune.min_keep == 0.2 and not again.distill.enabled
+
+
+def test_report_png_is_an_image(compressed):
+    _res, out, _ = compressed
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.frombuffer((out / "report.png").read_bytes()[:8], np.uint8).size == 8
