@@ -59,15 +59,21 @@ class TeacherCache:
     scale: dict[str, float]
 
 
+def finetune_subset(data: Split, cfg: DistillConfig) -> Split:
+    """The fixed fine-tune subset (the same for every candidate)."""
+    n = len(data) if cfg.samples is None else min(cfg.samples, len(data))
+    idx = np.random.default_rng(7).permutation(len(data))[:n]
+    return Split(data.x[idx], data.y[idx])
+
+
 @torch.no_grad()
 def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
                   progress: ProgressFn = no_progress) -> TeacherCache:
-    n = len(data) if cfg.samples is None else min(cfg.samples, len(data))
-    idx = np.random.default_rng(7).permutation(len(data))[:n]
-    subset = Split(data.x[idx], data.y[idx])
+    subset = finetune_subset(data, cfg)
+    n = len(subset)
     device = pick_device(cfg.device)
     teacher = teacher.to(device).eval()
-    names = stage_names(teacher, cfg.feature_stages)
+    names = stage_names(teacher, cfg.feature_stages) if cfg.beta_feature > 0 else []
     hooks = _Features(teacher, names)
     logits, feats = [], {k: [] for k in names}
     total = (n + 255) // 256

@@ -34,6 +34,7 @@ from hadmc_core.models import ArchSpec
 from hadmc_core.onnx_io import export_onnx, measure_latency, onnx_accuracy
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.report import ModelStats
+from hadmc_core.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,12 @@ def build_student(ctx: Context, fraction: float, groups, layers, precision: str
     with ctx.stage("prune"):
         student = prune.apply(ctx.model, groups, alloc.keep, ctx.example)
     dc = ctx.cfg.distill
-    if dc.enabled:
+    if dc.enabled and dc.alpha_kd == 0 and dc.beta_feature == 0:
+        with ctx.stage("finetune"):  # plain cross-entropy: no teacher needed
+            fit(student, kd.finetune_subset(ctx.data.train, dc),
+                TrainConfig(epochs=dc.epochs, batch_size=dc.batch_size, lr=dc.lr,
+                            device=dc.device), progress=ctx.progress, stage="finetune")
+    elif dc.enabled:
         with ctx.stage("distill"):
             if ctx.teacher is None:
                 ctx.teacher = kd.cache_teacher(ctx.model, ctx.data.train, dc, ctx.progress)
@@ -156,6 +162,7 @@ def search_precision(ctx: Context, fused: nn.Module, fp32_path: Path, cid: str,
         cand = Candidate(f"{cid}-fp32", fraction, -1, st.val_accuracy, st.latency_ms,
                          st.size_bytes, st.params, st.macs, est, status="accuracy",
                          path=fp32_path)
+        cand.layers = layer_decisions(ctx, None, {}, 0, prune.layer_table(fused, ctx.example))
         ctx.candidates.append(cand)
         return cand
     rr = quantize.use_reduce_range(qc, ctx.profile)
@@ -188,10 +195,13 @@ def search_precision(ctx: Context, fused: nn.Module, fp32_path: Path, cid: str,
     return cand
 
 
-def layer_decisions(ctx: Context, ranking: quantize.Ranking, names: dict[str, str],
+def layer_decisions(ctx: Context, ranking: quantize.Ranking | None, names: dict[str, str],
                     n_keep: int, layers: dict[str, prune.Layer]) -> list[dict[str, Any]]:
+    """Per-layer channels and precision; ``ranking=None`` means nothing was quantized."""
     full = prune.layer_table(ctx.model, ctx.example)
     hp = quantize.higher_precision(ctx.profile)
+    if ranking is None:
+        ranking, names = quantize.Ranking([], {}, {}), {}
     kept = set(ranking.order[:n_keep])
     out = []
     for name, layer in layers.items():
@@ -224,6 +234,8 @@ def try_fraction(ctx: Context, fraction: float, groups, layers, precision: str
             st = stats_of(ctx, fp32_path, counts(ctx, fused.model), test=False)
         cand = Candidate(f"{cid}-fp32", fraction, -1, st.val_accuracy, st.latency_ms,
                          st.size_bytes, st.params, st.macs, est, path=fp32_path)
+        cand.layers = layer_decisions(ctx, None, {}, 0,
+                                      prune.layer_table(fused.model, ctx.example))
         ctx.candidates.append(cand)
         return cand, fused
     return search_precision(ctx, fused.model, fp32_path, cid, fraction, est), fused
