@@ -102,8 +102,9 @@ def test_onnx_initializers_are_tensors(tmp_path):
 
 def test_shape_change_and_unrelated_file_fall_back(tmp_path):
     rng = np.random.default_rng(1)
-    save_file({"w": rng.standard_normal((64, 64)).astype(np.float32)}, str(tmp_path / "a.safetensors"))
-    save_file({"w": rng.standard_normal((32, 64)).astype(np.float32)}, str(tmp_path / "b.safetensors"))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": rng.standard_normal((64, 64)).astype(np.float32)}, str(a))
+    save_file({"w": rng.standard_normal((32, 64)).astype(np.float32)}, str(b))
     data, stats = diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
     assert stats.delta_bytes <= stats.full_zstd_bytes + 4096
     (tmp_path / "p").write_bytes(data)
