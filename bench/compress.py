@@ -79,6 +79,10 @@ def main() -> None:
     ap.add_argument("--distill-samples", type=int, default=12000)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("hadmc_core.pipeline").setLevel(logging.INFO)
 
     from hadmc_core.compress import compress
     from hadmc_core.config import PipelineConfig

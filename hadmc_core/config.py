@@ -57,7 +57,8 @@ class PruneConfig(TechniqueConfig):
     min_keep: float = 0.1               # never keep fewer than this fraction per group
     uniform_ratio: float | None = None  # prune every group by this ratio (no search)
     round_to: int | None = None         # channel multiple; None = profile's
-    ladder: list[float] = field(default_factory=lambda: [0.22, 0.32, 0.45, 0.65, 1.0])
+    size_weight: float = 1.0            # weight of parameters saved vs latency saved
+    ladder: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.55, 0.75, 1.0])
 
     def validate(self) -> None:
         _check(self.importance in ("taylor", "l1"), "prune.importance: 'taylor' or 'l1'")

@@ -130,7 +130,8 @@ def build_student(ctx: Context, fraction: float, groups, layers, precision: str
     with ctx.stage("search"):
         alloc = search.allocate(groups, layers, ctx.lat, fraction, precision,
                                 round_to=pc.round_to or ctx.profile.channel_multiple,
-                                min_keep=pc.min_keep, uniform_ratio=pc.uniform_ratio)
+                                min_keep=pc.min_keep, uniform_ratio=pc.uniform_ratio,
+                                size_weight=pc.size_weight)
     with ctx.stage("prune"):
         student = prune.apply(ctx.model, groups, alloc.keep, ctx.example)
     dc = ctx.cfg.distill
@@ -164,6 +165,8 @@ def search_precision(ctx: Context, fused: nn.Module, fp32_path: Path, cid: str,
                          path=fp32_path)
         cand.layers = layer_decisions(ctx, None, {}, 0, prune.layer_table(fused, ctx.example))
         ctx.candidates.append(cand)
+        log.info("candidate %s: FP32 val accuracy %.2f (baseline %.2f): backing off",
+                 cand.id, st.val_accuracy, base.val_accuracy)
         return cand
     rr = quantize.use_reduce_range(qc, ctx.profile)
     with ctx.stage("quantize"):
@@ -187,6 +190,8 @@ def search_precision(ctx: Context, fused: nn.Module, fp32_path: Path, cid: str,
                          st.size_bytes, st.params, st.macs, est, path=path)
         cand.layers = layer_decisions(ctx, ranking, names, n_keep, layers)
         ctx.candidates.append(cand)
+        log.info("candidate %s: val accuracy %.2f, %.3f ms, %d bytes", cand.id,
+                 st.val_accuracy, st.latency_ms, st.size_bytes)
         if base.val_accuracy - st.val_accuracy <= limit:
             ctx.progress(f"quantize {cid}", len(qc.keep_ladder), len(qc.keep_ladder))
             return cand

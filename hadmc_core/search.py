@@ -62,10 +62,24 @@ def estimate_ms(lat: LatencyModel, shapes: Shapes, keep: dict[str, int],
     return total
 
 
+def params_of(shapes: Shapes, keep: dict[str, int], names: list[str] | None = None) -> int:
+    total = 0
+    for lname in names if names is not None else shapes.layers:
+        cin, cout = shapes.dims(lname, keep)
+        total += shapes.layers[lname].geom.params(cin, cout)
+    return total
+
+
 def allocate(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
              target_fraction: float, precision: str, round_to: int = 8,
-             min_keep: float = 0.1, uniform_ratio: float | None = None) -> Allocation:
-    """Channels to keep per group so the estimate is <= ``target_fraction`` of the full."""
+             min_keep: float = 0.1, uniform_ratio: float | None = None,
+             size_weight: float = 1.0) -> Allocation:
+    """Channels to keep per group so the estimate is <= ``target_fraction`` of the full.
+
+    A step's benefit is the latency it saves (fraction of the full model's) plus
+    ``size_weight`` times the parameters it saves (fraction of the full model's), so a
+    device that must also store and download the model gets a smaller one too.
+    """
     shapes = Shapes(groups, layers)
     full = {g.root: g.channels for g in groups}
     full_ms = estimate_ms(lat, shapes, full, precision)
@@ -76,6 +90,7 @@ def allocate(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
     keep = {g.root: _round(g.channels, round_to, g.channels) for g in groups}
     floor = {g.root: max(round_to, math.ceil(g.channels * min_keep)) for g in groups}
     current = estimate_ms(lat, shapes, keep, precision)
+    full_params = max(1, params_of(shapes, full))
     target = target_fraction * full_ms
     while current > target:
         best: tuple[float, str, int, float] | None = None
@@ -92,7 +107,9 @@ def allocate(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
             saved = before - estimate_ms(lat, shapes, trial, precision, names)
             if saved <= 1e-9:
                 continue
-            ratio = cost / saved
+            saved_params = params_of(shapes, keep, names) - params_of(shapes, trial, names)
+            benefit = saved / full_ms + size_weight * saved_params / full_params
+            ratio = cost / benefit
             if best is None or ratio < best[0]:
                 best = (ratio, g.root, k - step, saved)
         if best is None:

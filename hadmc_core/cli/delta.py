@@ -45,8 +45,8 @@ def manifest_cmd(
     data = signed.to_bytes()
     if output:
         output.write_bytes(data)
-        console.print(f"wrote {output}: {sum(len(s.chunks) for s in m.files[0].segments)} "
-                      f"chunks, root {m.root[:16]}")
+        console.print(f"wrote {output}: {len(m.files)} file(s), {m.n_chunks} chunks, "
+                      f"root {m.root[:16]}")
     else:
         out.print(json.dumps(json.loads(data), indent=1), highlight=False)
 
@@ -54,8 +54,12 @@ def manifest_cmd(
 @app.command("diff")
 @friendly
 def diff_cmd(
-    old: Path = typer.Argument(..., help="The version the device has."),
+    old: Path = typer.Argument(..., help="The version the device has (or its manifest, "
+                               "with --base-manifest)."),
     new: Path = typer.Argument(..., help="The version to send."),
+    base_manifest: bool = typer.Option(False, "--base-manifest",
+                                       help="OLD is the device's manifest, not the file: "
+                                       "send what it lacks by hash."),
     output: Path = typer.Option(..., "--out", "-o", help="Delta file to write."),
     sign_key: Path | None = typer.Option(None, "--sign", help="Private key to sign with."),
     model: str = typer.Option("", help="Model name (default: the new file's stem)."),
@@ -64,15 +68,22 @@ def diff_cmd(
     level: int = typer.Option(3, help="zstd level for chunk encodings."),
 ) -> None:
     """Compute a delta that turns OLD into NEW."""
-    from hadmc_core.delta import diff, load_private
+    from hadmc_core.delta import SignedManifest, diff, diff_from_manifest, load_private
 
     for p in (old, new):
         if not p.is_file():
             raise FileNotFoundError(2, "No such file", str(p))
     t = time.perf_counter()
-    data, stats = diff(old, new, load_private(sign_key) if sign_key else None, model=model,
-                       version=version, ttl_seconds=int(ttl_days * 86400), level=level)
-    tmp = output.with_name(output.name + ".tmp")
+    key = load_private(sign_key) if sign_key else None
+    ttl = int(ttl_days * 86400)
+    if base_manifest:
+        device = SignedManifest.from_bytes(old.read_bytes()).manifest
+        data, stats = diff_from_manifest(device, new, key, model=model, version=version,
+                                         ttl_seconds=ttl, level=level)
+    else:
+        data, stats = diff(old, new, key, model=model, version=version, ttl_seconds=ttl,
+                           level=level)
+    tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(output)
     note = " (fell back to the full file: the delta was not smaller)" if stats.fallback else ""
@@ -100,5 +111,5 @@ def apply_cmd(
     key = load_public(public_key) if public_key else None
     m = apply_delta(old, patch, output, public_key=key, min_version=min_version)
     signed = "signature verified" if key else "unsigned check (hashes only)"
-    out.print(f"{output}: {m.model} v{m.version}, {m.files[0].size:,} bytes, root "
+    out.print(f"{output}: {m.model} v{m.version}, {m.size:,} bytes, root "
               f"{m.root[:16]}, {signed}")

@@ -13,13 +13,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hadmc_core.delta.apply import apply_delta, read_header
+from hadmc_core.delta.apply import apply_delta
+from hadmc_core.delta.build import build_manifest, hash_file
+from hadmc_core.delta.container import Header, read_body, read_prefix
 from hadmc_core.delta.encode import DeltaStats, encode
 from hadmc_core.delta.errors import (
     BaseMismatchError,
     ChunkMismatchError,
     ExpiredError,
     FormatError,
+    KeyFileError,
     RollbackError,
     SignatureError,
     TruncatedDeltaError,
@@ -31,37 +34,43 @@ from hadmc_core.delta.keys import (
     load_public,
     sign,
 )
-from hadmc_core.delta.manifest import DEFAULT_CHUNK, Manifest, build_manifest, hash_file
+from hadmc_core.delta.manifest import DEFAULT_CHUNK, Manifest
 
 __all__ = [
     "BaseMismatchError", "ChunkMismatchError", "DEFAULT_CHUNK", "DeltaStats", "ExpiredError",
-    "FormatError", "Manifest", "RollbackError", "SignatureError", "SignedManifest",
-    "TruncatedDeltaError", "apply_delta", "build_manifest", "diff", "diff_from_manifest",
-    "generate_keys", "hash_file", "load_private", "load_public", "read_header", "sign",
+    "FormatError", "Header", "KeyFileError", "Manifest", "RollbackError", "SignatureError",
+    "SignedManifest", "TruncatedDeltaError", "apply_delta", "build_manifest", "diff",
+    "diff_from_manifest", "encode", "generate_keys", "hash_file", "load_private",
+    "load_public", "read_body", "read_prefix", "sign", "sign_manifest",
 ]
 
+TTL = 30 * 24 * 3600
 
-def _target(new: Path, private_key: Ed25519PrivateKey | None, model: str, version: int,
-            ttl_seconds: int, chunk_size: int) -> SignedManifest:
-    m = build_manifest(new, model=model, version=version, ttl_seconds=ttl_seconds,
-                       chunk_size=chunk_size)
+
+def sign_manifest(m: Manifest, private_key: Ed25519PrivateKey | None) -> SignedManifest:
+    """Sign with the key, or wrap unsigned (hashes still verified) when it is None."""
     return sign(m, private_key) if private_key is not None else SignedManifest(m)
 
 
 def diff(old: Path, new: Path, private_key: Ed25519PrivateKey | None = None,
-         model: str = "", version: int = 1, ttl_seconds: int = 30 * 24 * 3600,
+         model: str = "", version: int = 1, ttl_seconds: int = TTL,
          chunk_size: int = DEFAULT_CHUNK, level: int = 3) -> tuple[bytes, DeltaStats]:
-    """Server side: both versions known. Returns the delta container and its statistics."""
+    """Server side, both versions known: the delta container that turns OLD into NEW (and
+    their external data files, if any) and its statistics."""
     old, new = Path(old), Path(new)
-    base = build_manifest(old, chunk_size=chunk_size, names=[new.name])
-    target = _target(new, private_key, model, version, ttl_seconds, chunk_size)
-    return encode(target, new, base, old_path=old, level=level)
+    base = build_manifest(old, chunk_size=chunk_size)
+    m = build_manifest(new, model=model, version=version, ttl_seconds=ttl_seconds,
+                       chunk_size=chunk_size)
+    return encode(sign_manifest(m, private_key), new, base, old_path=old, level=level)
 
 
 def diff_from_manifest(device: Manifest, new: Path,
                        private_key: Ed25519PrivateKey | None = None, model: str = "",
-                       version: int = 1, ttl_seconds: int = 30 * 24 * 3600,
+                       version: int = 1, ttl_seconds: int = TTL,
                        level: int = 3) -> tuple[bytes, DeltaStats]:
-    """Only the device's manifest known: send what it lacks by hash."""
-    target = _target(Path(new), private_key, model, version, ttl_seconds, device.chunk_size)
-    return encode(target, Path(new), device, old_path=None, level=level)
+    """Only the device's manifest known: references for the chunks it has (by hash,
+    anywhere), compressed bytes for the rest."""
+    m = build_manifest(Path(new), model=model, version=version, ttl_seconds=ttl_seconds,
+                       chunk_size=device.chunk_size)
+    return encode(sign_manifest(m, private_key), Path(new), device, old_path=None,
+                  level=level)

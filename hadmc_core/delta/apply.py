@@ -2,186 +2,237 @@
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
 import blake3
+import numpy as np
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hadmc_core.delta import codec
+from hadmc_core.delta.build import file_entries
+from hadmc_core.delta.container import (
+    RELATIVE,
+    BaseFile,
+    Header,
+    read_body,
+    read_exact,
+    read_prefix,
+)
 from hadmc_core.delta.errors import (
     BaseMismatchError,
     ChunkMismatchError,
     FormatError,
     TruncatedDeltaError,
 )
-from hadmc_core.delta.keys import SignedManifest
-from hadmc_core.delta.manifest import MAX_MANIFEST_BYTES, Manifest, hash_file
+from hadmc_core.delta.formats import ITEMSIZE
+from hadmc_core.delta.manifest import FileHasher, Manifest, chunks, label
+from hadmc_core.delta.reader import Files, artifact_paths
 
-MAX_BLOB_SLACK = 1024  # zstd framing over a chunk's own size
-
-
-def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise TruncatedDeltaError(f"delta ends inside {what} (wanted {n} bytes, got "
-                                  f"{len(data)}); download it again")
-    return data
-
-
-def read_header(f: BinaryIO) -> tuple[SignedManifest, dict]:
-    if _read_exact(f, len(codec.MAGIC), "the magic") != codec.MAGIC:
-        raise FormatError("not a HAD-MC delta (bad magic)")
-    (n,) = struct.unpack("<I", _read_exact(f, 4, "the header length"))
-    if n > MAX_MANIFEST_BYTES:
-        raise FormatError("delta header larger than the 64 MiB cap")
-    try:
-        head = json.loads(_read_exact(f, n, "the header"))
-        target = SignedManifest(Manifest.from_dict(head["target"]["manifest"]),
-                                str(head["target"].get("signature", "")),
-                                str(head["target"].get("key_id", "")))
-        base = {"blake3": str(head["base"]["blake3"]), "size": int(head["base"]["size"])}
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise FormatError(f"delta header is malformed: {e}") from e
-    return target, base
-
-
-def _chunks(m: Manifest):
-    for seg in m.files[0].segments:
-        for i, h, start, n in seg.chunk_bounds(m.chunk_size):
-            yield f"{seg.name or '<bytes>'}#{i}", h, start, n
-
-
-def _decompress(blob: bytes, n: int, label: str) -> bytes:
-    try:
-        out = zstandard.ZstdDecompressor().decompress(blob, max_output_size=n)
-    except zstandard.ZstdError as e:
-        raise ChunkMismatchError(f"chunk {label}: payload does not decompress ({e})") from e
-    if len(out) != n:
-        raise ChunkMismatchError(f"chunk {label}: payload decodes to {len(out)} bytes, "
-                                 f"expected {n}")
-    return out
-
-
-def _rebuild(kind: int, blob: bytes, base_bytes: bytes | None, n: int, dtype: str,
-             label: str) -> bytes:
-    size = codec.ITEMSIZE.get(dtype, 1)
-    if kind == codec.RAW:
-        return _decompress(blob, n, label)
-    if kind == codec.RAWP:
-        return codec.unplanes(_decompress(blob, n, label), size, n)
-    assert base_bytes is not None
-    if kind == codec.XOR:
-        return codec.xor(codec.unplanes(_decompress(blob, n, label), size, n), base_bytes)
-    return codec.add(_decompress(blob, n, label), base_bytes)
-
-
-def _dtypes(m: Manifest) -> list[str]:
-    return [seg.dtype for seg in m.files[0].segments
-            for _ in range(len(seg.chunks))]
+BLOB_SLACK = 1024 + 4  # zstd framing (+ DICT's length prefix) over a chunk's own size
 
 
 def apply_delta(old_path: Path, delta_path: Path, out_path: Path,
                 public_key: Ed25519PublicKey | None = None, min_version: int | None = None,
                 now: float | None = None) -> Manifest:
-    """Rebuild the target file at ``out_path``; raise a DeltaError and leave it untouched
-    on any mismatch. Returns the verified target manifest."""
+    """Rebuild the target at ``out_path`` (external data files beside it) from the base at
+    ``old_path``. Raise a DeltaError and leave the outputs untouched on any failure.
+    Returns the verified target manifest."""
     old_path, out_path = Path(old_path), Path(out_path)
     with Path(delta_path).open("rb") as f:
-        target, base = read_header(f)
+        base_files, chunk_size = read_prefix(f)
+        base = _check_base(old_path, base_files, chunk_size)
+        header, ops = read_body(f, base_files, base.normalized())
         if public_key is not None:
-            target.verify(public_key)
-        m = target.manifest
+            header.target.verify(public_key)
+        m = header.target.manifest
+        if m.chunk_size != chunk_size:
+            raise FormatError("delta prefix and manifest disagree on the chunk size")
         m.check_fresh(now, min_version)
-        if len(m.files) != 1:
-            raise FormatError("a delta rebuilds exactly one file")
-        _check_base(old_path, base)
-        count = sum(len(s.chunks) for s in m.files[0].segments)
-        table = _read_exact(f, codec.OP.size, "the op table")
-        first = codec.OP.unpack(table)
-        if first[0] == codec.FULL:
-            ops = [first]
-        else:
-            table += _read_exact(f, codec.OP.size * (count - 1), "the op table") if count else b""
-            ops = [codec.OP.unpack_from(table, i * codec.OP.size) for i in range(count)]
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, old_path.open("rb") as old:
-                if ops[0][0] == codec.FULL:
-                    _write_full(f, ops[0][2], m, out)
-                else:
-                    _write_ops(f, ops, m, old, out)
-                out.flush()
-                os.fsync(out.fileno())
-            if f.read(1):
-                raise FormatError("delta has trailing bytes after its payload")
-            got = hash_file(Path(tmp)) if m.files[0].size else blake3.blake3(b"").hexdigest()
-            if got != m.files[0].blake3:
-                raise ChunkMismatchError(f"rebuilt file hash {got[:16]} differs from the "
-                                         f"manifest's {m.files[0].blake3[:16]}")
-            os.replace(tmp, out_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        outs = artifact_paths(out_path, [x.path for x in m.files])
+        with ExitStack() as stack:
+            temps = [_temp(stack, p) for p in outs]
+            try:
+                with Files(old_path, base) as files:
+                    if ops[0] == codec.FULL:
+                        _write_full(f, codec.OP.unpack(ops)[2], m, temps)
+                    else:
+                        _write_ops(f, ops, header, files, temps)
+                if f.read(1):
+                    raise FormatError("delta has trailing bytes after its payload; it is "
+                                      "corrupt: download it again")
+                for fh, _tmp in temps:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                for (_fh, tmp), p in list(zip(temps, outs, strict=True))[::-1]:
+                    os.replace(tmp, p)  # external data first, the model file last
+                _fsync_dir(out_path.parent)
+            except BaseException:
+                for _fh, tmp in temps:
+                    Path(tmp).unlink(missing_ok=True)
+                raise
     return m
 
 
-def _check_base(old_path: Path, base: dict) -> None:
-    if not old_path.is_file():
-        raise BaseMismatchError(f"base file {old_path} not found")
-    size = old_path.stat().st_size
-    if size != base["size"] or (hash_file(old_path) if size else
-                                blake3.blake3(b"").hexdigest()) != base["blake3"]:
-        raise BaseMismatchError(
-            f"{old_path} is not the version this delta was made against (expected BLAKE3 "
-            f"{base['blake3'][:16]}, {base['size']} bytes); fetch the full file instead")
+def _temp(stack: ExitStack, path: Path) -> tuple[BinaryIO, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    return stack.enter_context(os.fdopen(fd, "wb")), tmp
 
 
-def _write_ops(f: BinaryIO, ops: list, m: Manifest, old: BinaryIO, out: BinaryIO) -> None:
-    for (label, h, _start, n), (kind, off, length), dtype in zip(_chunks(m), ops, _dtypes(m),
-                                                                strict=True):
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_base(old_path: Path, base: list[BaseFile], chunk_size: int) -> Manifest:
+    """Hash every base file (chunks and whole file) and compare with what the delta was
+    made against, before any base byte is used. Returns the base manifest."""
+    paths = artifact_paths(old_path, [b.path for b in base])
+    for b, p in zip(base, paths, strict=True):
+        if not p.is_file():
+            raise BaseMismatchError(f"base file {p} not found; the delta needs it")
+        if p.stat().st_size != b.size:
+            raise BaseMismatchError(f"{p} is not the version this delta was made against "
+                                    f"({p.stat().st_size} bytes, expected {b.size}); fetch "
+                                    "the full file instead")
+    try:
+        entries = file_entries(old_path, base[0].path, chunk_size)
+    except FormatError as e:
+        raise BaseMismatchError(f"base {old_path} cannot be read: {e}") from e
+    if [e.path for e in entries] != [b.path for b in base]:
+        raise BaseMismatchError(f"base {old_path} has other files than the delta expects "
+                                f"({[b.path for b in base]}); fetch the full file instead")
+    for e, b, p in zip(entries, base, paths, strict=True):
+        if e.blake3 != b.blake3:
+            raise BaseMismatchError(
+                f"{p} is not the version this delta was made against (expected BLAKE3 "
+                f"{b.blake3[:16]}, got {e.blake3[:16]}); fetch the full file instead")
+    return Manifest("", 0, 0, 0, chunk_size, entries)
+
+
+class _Out:
+    """Writes chunks to the temp files, checking each chunk's and each file's hash."""
+
+    def __init__(self, m: Manifest, temps: list[tuple[BinaryIO, str]]) -> None:
+        self.m, self.temps = m, temps
+        self.fi, self.hasher = 0, FileHasher()
+
+    def write(self, fi: int, data: bytes, h: str, what: str) -> None:
+        digest = blake3.blake3(data).digest()
+        if digest.hex() != h:
+            raise ChunkMismatchError(f"chunk {what}: hash mismatch; the delta or the base is "
+                                     "corrupt or was mixed from another model: download the "
+                                     "delta again")
+        self._advance(fi)
+        self.hasher.update(digest, len(data))
+        self.temps[fi][0].write(data)
+
+    def _advance(self, fi: int) -> None:
+        while self.fi < fi:
+            f = self.m.files[self.fi]
+            if self.hasher.hexdigest() != f.blake3:
+                raise ChunkMismatchError(f"rebuilt file {f.path} hash differs from the signed "
+                                         "manifest's; refusing it")
+            self.fi, self.hasher = self.fi + 1, FileHasher()
+
+    def close(self) -> None:
+        self._advance(len(self.m.files))
+
+
+def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
+               temps: list[tuple[BinaryIO, str]]) -> None:
+    m, out = h.target.manifest, _Out(h.target.manifest, temps)
+    gathers: dict[int, np.ndarray] = {}
+    for j, (fi, seg, i, hsh, start, n) in enumerate(chunks(m)):
+        what = label(m, fi, seg, i)
+        kind, off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
+        if kind in RELATIVE:
+            off += base_start(m, fi) + start
         if kind not in codec.KIND_NAMES or kind == codec.FULL:
-            raise FormatError(f"chunk {label}: unknown op kind {kind}")
-        if length > n + MAX_BLOB_SLACK + n // 8:
-            raise FormatError(f"chunk {label}: payload of {length} bytes is over its cap")
-        blob = _read_exact(f, length, f"the payload of chunk {label}")
-        base_bytes = None
-        if kind in (codec.REF, codec.XOR, codec.ADD):
-            old.seek(off)
-            base_bytes = old.read(n)
-            if len(base_bytes) != n:
-                raise FormatError(f"chunk {label}: base offset {off} is past the base file")
-        data = base_bytes if kind == codec.REF else _rebuild(kind, blob, base_bytes, n,
-                                                               dtype, label)
-        assert data is not None
-        if blake3.blake3(data).hexdigest() != h:
-            raise ChunkMismatchError(f"chunk {label}: hash mismatch after "
-                                     f"{codec.KIND_NAMES[kind]} decoding; the delta or the "
-                                     "base is corrupt")
-        out.write(data)
+            raise FormatError(f"chunk {what}: unknown op kind {kind}; the delta is corrupt")
+        if length > n + n // 8 + BLOB_SLACK:
+            raise FormatError(f"chunk {what}: payload of {length} bytes is over its cap")
+        blob = read_exact(payload, length, f"the payload of chunk {what}")
+        itemsize = ITEMSIZE.get(seg.dtype, 1)
+        try:
+            if kind == codec.REF:
+                data = base.read(off, n)
+            elif kind & codec.GATHER:
+                src = _gather_base(h, gathers, base, fi, seg, off, what)
+                e0 = (start - seg.offset) // itemsize
+                ref = h.maps[off][2].gather(src, seg.shape, e0, e0 + n // itemsize)
+                data = codec.decode(kind, blob, ref, itemsize, n, what)
+            elif kind in (codec.XOR, codec.SUB):
+                data = codec.decode(kind, blob, base.read(off, n), itemsize, n, what)
+            elif kind == codec.DICT:
+                dn = int.from_bytes(blob[:4], "little")
+                if dn > codec.MAX_DICT:
+                    raise FormatError(f"chunk {what}: dictionary over its cap")
+                data = codec.decode(kind, blob, base.read(off, dn), 1, n, what)
+            else:
+                data = codec.decode(kind, blob, None, itemsize, n, what)
+        except FormatError as e:
+            if str(e).startswith("chunk"):
+                raise
+            raise FormatError(f"chunk {what}: {e}; the delta is corrupt") from e
+        out.write(fi, data, hsh, f"{what} ({codec.name(kind)})")
+    gathers.clear()
+    out.close()
 
 
-def _write_full(f: BinaryIO, length: int, m: Manifest, out: BinaryIO) -> None:
+def base_start(m: Manifest, fi: int) -> int:
+    """Where target file ``fi`` starts in the concatenated target."""
+    return sum(f.size for f in m.files[:fi])
+
+
+def _gather_base(h: Header, cache: dict[int, np.ndarray], base: Files, fi: int, seg: object,
+                 idx: int, what: str) -> np.ndarray:
+    if idx >= len(h.maps) or h.maps[idx][:2] != (fi, seg.name):  # type: ignore[attr-defined]
+        raise FormatError(f"chunk {what}: tensor map {idx} belongs to another tensor")
+    tm = h.maps[idx][2]
+    if ITEMSIZE[tm.dtype] != ITEMSIZE.get(seg.dtype, 0):  # type: ignore[attr-defined]
+        raise FormatError(f"chunk {what}: tensor map dtype differs from the tensor's")
+    if idx not in cache:
+        cache.clear()  # one base tensor view at a time
+        dt = np.dtype(codec.UINT[ITEMSIZE[tm.dtype]])
+        count = int(np.prod(tm.base_shape, dtype=np.int64))
+        cache[idx] = base.array(tm.base_offset, count, dt)
+    return cache[idx]
+
+
+def _write_full(f: BinaryIO, length: int, m: Manifest,
+                temps: list[tuple[BinaryIO, str]]) -> None:
+    out = _Out(m, temps)
     reader = zstandard.ZstdDecompressor().stream_reader(_Limited(f, length))
     try:
-        for label, h, _start, n in _chunks(m):
+        for fi, seg, i, h, _start, n in chunks(m):
+            what = label(m, fi, seg, i)
             data = reader.read(n)
             while len(data) < n:
                 more = reader.read(n - len(data))
                 if not more:
-                    raise TruncatedDeltaError(f"full payload ends before chunk {label}")
+                    raise TruncatedDeltaError(f"full payload ends before chunk {what}")
                 data += more
-            if blake3.blake3(data).hexdigest() != h:
-                raise ChunkMismatchError(f"chunk {label}: hash mismatch in the full payload")
-            out.write(data)
+            out.write(fi, data, h, f"{what} (full)")
+        if reader.read(1):
+            raise FormatError("full payload is longer than the target; the delta is corrupt")
+        out.close()
     except zstandard.ZstdError as e:
-        raise ChunkMismatchError(f"full payload does not decompress: {e}") from e
+        raise ChunkMismatchError(f"full payload does not decompress: {e}; download the "
+                                 "delta again") from e
 
 
 class _Limited:
@@ -196,6 +247,6 @@ class _Limited:
         size = self.left if size < 0 else min(size, self.left)
         data = self.f.read(size)
         if not data:
-            raise TruncatedDeltaError("delta ends inside its full payload")
+            raise TruncatedDeltaError("delta ends inside its full payload; download it again")
         self.left -= len(data)
         return data

@@ -1,14 +1,17 @@
-"""Chunk encodings shared by the encoder and the applier, and the delta container layout.
+"""Chunk encodings shared by the encoder and the applier.
 
-Container: ``MAGIC | u32 header length | header (canonical JSON) | op table | payload``.
-The op table has one 13-byte entry per chunk of the target file, in manifest order:
-``u8 kind | u64 base offset | u32 payload length``. Kinds:
+Kinds (the op table's ``u8 kind``; see docs/delta.md):
 
-- REF: copy the chunk from the base file at the offset (same hash, anywhere in the base);
-- XOR: float words XOR the base chunk at the offset, byte planes split, then zstd;
-- ADD: bytes minus the base chunk at the offset (mod 256; integer/INT8 tensors), zstd;
-- RAW: zstd of the chunk; RAWP: byte planes split, then zstd;
-- FULL (alone): the whole target file as one zstd stream (the never-bigger fallback).
+- REF: copy the chunk from the base at the offset (same hash, anywhere in the base);
+- XOR: words XOR the base words, split into byte planes, zstd (fine-tuned floats);
+- SUB: words minus the base words (wrapping), zigzag, byte planes, zstd (INT8, integers,
+  and floats whose changes carry across bytes);
+- RAW: zstd of the chunk; RAWP: byte planes, then zstd;
+- DICT: zstd with base bytes as a raw-content dictionary (headers, graph protobuf);
+- FULL (alone): every target file as one zstd stream (the never-bigger fallback).
+
+``GATHER`` (0x80) on XOR/SUB: the base words are the same-name base tensor indexed by
+per-axis channel maps (pruned or reshaped tensors); the op's offset is the map's index.
 """
 
 from __future__ import annotations
@@ -16,37 +19,126 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import zstandard
 
-MAGIC = b"HDMCDLT1"
-OP = struct.Struct("<BQI")
-REF, XOR, ADD, RAW, RAWP, FULL = 0, 1, 2, 3, 4, 9
-KIND_NAMES = {REF: "ref", XOR: "xor", ADD: "add", RAW: "raw", RAWP: "raw-planes", FULL: "full"}
-ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-            "int16": 2, "uint16": 2, "uint32": 4, "uint64": 8}
-FLOATS = {"float64", "float32", "float16", "bfloat16"}
-INTS8 = {"int8", "uint8", "bool"}
+from hadmc_core.delta.errors import ChunkMismatchError
+
+MAGIC = b"HDMCDLT2"
+OP = struct.Struct("<BqI")  # kind, base offset (signed, see container), payload length
+REF, XOR, SUB, RAW, RAWP, DICT, FULL = 0, 1, 2, 3, 4, 5, 9
+GATHER = 0x80
+KIND_NAMES = {REF: "ref", XOR: "xor", SUB: "sub", RAW: "raw", RAWP: "raw-planes",
+              DICT: "dict", FULL: "full", XOR | GATHER: "xor-gather",
+              SUB | GATHER: "sub-gather"}
+MAX_DICT = 1 << 20
+UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def name(kind: int) -> str:
+    return KIND_NAMES.get(kind, f"kind{kind}")
 
 
 def planes(data: bytes, itemsize: int) -> bytes:
     """Group byte k of every word together (the high bytes of floats compress well)."""
+    if itemsize <= 1:
+        return data
     n = len(data) // itemsize * itemsize
     arr = np.frombuffer(data, np.uint8, count=n).reshape(-1, itemsize)
     return arr.T.tobytes() + data[n:]
 
 
-def unplanes(data: bytes, itemsize: int, length: int) -> bytes:
-    n = length // itemsize * itemsize
+def unplanes(data: bytes, itemsize: int) -> bytes:
+    if itemsize <= 1:
+        return data
+    n = len(data) // itemsize * itemsize
     arr = np.frombuffer(data, np.uint8, count=n).reshape(itemsize, -1)
-    return arr.T.tobytes() + data[n:length]
+    return arr.T.tobytes() + data[n:]
+
+
+def _words(data: bytes, itemsize: int) -> tuple[np.ndarray, bytes]:
+    n = len(data) // itemsize * itemsize
+    return np.frombuffer(data, UINT[itemsize], count=n // itemsize), data[n:]
 
 
 def xor(a: bytes, b: bytes) -> bytes:
     return (np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).tobytes()
 
 
-def sub(a: bytes, b: bytes) -> bytes:
-    return (np.frombuffer(a, np.uint8) - np.frombuffer(b, np.uint8)).astype(np.uint8).tobytes()
+def sub(new: bytes, old: bytes, itemsize: int) -> bytes:
+    """Wrapping word difference, zigzagged so small changes of either sign are small."""
+    a, tail_a = _words(new, itemsize)
+    b, tail_b = _words(old, itemsize)
+    d = a - b
+    bits = 8 * itemsize - 1
+    z = (d << 1) ^ (0 - (d >> bits))  # zigzag on the two's-complement pattern
+    return z.astype(UINT[itemsize]).tobytes() + xor(tail_a, tail_b)
 
 
-def add(a: bytes, b: bytes) -> bytes:
-    return (np.frombuffer(a, np.uint8) + np.frombuffer(b, np.uint8)).astype(np.uint8).tobytes()
+def unsub(diff: bytes, old: bytes, itemsize: int) -> bytes:
+    z, tail_z = _words(diff, itemsize)
+    b, tail_b = _words(old, itemsize)
+    one = UINT[itemsize](1)
+    d = (z >> one) ^ (0 - (z & one))
+    return (b + d).astype(UINT[itemsize]).tobytes() + xor(tail_z, tail_b)
+
+
+def compress(data: bytes, level: int, dict_data: bytes | None = None) -> bytes:
+    if dict_data:
+        zd = zstandard.ZstdCompressionDict(dict_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        return zstandard.ZstdCompressor(level=level, dict_data=zd).compress(data)
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def decompress(blob: bytes, n: int, label: str, dict_data: bytes | None = None) -> bytes:
+    """Decompress exactly ``n`` bytes, never allocating more than ``n``."""
+    try:
+        declared = zstandard.frame_content_size(blob)
+        if declared not in (-1, n):
+            raise ChunkMismatchError(f"chunk {label}: payload declares {declared} bytes, the "
+                                     f"manifest {n}; the delta is corrupt: download it again")
+        zd = (zstandard.ZstdCompressionDict(dict_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+              if dict_data else None)
+        out = zstandard.ZstdDecompressor(dict_data=zd).decompress(blob, max_output_size=n)
+    except zstandard.ZstdError as e:
+        raise ChunkMismatchError(f"chunk {label}: payload does not decompress ({e}); the "
+                                 "delta is corrupt: download it again") from e
+    if len(out) != n:
+        raise ChunkMismatchError(f"chunk {label}: payload decodes to {len(out)} bytes, "
+                                 f"expected {n}; the delta is corrupt: download it again")
+    return out
+
+
+def encode(kind: int, chunk: bytes, base: bytes | None, itemsize: int, level: int) -> bytes:
+    """The payload of ``chunk`` under ``kind`` (DICT: ``base`` is the dictionary)."""
+    k = kind & ~GATHER
+    if k == RAW:
+        return compress(chunk, level)
+    if k == RAWP:
+        return compress(planes(chunk, itemsize), level)
+    assert base is not None
+    if k == XOR:
+        return compress(planes(xor(chunk, base), itemsize), level)
+    if k == SUB:
+        return compress(planes(sub(chunk, base, itemsize), itemsize), level)
+    if k == DICT:
+        return struct.pack("<I", len(base)) + compress(chunk, level, base)
+    raise ValueError(f"cannot encode kind {kind}")
+
+
+def decode(kind: int, blob: bytes, base: bytes | None, itemsize: int, n: int,
+           label: str) -> bytes:
+    """Rebuild an ``n``-byte chunk (REF is handled by the caller)."""
+    k = kind & ~GATHER
+    if k == RAW:
+        return decompress(blob, n, label)
+    if k == RAWP:
+        return unplanes(decompress(blob, n, label), itemsize)
+    if base is None or (k != DICT and len(base) != n):
+        raise ChunkMismatchError(f"chunk {label}: base bytes unavailable for {name(kind)}")
+    if k == XOR:
+        return xor(unplanes(decompress(blob, n, label), itemsize), base)
+    if k == SUB:
+        return unsub(unplanes(decompress(blob, n, label), itemsize), base, itemsize)
+    if k == DICT:
+        return decompress(blob[4:], n, label, base)
+    raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")

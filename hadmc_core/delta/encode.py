@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
-import mmap
-import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zstandard
 
 from hadmc_core.delta import codec
+from hadmc_core.delta.container import RELATIVE, BaseFile, Header
+from hadmc_core.delta.formats import ITEMSIZE
 from hadmc_core.delta.keys import SignedManifest
-from hadmc_core.delta.manifest import Manifest, canonical
+from hadmc_core.delta.manifest import Manifest, SegmentEntry, chunks
+from hadmc_core.delta.reader import Files
+from hadmc_core.delta.tensormap import TensorMap, find_map, gathered
 
 log = logging.getLogger(__name__)
+DICT_BACK = 256 * 1024  # DICT: base bytes this far before the chunk's position
 
 
 @dataclass
@@ -23,112 +28,161 @@ class DeltaStats:
     delta_bytes: int = 0
     full_zstd_bytes: int = 0
     fallback: bool = False
+    encode_s: float = 0.0
     ops: dict[str, int] = field(default_factory=dict)
     op_bytes: dict[str, int] = field(default_factory=dict)
 
-
-def _base_index(base: Manifest) -> tuple[dict[str, int], dict[str, tuple]]:
-    """Chunk hash -> offset in the base file; tensor name -> (segment) of the base."""
-    f = base.files[0]
-    by_hash: dict[str, int] = {}
-    tensors: dict[str, tuple] = {}
-    for seg in f.segments:
-        for _i, h, start, _n in seg.chunk_bounds(base.chunk_size):
-            by_hash.setdefault(h, start)
-        if seg.name:
-            tensors[seg.name] = (seg.offset, seg.length, seg.dtype, tuple(seg.shape))
-    return by_hash, tensors
+    def count(self, kind: int, nbytes: int) -> None:
+        k = codec.name(kind)
+        self.ops[k] = self.ops.get(k, 0) + 1
+        self.op_bytes[k] = self.op_bytes.get(k, 0) + nbytes
 
 
-def _choose(chunk: bytes, dtype: str, old: bytes | None, level: int
-            ) -> tuple[int, bytes]:
-    c = zstandard.ZstdCompressor(level=level)
-    best = (codec.RAW, c.compress(chunk))
-    size = codec.ITEMSIZE.get(dtype, 1)
-    if size > 1:
-        cand = c.compress(codec.planes(chunk, size))
-        if len(cand) < len(best[1]):
-            best = (codec.RAWP, cand)
-    if old is not None and len(old) == len(chunk):
-        if dtype in codec.FLOATS or size > 1:
-            cand = c.compress(codec.planes(codec.xor(chunk, old), size))
-            kind = codec.XOR
-        else:
-            cand = c.compress(codec.sub(chunk, old))
-            kind = codec.ADD
-        if len(cand) < len(best[1]):
-            best = (kind, cand)
-    return best
+class _BaseIndex:
+    """Where each chunk hash, tensor and between-tensor run sits in the concatenated base."""
+
+    def __init__(self, base: Manifest) -> None:
+        self.by_hash: dict[str, int] = {}
+        self.tensors: dict[str, tuple[int, SegmentEntry]] = {}
+        self.gaps: dict[int, list[tuple[int, int]]] = {}
+        start = 0
+        for fi, f in enumerate(base.files):
+            for seg in f.segments:
+                goff = start + seg.offset
+                for _i, h, s, _n in seg.chunk_bounds(base.chunk_size):
+                    self.by_hash.setdefault(h, start + s)
+                if seg.name:
+                    self.tensors.setdefault(seg.name, (goff, seg))
+                else:
+                    self.gaps.setdefault(fi, []).append((goff, seg.length))
+            start += f.size
+
+
+class _Encoder:
+    def __init__(self, target: SignedManifest, base: Manifest, new: Files, old: Files | None,
+                 level: int) -> None:
+        self.m, self.base, self.new, self.old, self.level = target.manifest, base, new, old, level
+        self.index = _BaseIndex(base)
+        self.maps: list[tuple[int, str, TensorMap]] = []
+        self.stats = DeltaStats(target_bytes=self.m.size)
+
+    def _tensor_base(self, fi: int, seg: SegmentEntry) -> tuple[int, object] | None:
+        """(map index or -1, base bytes source) for a tensor with a same-name base."""
+        found = self.index.tensors.get(seg.name) if seg.name else None
+        if found is None or self.old is None or seg.dtype == "bytes":
+            return None
+        goff, bseg = found
+        if bseg.dtype != seg.dtype:
+            return None
+        if bseg.shape == seg.shape:
+            return -1, goff
+        dt = np.dtype(codec.UINT[ITEMSIZE[seg.dtype]])
+        old = self.old.array(goff, bseg.length // dt.itemsize, dt).reshape(bseg.shape)
+        new = self.new.array(self.new.start(fi) + seg.offset, seg.length // dt.itemsize, dt)
+        axes = find_map(old, new.reshape(seg.shape))
+        if axes is None:
+            return None
+        self.maps.append((fi, seg.name, TensorMap(goff, list(bseg.shape), seg.dtype, axes)))
+        return len(self.maps) - 1, gathered(old, axes, tuple(seg.shape))
+
+    def _candidates(self, chunk: bytes, itemsize: int, base: bytes | None,
+                    dict_data: bytes | None) -> tuple[int, bytes]:
+        lv = self.level
+        best = (codec.RAW, codec.encode(codec.RAW, chunk, None, itemsize, lv))
+        kinds = [codec.RAWP] if itemsize > 1 else []
+        if base is not None:
+            kinds += [codec.XOR, codec.SUB]
+        for kind in kinds:
+            blob = codec.encode(kind, chunk, base, itemsize, lv)
+            if len(blob) < len(best[1]):
+                best = (kind, blob)
+        if dict_data:
+            blob = codec.encode(codec.DICT, chunk, dict_data, 1, lv)
+            if len(blob) < len(best[1]):
+                best = (codec.DICT, blob)
+        return best
+
+    def run(self) -> tuple[bytearray, bytearray]:
+        ops, payload = bytearray(), bytearray()
+        current: tuple[int, str] | None = None
+        tbase: tuple[int, object] | None = None
+        gap_ordinal: dict[int, int] = {}
+        gap: tuple[int, int] | None = None
+        for fi, seg, _i, h, start, n in chunks(self.m):
+            if current != (fi, seg.name or f"@{seg.offset}"):
+                current = (fi, seg.name or f"@{seg.offset}")
+                tbase = self._tensor_base(fi, seg)
+                gap = None
+                if not seg.name and self.old is not None:
+                    k = gap_ordinal.get(fi, 0)
+                    gap_ordinal[fi] = k + 1
+                    gaps = self.index.gaps.get(fi, [])
+                    gap = gaps[k] if k < len(gaps) else None
+            off, kind, blob = self.index.by_hash.get(h, -1), codec.REF, b""
+            if off < 0:
+                chunk = self.new.read(self.new.start(fi) + start, n)
+                itemsize = ITEMSIZE.get(seg.dtype, 1)
+                base, dict_data, off = None, None, 0
+                rel = start - seg.offset
+                if tbase is not None and tbase[0] < 0:
+                    off = tbase[1] + rel  # type: ignore[operator]
+                    base = self.old.read(off, n)  # type: ignore[union-attr]
+                elif tbase is not None:
+                    off, base = tbase[0], tbase[1][rel:rel + n]  # type: ignore[index]
+                elif gap is not None:
+                    lo = max(0, rel - DICT_BACK)
+                    dn = min(codec.MAX_DICT, gap[1] - lo)
+                    if dn > 0:
+                        off = gap[0] + lo
+                        dict_data = self.old.read(off, dn)  # type: ignore[union-attr]
+                kind, blob = self._candidates(chunk, itemsize, base, dict_data)
+                if tbase is not None and tbase[0] >= 0 and kind in (codec.XOR, codec.SUB):
+                    kind |= codec.GATHER
+                if kind in (codec.RAW, codec.RAWP):
+                    off = 0
+            if kind in RELATIVE:
+                off -= self.new.start(fi) + start
+            ops += codec.OP.pack(kind, off, len(blob))
+            payload += blob
+            self.stats.count(kind, len(blob))
+        return ops, payload
 
 
 def encode(target: SignedManifest, new_path: Path, base: Manifest,
            old_path: Path | None = None, level: int = 3) -> tuple[bytes, DeltaStats]:
-    """Delta turning the base file into the target's (first) file.
+    """Delta turning the base files into the target's files.
 
-    With ``old_path`` the old bytes are used for XOR/ADD encodings against the tensor of
-    the same name and shape; without it (device manifest only) chunks the device lacks
-    are sent compressed and the rest are references.
+    With ``old_path`` the old bytes are used for XOR/SUB encodings against the tensor of
+    the same name (gathered through a channel map when the shape changed) and DICT for
+    headers; without it (device manifest only) chunks the device lacks by hash are sent
+    compressed and the rest are references.
     """
-    tm, tf = target.manifest, target.manifest.files[0]
-    by_hash, base_tensors = _base_index(base)
-    stats = DeltaStats(target_bytes=tf.size)
-    ops, payload = bytearray(), bytearray()
-    with new_path.open("rb") as fn, _maybe_map(old_path) as old:
-        new = mmap.mmap(fn.fileno(), 0, access=mmap.ACCESS_READ) if tf.size else b""
-        try:
-            for seg in tf.segments:
-                bt = base_tensors.get(seg.name) if seg.name else None
-                same = bt is not None and bt[2] == seg.dtype and bt[3] == tuple(seg.shape)
-                for _i, h, start, n in seg.chunk_bounds(tm.chunk_size):
-                    if h in by_hash:
-                        kind, blob, off = codec.REF, b"", by_hash[h]
-                    else:
-                        chunk = bytes(new[start:start + n])
-                        off = bt[0] + (start - seg.offset) if same else 0
-                        ref = bytes(old[off:off + n]) if (same and old is not None) else None
-                        kind, blob = _choose(chunk, seg.dtype, ref, level)
-                    ops += codec.OP.pack(kind, off, len(blob))
-                    payload += blob
-                    name = codec.KIND_NAMES[kind]
-                    stats.ops[name] = stats.ops.get(name, 0) + 1
-                    stats.op_bytes[name] = stats.op_bytes.get(name, 0) + len(blob)
-            full = zstandard.ZstdCompressor(level=max(level, 3)).compress(bytes(new))
-        finally:
-            if tf.size:
-                new.close()
-    header = {"target": _signed_dict(target), "base": {"blake3": base.files[0].blake3,
-                                                        "size": base.files[0].size}}
+    t0 = time.perf_counter()
+    m = target.manifest
+    with Files(Path(new_path), m) as new, Files.maybe(old_path, base) as old:
+        enc = _Encoder(target, base, new, old, level)
+        ops, payload = enc.run()
+        full = _full(new, m, max(level, 3))
+    stats = enc.stats
     stats.full_zstd_bytes = len(full)
-    if len(ops) + len(payload) > len(full):
+    header = Header(target, [BaseFile(f.path, f.size, f.blake3) for f in base.files], enc.maps)
+    dict_bytes = base.normalized()
+    head = header.to_bytes(bytes(ops), dict_bytes)
+    full_op = codec.OP.pack(codec.FULL, 0, len(full))
+    plain = Header(target, header.base).to_bytes(full_op, dict_bytes)
+    if len(head) + len(payload) > len(plain) + len(full):
         stats.fallback = True
-        log.info("delta larger than the full compressed file; sending the file instead")
-        ops, payload = bytearray(codec.OP.pack(codec.FULL, 0, len(full))), bytearray(full)
+        log.info("delta not smaller than the full compressed target; sending it in full")
+        head, payload = plain, bytearray(full)
         stats.ops, stats.op_bytes = {"full": 1}, {"full": len(full)}
-    head = canonical(header)
-    out = codec.MAGIC + struct.pack("<I", len(head)) + head + bytes(ops) + bytes(payload)
+    out = b"".join([head, payload])
     stats.delta_bytes = len(out)
+    stats.encode_s = time.perf_counter() - t0
     return out, stats
 
 
-def _signed_dict(s: SignedManifest) -> dict:
-    return {"manifest": s.manifest.to_dict(), "signature": s.signature, "key_id": s.key_id}
-
-
-class _maybe_map:
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.fh, self.mm = path, None, None
-
-    def __enter__(self):
-        if self.path is None:
-            return None
-        self.fh = Path(self.path).open("rb")
-        if Path(self.path).stat().st_size == 0:
-            return b""
-        self.mm = mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ)
-        return self.mm
-
-    def __exit__(self, *exc: object) -> None:
-        if self.mm is not None:
-            self.mm.close()
-        if self.fh is not None:
-            self.fh.close()
+def _full(new: Files, m: Manifest, level: int) -> bytes:
+    """Every target file, concatenated, as one zstd stream."""
+    c = zstandard.ZstdCompressor(level=level).compressobj(size=m.size)
+    parts = [c.compress(new.read(new.start(fi), f.size)) for fi, f in enumerate(m.files)]
+    return b"".join([*parts, c.flush()])

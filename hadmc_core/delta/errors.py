@@ -31,3 +31,7 @@ class ChunkMismatchError(DeltaError):
 
 class TruncatedDeltaError(FormatError):
     """A delta that ends before its declared payload."""
+
+
+class KeyFileError(DeltaError):
+    """A key file that cannot be written or read."""

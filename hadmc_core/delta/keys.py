@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +11,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hadmc_core.delta.errors import FormatError, SignatureError
-from hadmc_core.delta.manifest import MAX_MANIFEST_BYTES, Manifest, canonical, hash_bytes
+from hadmc_core.delta.errors import FormatError, KeyFileError, SignatureError
+from hadmc_core.delta.manifest import MAX_MANIFEST_BYTES, Manifest, canonical, hash_bytes, loads
 
 
 def generate_keys(private_path: Path, public_path: Path | None = None) -> tuple[Path, Path]:
@@ -20,7 +20,8 @@ def generate_keys(private_path: Path, public_path: Path | None = None) -> tuple[
     private_path = Path(private_path)
     public_path = Path(public_path or private_path.with_suffix(".pub"))
     if private_path.exists():
-        raise FileExistsError(17, "refusing to overwrite an existing key", str(private_path))
+        raise KeyFileError(f"{private_path} exists; refusing to overwrite a key (choose "
+                           "another path with -o or delete the old key first)")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -47,11 +48,18 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public(path_or_pem: Path | bytes) -> Ed25519PublicKey:
+    """A public key from a PEM file, PEM bytes, or the raw 32-byte key (binary or hex)."""
     data = path_or_pem if isinstance(path_or_pem, bytes) else Path(path_or_pem).read_bytes()
+    raw = data.strip()
+    if len(raw) == 64:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            raw = bytes.fromhex(raw.decode("ascii"))
+    if len(raw) == 32 and not raw.startswith(b"-----"):
+        return Ed25519PublicKey.from_public_bytes(raw)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as e:
-        raise SignatureError(f"not a PEM public key: {e}") from e
+        raise SignatureError(f"not a PEM or raw Ed25519 public key: {e}") from e
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError("the public key is not an Ed25519 key")
     return key
@@ -67,20 +75,32 @@ class SignedManifest:
     signature: str = ""   # hex; empty when unsigned
     key_id: str = ""
 
+    def to_dict(self) -> dict:
+        return {"manifest": self.manifest.to_dict(), "signature": self.signature,
+                "key_id": self.key_id}
+
     def to_bytes(self) -> bytes:
-        return canonical({"manifest": self.manifest.to_dict(), "signature": self.signature,
-                          "key_id": self.key_id})
+        return canonical(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: object) -> SignedManifest:
+        if not isinstance(d, dict) or not isinstance(d.get("manifest"), dict):
+            raise FormatError("signed manifest is malformed: no manifest object")
+        sig, kid = d.get("signature", ""), d.get("key_id", "")
+        if not isinstance(sig, str) or not isinstance(kid, str) or len(sig) > 256:
+            raise FormatError("signed manifest is malformed: bad signature field")
+        return cls(Manifest.from_dict(d["manifest"]), sig, kid[:64])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedManifest:
+        """A signed manifest file; a bare (unsigned) manifest is accepted too."""
         if len(data) > MAX_MANIFEST_BYTES:
-            raise FormatError("signed manifest larger than the 64 MiB cap")
-        try:
-            d = json.loads(data)
-            return cls(Manifest.from_dict(d["manifest"]), str(d.get("signature", "")),
-                       str(d.get("key_id", "")))
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise FormatError(f"signed manifest is malformed: {e}") from e
+            raise FormatError(f"signed manifest larger than the {MAX_MANIFEST_BYTES >> 20} "
+                              "MiB cap")
+        d = loads(data, "signed manifest")
+        if isinstance(d, dict) and "manifest" not in d and "format" in d:
+            return cls(Manifest.from_dict(d))
+        return cls.from_dict(d)
 
     def verify(self, public: Ed25519PublicKey) -> None:
         if not self.signature:

@@ -1,33 +1,39 @@
 """Manifests: per-tensor chunk hashes of a model artifact, canonical and signed.
 
-A manifest lists each file of an artifact, the file's segments (tensors and the bytes
-between them, in file order) and, for every segment, the BLAKE3 hash of each fixed-size
-chunk. A root hash covers everything. Serialization is canonical JSON (sorted keys, no
-spaces), so the same manifest always gives the same bytes; the Ed25519 signature is over
-those bytes.
+A manifest lists each file of an artifact (the model file first, then e.g. ONNX external
+data files), the file's segments (tensors and the bytes between them, in file order) and,
+for every segment, the BLAKE3 hash of each fixed-size chunk. A root hash covers everything.
+Serialization is canonical JSON (sorted keys, no spaces), so the same manifest always gives
+the same bytes; the Ed25519 signature is over those bytes. ``build_manifest`` lives in
+``hadmc_core.delta.build``.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import blake3
 
-from hadmc_core.delta import formats
 from hadmc_core.delta.errors import ExpiredError, FormatError, RollbackError, SignatureError
+from hadmc_core.delta.formats import FORMATS, ITEMSIZE
+from hadmc_core.delta.onnxwire import safe_location
 
 FORMAT = "hadmc.manifest/1"
 DEFAULT_CHUNK = 64 * 1024
 # Hard caps: a hostile manifest cannot make a device allocate without bound.
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_FILES = 64
 MAX_FILE_SIZE = 16 * 1024**3
-MAX_CHUNKS = 4_000_000
+MAX_CHUNKS = 1 << 20
+MIN_CHUNK, MAX_CHUNK = 4 * 1024, 16 * 1024 * 1024
+MAX_DIMS = 16
+_HEX = re.compile(r"[0-9a-f]{64}\Z")
+DTYPES = set(ITEMSIZE) | {"bytes"}
 
 
 def canonical(obj: Any) -> bytes:
@@ -38,22 +44,43 @@ def hash_bytes(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def hash_file(path: Path) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    h.update_mmap(str(path))
-    return h.hexdigest()
+class FileHasher:
+    """A file's hash: BLAKE3 over its size and its chunks' BLAKE3 digests in order (a
+    two-level hash tree), so a file is read and hashed once for both levels."""
+
+    def __init__(self) -> None:
+        self._h = blake3.blake3()
+        self.size = 0
+
+    def update(self, chunk_digest: bytes, length: int) -> None:
+        self._h.update(chunk_digest)
+        self.size += length
+
+    def hexdigest(self) -> str:
+        h = self._h.copy()
+        h.update(self.size.to_bytes(8, "little"))
+        return h.hexdigest()
+
+
+def loads(data: bytes | str, what: str) -> Any:
+    """``json.loads`` whose every failure is a FormatError (deep nesting included)."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise FormatError(f"{what} is not valid JSON: {str(e)[:200]}") from e
 
 
 @dataclass
 class SegmentEntry:
-    name: str
+    name: str            # tensor name; "" for bytes between tensors (headers, graph)
     offset: int
     length: int
     dtype: str
     shape: list[int]
     chunks: list[str]
 
-    def chunk_bounds(self, chunk_size: int):
+    def chunk_bounds(self, chunk_size: int) -> Iterator[tuple[int, str, int, int]]:
+        """(index, hash, file offset, length) of each chunk."""
         for i, h in enumerate(self.chunks):
             start = self.offset + i * chunk_size
             yield i, h, start, min(chunk_size, self.offset + self.length - start)
@@ -99,11 +126,20 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return canonical(self.to_dict())
 
-    def file(self, path: str) -> FileEntry:
-        for f in self.files:
-            if f.path == path:
-                return f
-        raise FormatError(f"manifest has no file {path!r}")
+    def normalized(self) -> bytes:
+        """Canonical bytes without version, times, name or root: what a device recomputes
+        from its files alone (the zstd dictionary of a delta's header)."""
+        body = self.body()
+        body.update(model="", version=0, created=0, expires=0, extra={})
+        return canonical(body)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(len(s.chunks) for f in self.files for s in f.segments)
 
     def check_fresh(self, now: float | None = None, min_version: int | None = None) -> None:
         now = time.time() if now is None else now
@@ -119,58 +155,108 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
         try:
-            if d.get("format") != FORMAT:
-                raise FormatError(f"not a {FORMAT} manifest")
-            files = d["files"]
-            if not isinstance(files, list) or len(files) > MAX_FILES:
-                raise FormatError(f"manifest must list 1..{MAX_FILES} files")
-            total = 0
-            entries = []
-            for f in files:
-                size = int(f["size"])
-                if not 0 <= size <= MAX_FILE_SIZE:
-                    raise FormatError(f"file size {size} out of range")
-                segs = []
-                for s in f["segments"]:
-                    chunks = [str(c) for c in s["chunks"]]
-                    total += len(chunks)
-                    segs.append(SegmentEntry(str(s["name"]), int(s["offset"]), int(s["length"]),
-                                             str(s["dtype"]), [int(x) for x in s["shape"]],
-                                             chunks))
-                entries.append(FileEntry(str(f["path"]), str(f["format"]), size,
-                                         str(f["blake3"]), segs))
-            if total > MAX_CHUNKS:
-                raise FormatError(f"manifest lists {total} chunks, over the cap {MAX_CHUNKS}")
-            m = cls(str(d["model"]), int(d["version"]), int(d["created"]), int(d["expires"]),
-                    int(d["chunk_size"]), entries, str(d["root"]), dict(d.get("extra") or {}))
+            m = _parse(d)
         except FormatError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise FormatError(f"manifest is malformed ({type(e).__name__}: {e})") from e
-        if not 0 < m.chunk_size <= 64 * 1024 * 1024:
-            raise FormatError("manifest chunk_size out of range")
-        _check_layout(m)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise FormatError(f"manifest is malformed ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from e
+        validate(m)
         if m.compute_root() != m.root:
-            raise SignatureError("manifest root hash does not match its content")
+            raise SignatureError("manifest root hash does not match its content; the "
+                                 "manifest was altered: fetch it again")
         return m
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
-            raise FormatError("manifest larger than the 64 MiB cap")
-        try:
-            return cls.from_dict(json.loads(data))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FormatError(f"manifest is not JSON: {e}") from e
+            raise FormatError(f"manifest larger than the {MAX_MANIFEST_BYTES >> 20} MiB cap")
+        return cls.from_dict(loads(data, "manifest"))
 
 
-def _check_layout(m: Manifest) -> None:
-    """Segments must tile each file exactly and chunk counts must fit their lengths."""
-    for f in m.files:
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise FormatError(f"manifest {what} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _str(v: Any, what: str, limit: int = 4096) -> str:
+    if not isinstance(v, str) or len(v) > limit:
+        raise FormatError(f"manifest {what} must be a string of at most {limit} characters")
+    return v
+
+
+def _chunk_size(v: Any) -> int:
+    n = _int(v, "chunk_size", MIN_CHUNK, MAX_CHUNK)
+    if n % 8:
+        raise FormatError("manifest chunk_size must be a multiple of 8 bytes")
+    return n
+
+
+def _parse(d: Any) -> Manifest:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise FormatError(f"not a {FORMAT} manifest")
+    files = d["files"]
+    if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES:
+        raise FormatError(f"manifest must list 1..{MAX_FILES} files")
+    total, entries = 0, []
+    for f in files:
+        segs = []
+        for s in f["segments"]:
+            chunks = s["chunks"]
+            total += len(chunks)
+            if total > MAX_CHUNKS:
+                raise FormatError(f"manifest lists more than {MAX_CHUNKS} chunks (the cap)")
+            if not all(isinstance(c, str) and _HEX.match(c) for c in chunks):
+                raise FormatError("manifest chunk hashes must be 64 lowercase hex digits")
+            shape = s["shape"]
+            if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+                raise FormatError(f"manifest shape must be a list of at most {MAX_DIMS} dims")
+            segs.append(SegmentEntry(_str(s["name"], "tensor name"),
+                                     _int(s["offset"], "offset", 0, MAX_FILE_SIZE),
+                                     _int(s["length"], "length", 0, MAX_FILE_SIZE),
+                                     _str(s["dtype"], "dtype", 16),
+                                     [_int(x, "dim", 0, MAX_FILE_SIZE) for x in shape],
+                                     list(chunks)))
+        entries.append(FileEntry(_str(f["path"], "path", 255), _str(f["format"], "format"),
+                                 _int(f["size"], "file size", 0, MAX_FILE_SIZE),
+                                 _str(f["blake3"], "file hash"), segs))
+    extra = d.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise FormatError("manifest extra must be an object")
+    return Manifest(_str(d["model"], "model"), _int(d["version"], "version", 0, 2**63 - 1),
+                    _int(d["created"], "created", 0, 2**63 - 1),
+                    _int(d["expires"], "expires", 0, 2**63 - 1),
+                    _chunk_size(d["chunk_size"]), entries,
+                    _str(d["root"], "root"), extra)
+
+
+def validate(m: Manifest) -> None:
+    """Paths, formats, dtypes and hashes are sane; segments tile each file exactly."""
+    seen: set[str] = set()
+    for i, f in enumerate(m.files):
+        if i == 0 and ("/" in f.path or f.path in ("", ".", "..")):
+            raise FormatError(f"manifest main file name {f.path!r} must be a plain file name")
+        if i > 0:
+            safe_location(f.path)
+        if f.path in seen:
+            raise FormatError(f"manifest lists {f.path!r} twice")
+        seen.add(f.path)
+        if f.format not in FORMATS or not _HEX.match(f.blake3):
+            raise FormatError(f"{f.path}: unknown format {f.format!r} or bad file hash")
         pos = 0
         for s in f.segments:
-            if s.offset != pos or s.length < 0:
+            if s.offset != pos or s.length == 0:
                 raise FormatError(f"{f.path}: segment {s.name!r} does not follow the previous")
+            if s.dtype not in DTYPES:
+                raise FormatError(f"{f.path}: tensor {s.name!r} has unknown dtype {s.dtype!r}")
+            if s.dtype != "bytes":
+                count = 1
+                for d in s.shape:
+                    count *= d
+                if count * ITEMSIZE[s.dtype] != s.length:
+                    raise FormatError(f"{f.path}: tensor {s.name!r} shape {s.shape} does not "
+                                      f"match its {s.length} bytes")
             expected = -(-s.length // m.chunk_size)
             if len(s.chunks) != expected:
                 raise FormatError(f"{f.path}: segment {s.name!r} lists {len(s.chunks)} chunks, "
@@ -180,40 +266,15 @@ def _check_layout(m: Manifest) -> None:
             raise FormatError(f"{f.path}: segments cover {pos} bytes of {f.size}")
 
 
-def _file_entry(path: Path, name: str, chunk_size: int) -> FileEntry:
-    size = path.stat().st_size
-    fmt = formats.detect_format(name, b"")
-    with path.open("rb") as fh:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        try:
-            view = memoryview(mm)
-            try:
-                segs = formats.segments(fmt, view)
-            except FormatError:
-                fmt, segs = "raw", formats.segments("raw", view)
-            entries = []
-            for s in segs:
-                chunks = [hash_bytes(view[o:o + min(chunk_size, s.offset + s.length - o)])
-                          for o in range(s.offset, s.offset + s.length, chunk_size)]
-                entries.append(SegmentEntry(s.name, s.offset, s.length, s.dtype,
-                                            list(s.shape), chunks))
-            view.release()
-        finally:
-            if size:
-                mm.close()
-    return FileEntry(name, fmt, size, hash_file(path), entries)
+def chunks(m: Manifest) -> Iterator[tuple[int, SegmentEntry, int, str, int, int]]:
+    """Every chunk in order: (file index, segment, chunk index, hash, offset, length)."""
+    for fi, f in enumerate(m.files):
+        for seg in f.segments:
+            for i, h, start, n in seg.chunk_bounds(m.chunk_size):
+                yield fi, seg, i, h, start, n
 
 
-def build_manifest(paths: list[Path] | Path, model: str = "", version: int = 1,
-                   ttl_seconds: int = 30 * 24 * 3600, chunk_size: int = DEFAULT_CHUNK,
-                   names: list[str] | None = None, now: int | None = None) -> Manifest:
-    """Hash the files of an artifact into a manifest (not yet signed)."""
-    paths = [paths] if isinstance(paths, Path | str) else list(paths)
-    paths = [Path(p) for p in paths]
-    names = names or [p.name for p in paths]
-    created = int(time.time()) if now is None else now
-    files = [_file_entry(p, n, chunk_size) for p, n in zip(paths, names, strict=True)]
-    m = Manifest(model or paths[0].stem, version, created,
-                 created + ttl_seconds if ttl_seconds else 0, chunk_size, files)
-    m.root = m.compute_root()
-    return m
+def label(m: Manifest, fi: int, seg: SegmentEntry, i: int) -> str:
+    """How errors name a chunk: ``[file:]tensor#index``, ``<bytes@offset>#index``."""
+    name = seg.name or f"<bytes@{seg.offset}>"
+    return f"{m.files[fi].path + ':' if fi else ''}{name}#{i}"

@@ -1,0 +1,112 @@
+"""Hash the files of a model artifact into a manifest (one read pass per file)."""
+
+from __future__ import annotations
+
+import mmap
+import time
+from pathlib import Path
+
+import blake3
+
+from hadmc_core.delta import formats
+from hadmc_core.delta.errors import FormatError
+from hadmc_core.delta.formats import Segment
+from hadmc_core.delta.manifest import (
+    DEFAULT_CHUNK,
+    MAX_FILE_SIZE,
+    FileEntry,
+    FileHasher,
+    Manifest,
+    SegmentEntry,
+    _chunk_size,
+    validate,
+)
+from hadmc_core.delta.onnxwire import onnx_tensors
+
+
+def hash_file(path: Path) -> str:
+    """Plain BLAKE3 of a file's bytes (as ``b3sum``; manifests use ``FileHasher``)."""
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if Path(path).stat().st_size:
+        h.update_mmap(str(path))
+    return h.hexdigest()
+
+
+def _layout(path: Path, name: str) -> tuple[str, list[Segment], dict[str, list[Segment]]]:
+    """Format, segments of the file, and tensor segments of its external data files."""
+    size = path.stat().st_size
+    if size > MAX_FILE_SIZE:
+        raise FormatError(f"{path} is larger than the {MAX_FILE_SIZE >> 30} GiB cap")
+    fmt = formats.detect_format(name, b"")
+    if fmt == "raw" or size == 0:
+        return "raw", formats.raw_segments(size), {}
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            if fmt == "safetensors":
+                return fmt, formats.safetensors_segments(view), {}
+            inside, external = onnx_tensors(view)
+            return fmt, formats.fill(inside, size), external
+        except FormatError:
+            return "raw", formats.raw_segments(size), {}
+        finally:
+            view.release()
+
+
+def _hash_entry(path: Path, name: str, fmt: str, segs: list[Segment],
+                chunk_size: int) -> FileEntry:
+    """Hash every chunk and the whole file in one sequential read."""
+    whole = FileHasher()
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    entries = []
+    with path.open("rb", buffering=0) as fh:
+        for s in segs:
+            hashes = []
+            for o in range(s.offset, s.offset + s.length, chunk_size):
+                n = min(chunk_size, s.offset + s.length - o)
+                got = fh.readinto(view[:n])
+                if got != n:
+                    raise FormatError(f"{path} changed while it was being hashed")
+                digest = blake3.blake3(view[:n]).digest()
+                whole.update(digest, n)
+                hashes.append(digest.hex())
+            entries.append(SegmentEntry(s.name, s.offset, s.length, s.dtype, list(s.shape),
+                                        hashes))
+    return FileEntry(name, fmt, sum(s.length for s in segs), whole.hexdigest(), entries)
+
+
+def file_entries(path: Path, name: str, chunk_size: int) -> list[FileEntry]:
+    """The model file and, for ONNX with external data, its data files."""
+    fmt, segs, external = _layout(path, name)
+    out = [_hash_entry(path, name, fmt, segs, chunk_size)]
+    for loc, tensors in external.items():
+        data = path.parent / loc
+        if not data.is_file():
+            raise FormatError(f"external data file {loc!r} of {path} is missing; keep it "
+                              "next to the model")
+        size = data.stat().st_size
+        try:
+            dsegs, dfmt = formats.fill(tensors, size), "onnx-external"
+        except FormatError:
+            dsegs, dfmt = formats.raw_segments(size), "raw"
+        out.append(_hash_entry(data, loc, dfmt, dsegs, chunk_size))
+    return out
+
+
+def build_manifest(path: Path, model: str = "", version: int = 1,
+                   ttl_seconds: int = 30 * 24 * 3600, chunk_size: int = DEFAULT_CHUNK,
+                   name: str | None = None, now: int | None = None) -> Manifest:
+    """Hash a model file (and its external data files) into an unsigned manifest.
+
+    ``name`` is the file name recorded for the model file (default: its own name).
+    """
+    path = Path(path)
+    _chunk_size(chunk_size)
+    created = int(time.time()) if now is None else now
+    files = file_entries(path, name or path.name, chunk_size)
+    m = Manifest(model or path.stem, version, created,
+                 created + ttl_seconds if ttl_seconds else 0, chunk_size, files)
+    validate(m)
+    m.root = m.compute_root()
+    return m

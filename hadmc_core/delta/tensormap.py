@@ -1,0 +1,108 @@
+"""Channel maps between a base tensor and a reshaped (pruned) target tensor of the same name.
+
+Structured pruning keeps a subset of channels along some axes, so the target tensor is
+close to ``base[np.ix_(axis0, axis1, ...)]``. The encoder finds those per-axis index lists
+by matching word values; the map travels in the delta header, and the chunk payload is
+the XOR/SUB residual against the gathered base, so any mapping is exact (a bad one only
+costs bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hadmc_core.delta.codec import UINT
+from hadmc_core.delta.errors import FormatError
+from hadmc_core.delta.formats import ITEMSIZE
+
+MAX_MAP_ENTRIES = 1 << 22  # summed over a delta's maps
+
+
+@dataclass
+class TensorMap:
+    base_offset: int            # global offset of the base tensor in the concatenated base
+    base_shape: list[int]
+    dtype: str
+    axes: list[list[int] | None]  # per axis: base index of each target index (None: same)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_offset": self.base_offset, "base_shape": self.base_shape,
+                "dtype": self.dtype, "axes": self.axes}
+
+    @classmethod
+    def from_dict(cls, d: Any, target_shape: list[int], base_size: int) -> TensorMap:
+        """Parse and check a map against the target tensor's shape and the base's size."""
+        try:
+            m = cls(int(d["base_offset"]), [int(x) for x in d["base_shape"]], str(d["dtype"]),
+                    [None if a is None else [int(i) for i in a] for a in d["axes"]])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FormatError(f"delta tensor map is malformed: {e}") from e
+        if (m.dtype not in ITEMSIZE or len(m.axes) != len(target_shape)
+                or len(m.base_shape) != len(target_shape)):
+            raise FormatError("delta tensor map does not fit its tensor")
+        count = ITEMSIZE[m.dtype]
+        for d_base in m.base_shape:
+            count *= max(d_base, 0)
+        if m.base_offset < 0 or m.base_offset + count > base_size:
+            raise FormatError("delta tensor map points past the base files")
+        for ax, (a, n, nb) in enumerate(zip(m.axes, target_shape, m.base_shape, strict=True)):
+            if a is None:
+                if n > nb:
+                    raise FormatError(f"delta tensor map axis {ax} is out of range")
+            elif len(a) != n or (a and (min(a) < 0 or max(a) >= nb)):
+                raise FormatError(f"delta tensor map axis {ax} is out of range")
+        return m
+
+    def entries(self) -> int:
+        return sum(len(a) for a in self.axes if a is not None)
+
+    def gather(self, base: np.ndarray, shape: list[int], start: int, stop: int) -> bytes:
+        """Gathered base words for target elements [start, stop) (``base`` flat, any dtype
+        of the right item size)."""
+        idx = np.unravel_index(np.arange(start, stop, dtype=np.int64), shape)
+        src = tuple(i if a is None else np.asarray(a, np.int64)[i]
+                    for i, a in zip(idx, self.axes, strict=True))
+        flat = np.ravel_multi_index(src, self.base_shape)
+        return base[flat].tobytes()
+
+
+def find_map(old: np.ndarray, new: np.ndarray) -> list[list[int] | None] | None:
+    """Per-axis index lists such that ``old[ix_(...)]`` best matches ``new``, or None."""
+    if old.ndim != new.ndim or old.ndim == 0 or new.size == 0 or any(
+            n > o for n, o in zip(new.shape, old.shape, strict=True)):
+        return None
+    ov = old.reshape(-1).view(UINT[old.itemsize])
+    nv = new.reshape(-1).view(UINT[new.itemsize])
+    order = np.argsort(ov, kind="stable")
+    sv = ov[order]
+    pos = np.minimum(np.searchsorted(sv, nv), len(sv) - 1)
+    hit = sv[pos] == nv
+    if hit.mean() < 0.2:
+        return None
+    src = np.unravel_index(order[pos[hit]], old.shape)
+    dst = np.unravel_index(np.nonzero(hit)[0], new.shape)
+    axes: list[list[int] | None] = []
+    for ax in range(old.ndim):
+        n_new, n_old = new.shape[ax], old.shape[ax]
+        key = dst[ax].astype(np.int64) * n_old + src[ax]
+        uniq, cnt = np.unique(key, return_counts=True)
+        js, os_ = uniq // n_old, uniq % n_old
+        best = np.lexsort((-cnt, js))
+        first = best[np.r_[True, js[best][1:] != js[best][:-1]]]
+        mapping = np.minimum(np.arange(n_new), n_old - 1)
+        mapping[js[first]] = os_[first]
+        if n_new == n_old and np.array_equal(mapping, np.arange(n_new)):
+            axes.append(None)
+        else:
+            axes.append(mapping.tolist())
+    return axes
+
+
+def gathered(old: np.ndarray, axes: list[list[int] | None], shape: tuple[int, ...]) -> bytes:
+    """The whole gathered base tensor (encoder side)."""
+    ix = [np.arange(n) if a is None else np.asarray(a) for a, n in zip(axes, shape,
+                                                                        strict=True)]
+    return np.ascontiguousarray(old[np.ix_(*ix)]).tobytes()
