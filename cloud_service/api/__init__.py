@@ -1,0 +1,1 @@
+"""HTTP layer: dependencies, problem responses, routes."""

@@ -1,0 +1,59 @@
+"""/v1/datasets: built-in datasets by name, or uploaded .npz files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from cloud_service.api import uploads
+from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, SettingsDep, StoreDep
+from cloud_service.errors import NotFoundError
+from cloud_service.schemas import DatasetCreate, DatasetPublic, Page
+from cloud_service.services import datasets as svc
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=201, response_model=DatasetPublic,
+             summary="Register a built-in dataset",
+             description="`fashion-mnist` or `digits`, with fixed documented splits.")
+def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+    row = svc.create_dataset(session=session, name=body.name or body.builtin,
+                             builtin=body.builtin, owner_id=user.id)
+    session.commit()
+    return DatasetPublic.model_validate(row)
+
+
+@router.post("/upload", status_code=201, response_model=DatasetPublic,
+             openapi_extra=uploads.RAW_BODY, summary="Upload an .npz dataset",
+             description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), "
+                         "streamed as the raw body; loaded without pickle and split "
+                         "80/10/10.")
+async def upload_dataset(request: Request, session: SessionDep, user: CurrentUser,
+                         settings: SettingsDep, store: StoreDep,
+                         name: Annotated[str, Query(min_length=1, max_length=200)]
+                         ) -> DatasetPublic:
+    digest, size = await uploads.receive(request, settings, store)
+    details = await run_in_threadpool(svc.describe_npz, store, digest)
+    row = svc.create_dataset(session=session, name=name, digest=digest, size=size,
+                             details=details, owner_id=user.id)
+    session.commit()
+    return DatasetPublic.model_validate(row)
+
+
+@router.get("", response_model=Page[DatasetPublic], summary="List datasets")
+def list_datasets(session: SessionDep, user: CurrentUser,
+                  offset: Offset = 0,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[DatasetPublic]:
+    rows, count = svc.list_datasets(session=session, offset=offset, limit=limit)
+    return Page[DatasetPublic](data=[DatasetPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a dataset")
+def get_dataset(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+    row = svc.get_dataset(session=session, dataset_id=dataset_id)
+    if row is None:
+        raise NotFoundError(f"dataset {dataset_id} does not exist")
+    return DatasetPublic.model_validate(row)

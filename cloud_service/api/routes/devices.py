@@ -1,0 +1,169 @@
+"""/v1/enrollment-tokens and /v1/devices: enrolling and tracking edge devices."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from cloud_service.api.deps import (
+    BearerDep,
+    CurrentUser,
+    DeviceId,
+    Offset,
+    OwnDevice,
+    PathId,
+    SessionDep,
+    SettingsDep,
+    UserOrOwnDevice,
+    bearer_token,
+    check_own_device,
+)
+from cloud_service.errors import NotFoundError, RateLimitedError
+from cloud_service.schemas import (
+    DevicePublic,
+    DeviceRegister,
+    DeviceRegistered,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
+    Heartbeat,
+    HeartbeatAck,
+    LatencyReportCreate,
+    Page,
+)
+from cloud_service.services import devices as svc
+from cloud_service.services.auth import resolve
+
+router = APIRouter(prefix="/v1", tags=["devices"])
+
+
+class RateLimiter:
+    """Sliding window per client address (per process)."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, deque[float]] = defaultdict(deque)
+        self.lock = threading.Lock()
+
+    def check(self, key: str, per_minute: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            hits = self.hits[key]
+            while hits and hits[0] < now - 60:
+                hits.popleft()
+            if len(hits) >= per_minute:
+                raise RateLimitedError("too many device registrations from this address; "
+                                       "retry in a minute")
+            hits.append(now)
+
+
+@router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreated,
+             summary="Create an enrollment token", tags=["enrollment"])
+def create_token(body: EnrollmentTokenCreate, session: SessionDep,
+                 user: CurrentUser) -> EnrollmentTokenCreated:
+    row, token = svc.create_enrollment_token(session=session, name=body.name,
+                                             expires_in_seconds=body.expires_in_seconds,
+                                             max_uses=body.max_uses, created_by=user.id)
+    session.commit()
+    data = EnrollmentTokenPublic.model_validate(row).model_dump()
+    return EnrollmentTokenCreated(**data, token=token)
+
+
+@router.get("/enrollment-tokens", response_model=Page[EnrollmentTokenPublic],
+            summary="List enrollment tokens", tags=["enrollment"])
+def list_tokens(session: SessionDep, user: CurrentUser, offset: Offset = 0,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[EnrollmentTokenPublic]:
+    rows, count = svc.list_enrollment_tokens(session=session, offset=offset, limit=limit)
+    return Page[EnrollmentTokenPublic](
+        data=[EnrollmentTokenPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.delete("/enrollment-tokens/{token_id}", response_model=EnrollmentTokenPublic,
+               summary="Revoke an enrollment token", tags=["enrollment"])
+def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> EnrollmentTokenPublic:
+    row = svc.revoke_enrollment_token(session=session, token_id=token_id)
+    if row is None:
+        raise NotFoundError(f"enrollment token {token_id} does not exist")
+    session.commit()
+    return EnrollmentTokenPublic.model_validate(row)
+
+
+@router.post("/devices/register", status_code=201, response_model=DeviceRegistered,
+             summary="Enroll a device",
+             description="Spends one use of an enrollment token; returns the device's "
+                         "credential and the server's manifest-signing public key (pin it).")
+def register(body: DeviceRegister, request: Request, session: SessionDep,
+             settings: SettingsDep) -> DeviceRegistered:
+    request.app.state.enroll_limiter.check(request.client.host if request.client else "?",
+                                           settings.enroll_rate_per_minute)
+    dev, credential = svc.register_device(session=session,
+                                          enrollment_token=body.enrollment_token,
+                                          name=body.name, profile=body.profile)
+    session.commit()
+    return DeviceRegistered(device_id=dev.id, credential=credential,
+                            manifest_public_key=request.app.state.public_key_pem)
+
+
+@router.get("/devices", response_model=Page[DevicePublic], summary="List devices")
+def list_devices(session: SessionDep, user: CurrentUser, offset: Offset = 0,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[DevicePublic]:
+    rows, count = svc.list_devices(session=session, offset=offset, limit=limit)
+    return Page[DevicePublic](data=[DevicePublic.model_validate(r) for r in rows], count=count)
+
+
+def _found(dev: Any, device_id: int) -> DevicePublic:
+    if dev is None:
+        raise NotFoundError(f"device {device_id} does not exist")
+    return DevicePublic.model_validate(dev)
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic, summary="Get a device",
+            description="Users, or the device itself.")
+def get_device(device_id: PathId, session: SessionDep, who: UserOrOwnDevice) -> DevicePublic:
+    return _found(svc.get_device(session=session, device_id=device_id), device_id)
+
+
+@router.put("/devices/{device_id}/profile", response_model=DevicePublic,
+            summary="Upload the device's hardware profile (device only)")
+def put_profile(device_id: PathId, session: SessionDep, me: OwnDevice,
+                profile: Annotated[dict[str, Any], Body()]) -> DevicePublic:
+    dev = svc.set_profile(session=session, device_id=device_id, profile=profile)
+    session.commit()
+    return _found(dev, device_id)
+
+
+def _heartbeat(request: Request, device_id: int, token: str, body: Heartbeat) -> HeartbeatAck:
+    with request.app.state.sessionmaker() as session:
+        if body.current_version_id is not None:  # authenticate before saying a version exists
+            check_own_device(resolve(session=session, token=token), device_id)
+        seen = svc.heartbeat(session=session, device_id=device_id, credential=token,
+                             current_version_id=body.current_version_id, status=body.status)
+        if seen is not None:
+            session.commit()
+            return HeartbeatAck(device_id=device_id, last_seen_at=seen)
+        check_own_device(resolve(session=session, token=token), device_id)  # 401 or 403
+        raise NotFoundError(f"device {device_id} does not exist")
+
+
+@router.post("/devices/{device_id}/heartbeat", response_model=HeartbeatAck,
+             summary="Heartbeat (device only)",
+             description="Records last seen, current version and status.")
+async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
+                    creds: BearerDep) -> HeartbeatAck:
+    # The hottest endpoint: authentication and the write are one UPDATE in one thread hop
+    # (the same 401/403 rules as OwnDevice, checked only when that UPDATE matches nothing).
+    return await run_in_threadpool(_heartbeat, request, device_id, bearer_token(creds), body)
+
+
+@router.post("/devices/{device_id}/latency", response_model=DevicePublic,
+             summary="Report measured latency (device only)")
+def report_latency(device_id: PathId, body: LatencyReportCreate, session: SessionDep,
+                   me: OwnDevice) -> DevicePublic:
+    dev = svc.report_latency(session=session, device_id=device_id, version_id=body.version_id,
+                             p50_ms=body.p50_ms, p99_ms=body.p99_ms, operators=body.operators)
+    session.commit()
+    return _found(dev, device_id)

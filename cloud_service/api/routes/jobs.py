@@ -1,0 +1,59 @@
+"""/v1/jobs: compression jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from cloud_service.api.deps import CurrentUser, Offset, PathId, QueryId, SessionDep, SettingsDep
+from cloud_service.errors import NotFoundError
+from cloud_service.schemas import JobCreate, JobPublic, JobState, Page
+from cloud_service.services import jobs as svc
+from cloud_service.tasks.dispatch import enqueue_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
+             description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}.")
+def submit_job(body: JobCreate, session: SessionDep, user: CurrentUser,
+               settings: SettingsDep) -> JobPublic:
+    job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
+                         profile=body.profile, constraints=body.constraints,
+                         config=body.config, owner_id=user.id)
+    if job is None:
+        raise NotFoundError(f"model {body.model_id} or dataset {body.dataset_id} does not exist")
+    session.commit()  # the row exists before any worker can see the message
+    enqueue_job(job.id, settings)
+    session.refresh(job)
+    return JobPublic.model_validate(job)
+
+
+@router.get("", response_model=Page[JobPublic], summary="List jobs")
+def list_jobs(session: SessionDep, user: CurrentUser,
+              state: Annotated[JobState | None, Query()] = None,
+              model_id: QueryId = None,
+              offset: Offset = 0,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[JobPublic]:
+    rows, count = svc.list_jobs(session=session, offset=offset, limit=limit, state=state,
+                                model_id=model_id)
+    return Page[JobPublic](data=[JobPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job's state and progress")
+def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
+    job = svc.get_job(session=session, job_id=job_id)
+    if job is None:
+        raise NotFoundError(f"job {job_id} does not exist")
+    return JobPublic.model_validate(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job",
+             description="409 if the job already finished.")
+def cancel_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
+    job = svc.cancel_job(session=session, job_id=job_id)
+    if job is None:
+        raise NotFoundError(f"job {job_id} does not exist")
+    session.commit()
+    return JobPublic.model_validate(job)

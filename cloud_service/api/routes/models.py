@@ -1,0 +1,59 @@
+"""/v1/models: base models (safetensors + architecture, or ONNX)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from cloud_service.api import uploads
+from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, SettingsDep, StoreDep
+from cloud_service.errors import NotFoundError
+from cloud_service.schemas import ModelPublic, Page
+from cloud_service.services import models as svc
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post("", status_code=201, response_model=ModelPublic, openapi_extra=uploads.RAW_BODY,
+             summary="Upload a base model",
+             description="Stream safetensors weights (with `arch`, or architecture metadata "
+                         "in the file) or an ONNX file as the raw body. Files are validated "
+                         "(never unpickled) and stored by BLAKE3 hash.")
+async def upload_model(
+    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep,
+    store: StoreDep,
+    name: Annotated[str, Query(min_length=1, max_length=200)],
+    format: Annotated[Literal["safetensors", "onnx"], Query()] = "safetensors",
+    arch: Annotated[str | None, Query(description="Zoo architecture name.")] = None,
+    in_channels: Annotated[int, Query(ge=1, le=64)] = 1,
+    num_classes: Annotated[int, Query(ge=2, le=100000)] = 10,
+    stem: Annotated[Literal["small", "imagenet"], Query()] = "small",
+    width: Annotated[float, Query(gt=0, le=8)] = 1.0,
+) -> ModelPublic:
+    digest, size = await uploads.receive(request, settings, store)
+    spec = ({"arch": arch, "in_channels": in_channels, "num_classes": num_classes,
+             "stem": stem, "width": width} if arch else None)
+    arch_dict, details = await run_in_threadpool(svc.validate_upload, store.path(digest),
+                                                 fmt=format, arch=spec)
+    row = svc.create_model(session=session, name=name, fmt=format, arch=arch_dict,
+                           digest=digest, size=size, details=details, owner_id=user.id)
+    session.commit()
+    return ModelPublic.model_validate(row)
+
+
+@router.get("", response_model=Page[ModelPublic], summary="List base models")
+def list_models(session: SessionDep, user: CurrentUser,
+                offset: Offset = 0,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[ModelPublic]:
+    rows, count = svc.list_models(session=session, offset=offset, limit=limit)
+    return Page[ModelPublic](data=[ModelPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{model_id}", response_model=ModelPublic, summary="Get a base model")
+def get_model(model_id: PathId, session: SessionDep, user: CurrentUser) -> ModelPublic:
+    row = svc.get_model(session=session, model_id=model_id)
+    if row is None:
+        raise NotFoundError(f"model {model_id} does not exist")
+    return ModelPublic.model_validate(row)

@@ -1,0 +1,80 @@
+"""``create_app()``: the FastAPI application (``uvicorn --factory ...:create_app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cloud_service import security
+from cloud_service.api import problems
+from cloud_service.api.routes import datasets, deltas, devices, health, jobs, models, versions
+from cloud_service.db import get_engine, get_sessionmaker, session_scope
+from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
+from cloud_service.migrate import check_schema
+from cloud_service.services.auth import seed_admin_token
+from cloud_service.settings import Settings, get_settings
+from cloud_service.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Compress models for the hardware they run on and keep a fleet of edge
+devices on the right version. Authenticate with `Authorization: Bearer <token>`: a user API
+token (`hadmc token create`) or, for a device's own endpoints, its device credential."""
+
+
+def _start_background(app: FastAPI, settings: Settings) -> list:
+    from cloud_service.tasks.dispatch import add_embedded_listener
+    from cloud_service.tasks.reconcile import Reconciler
+    from cloud_service.tasks.runner import EmbeddedWorker
+
+    threads: list = []
+    if not settings.broker_url and settings.embedded_worker:
+        worker = EmbeddedWorker(settings)
+        add_embedded_listener(worker.wake.set)
+        threads.append(worker)
+    if settings.reconcile_interval_seconds > 0:
+        threads.append(Reconciler(settings))
+    for t in threads:
+        t.start()
+    return threads
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_schema(settings.database_url, app.state.engine)  # says: run `hadmc db upgrade`
+        key = security.ensure_signing_key(settings.signing_key_file)
+        app.state.signing_key = key  # never served; only its public half is
+        app.state.public_key_pem = security.public_key_pem(key)
+        if settings.admin_token is not None:
+            with session_scope(settings.database_url) as s:
+                seed_admin_token(session=s, token=settings.admin_token.get_secret_value())
+        threads = _start_background(app, settings)
+        yield
+        from cloud_service.tasks.dispatch import remove_embedded_listener
+
+        for t in threads:
+            t.stop()
+            if hasattr(t, "wake"):
+                remove_embedded_listener(t.wake.set)
+
+    app = FastAPI(title="HAD-MC cloud service", version="1", description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.database_url)
+    app.state.sessionmaker = get_sessionmaker(settings.database_url)
+    app.state.store = ArtifactStore(settings.artifact_dir)
+    app.state.metrics = Metrics()
+    app.state.metrics.registry.register(JobStates(app))
+    app.state.enroll_limiter = devices.RateLimiter()
+    problems.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(health.router)
+    for module in (models, datasets, jobs, versions, deltas, devices):
+        app.include_router(module.router)
+    return app

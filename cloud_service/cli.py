@@ -1,0 +1,115 @@
+"""``hadmc serve|worker|db|token``: added to the ``hadmc`` app via the ``hadmc.cli`` group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
+token_app = typer.Typer(no_args_is_help=True, help="User API tokens.")
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from cloud_service.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as e:
+        typer.echo(f"error: invalid HADMC_ settings: {e.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from e
+
+
+def _check_schema_or_exit(url: str) -> None:
+    from cloud_service.errors import SchemaOutdatedError
+    from cloud_service.migrate import check_schema
+
+    try:
+        check_schema(url)
+    except SchemaOutdatedError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
+          port: int = typer.Option(8000, help="TCP port."),
+          workers: int = typer.Option(1, min=1, help="uvicorn worker processes.")) -> None:
+    """Run the REST API (and, without HADMC_BROKER_URL, an in-process job worker)."""
+    import uvicorn
+
+    settings = _settings()
+    _check_schema_or_exit(settings.database_url)
+    uvicorn.run("cloud_service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info", access_log=False)
+
+
+def worker(queues: str = typer.Option("", help="Comma-separated queues (default: HADMC_QUEUE)."),
+           concurrency: int = typer.Option(1, min=1, help="Jobs run in parallel."),
+           loglevel: str = typer.Option("INFO")) -> None:
+    """Run a Celery worker that executes compression jobs (needs HADMC_BROKER_URL)."""
+    from cloud_service.tasks import make_celery
+
+    settings = _settings()
+    if not settings.broker_url:
+        typer.echo("error: HADMC_BROKER_URL is not set; `hadmc worker` needs a broker "
+                   "(e.g. redis://127.0.0.1:6379/0); without one `hadmc serve` runs jobs "
+                   "itself", err=True)
+        raise typer.Exit(2)
+    _check_schema_or_exit(settings.database_url)
+    app = make_celery(settings.broker_url, settings.queue)
+    app.worker_main(["worker", "-Q", queues or settings.queue, "-c", str(concurrency),
+                     "-P", "prefork", f"--loglevel={loglevel}", "--without-gossip",
+                     "--without-mingle", "-n", f"hadmc-{settings.queue}@%h"])
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Migrate the database up to REVISION (default: the newest)."""
+    from cloud_service import migrate
+
+    migrate.upgrade(_settings().database_url, revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument("-1")) -> None:
+    """Migrate the database down to REVISION (default: one step; `base` = empty)."""
+    from cloud_service import migrate
+
+    migrate.downgrade(_settings().database_url, revision)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's revision and the newest one this code knows."""
+    from cloud_service import migrate
+    from cloud_service.db import make_engine
+
+    url = _settings().database_url
+    current, head = migrate.current_revision(make_engine(url)), migrate.head_revision()
+    typer.echo(f"current: {current or '(empty)'}\nhead:    {head}")
+    if current != head:
+        typer.echo("the schema is outdated; run `hadmc db upgrade`")
+        sys.exit(1)
+
+
+@token_app.command("create")
+def token_create(user: str = typer.Option("admin", help="User the token belongs to."),
+                 name: str = typer.Option("", help="A label for the token.")) -> None:
+    """Create a user API token and print it (shown once; stored hashed)."""
+    from cloud_service.db import session_scope
+    from cloud_service.services.auth import create_user_token
+
+    settings = _settings()
+    _check_schema_or_exit(settings.database_url)
+    with session_scope(settings.database_url) as s:
+        token = create_user_token(session=s, user_name=user, token_name=name)
+    typer.echo(token)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.add_typer(db_app, name="db")
+    app.add_typer(token_app, name="token")

@@ -1,0 +1,56 @@
+"""Service errors: each maps to one HTTP problem status (see ``api.problems``)."""
+
+from __future__ import annotations
+
+from hadmc_core.errors import HadmcError
+
+
+class ServiceError(HadmcError):
+    """Root of the errors the service raises on purpose; the message is user-facing."""
+
+    status = 400
+    title = "Bad request"
+
+
+class NotFoundError(ServiceError):
+    status, title = 404, "Not found"
+
+
+class ConflictError(ServiceError):
+    """An invalid state transition (e.g. cancelling a finished job)."""
+
+    status, title = 409, "Conflict"
+
+
+class InvalidInputError(ServiceError):
+    status, title = 422, "Invalid input"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, title = 413, "Payload too large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, title = 415, "Unsupported media type"
+
+
+class AuthenticationError(ServiceError):
+    status, title = 401, "Unauthorized"
+
+
+class PermissionDeniedError(ServiceError):
+    status, title = 403, "Forbidden"
+
+
+class RateLimitedError(ServiceError):
+    status, title = 429, "Too many requests"
+
+
+class SchemaOutdatedError(ServiceError):
+    """The database schema is not at the revision this code needs."""
+
+    status, title = 503, "Database schema outdated"
+
+
+class JobCancelledError(Exception):
+    """Raised inside a running job when a cancel was requested (not a HadmcError)."""

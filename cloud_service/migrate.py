@@ -1,0 +1,60 @@
+"""Alembic, driven from code: ``hadmc db upgrade`` and the start-up schema check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from cloud_service.db import make_engine
+from cloud_service.errors import SchemaOutdatedError
+
+
+def _find_migrations() -> Path:
+    """``migrations/`` beside the package (source checkout) or in the working directory
+    (containers install the package and copy ``migrations/`` to the work dir)."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (base / "migrations" / "env.py").is_file():
+            return base / "migrations"
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+MIGRATIONS_DIR = _find_migrations()
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str = "-1") -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def check_schema(database_url: str, engine: Engine | None = None) -> None:
+    """Raise SchemaOutdatedError unless the database is at the head revision."""
+    engine = engine or make_engine(database_url)
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaOutdatedError(
+            f"the database schema is at revision {current or '(empty)'} but this HAD-MC "
+            f"needs {head}; run `hadmc db upgrade` (with the same HADMC_DATABASE_URL) first")

@@ -1,0 +1,175 @@
+"""API schemas: ``XCreate`` / ``XPublic`` / ``XsPublic`` (a page plus the total count)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+T = TypeVar("T")
+MAX_ID = 2_147_483_647  # ids are 32-bit integers in the database
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    count: int = Field(description="Total number of rows matching the filters.")
+
+
+class ModelPublic(Public):
+    id: int
+    name: str
+    format: Literal["safetensors", "onnx"]
+    arch: dict[str, Any] | None = Field(description="ArchSpec of safetensors models.")
+    artifact_hash: str = Field(description="BLAKE3 of the uploaded file.")
+    size_bytes: int
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["fashion-mnist", "digits"] = Field(description="A built-in dataset.")
+    name: str | None = Field(default=None, max_length=200)
+
+
+class DatasetPublic(Public):
+    id: int
+    name: str
+    builtin: str | None
+    artifact_hash: str | None
+    size_bytes: int
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_id: DbId = Field(description="A safetensors model uploaded to /v1/models.")
+    dataset_id: DbId = Field(description="A dataset from /v1/datasets.")
+    profile: str = Field(description="Target hardware profile name (GET /v1/profiles).",
+                         max_length=100)
+    constraints: dict[str, Any] = Field(
+        default_factory=dict,
+        description="max_accuracy_drop (points), latency_budget_ms, size_budget_mb.")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-technique overrides (prune, distill, fuse, quantize, measure, ...), "
+                    "as read by hadmc_core.config.PipelineConfig.from_dict.")
+
+
+class JobPublic(Public):
+    id: int
+    model_id: int
+    dataset_id: int
+    profile: str
+    config: dict[str, Any]
+    state: JobState
+    stage: str | None
+    done: int
+    total: int
+    timings: dict[str, Any] = Field(description="Seconds spent per stage so far.")
+    log_tail: str
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    version_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @computed_field(description="Progress of the current stage, 0-100 (null if unknown).")  # type: ignore[prop-decorator]
+    @property
+    def percent(self) -> float | None:
+        return round(100.0 * self.done / self.total, 1) if self.total else None
+
+
+class VersionPublic(Public):
+    id: int
+    model_id: int
+    number: int
+    job_id: int | None
+    profile: str
+    onnx_hash: str
+    onnx_size: int
+    summary: dict[str, Any]
+    constraints_met: bool
+    created_at: datetime
+
+
+class EnrollmentTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", max_length=100)
+    expires_in_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
+    max_uses: int = Field(default=1, gt=0, le=1_000_000)
+
+
+class EnrollmentTokenPublic(Public):
+    id: int
+    name: str
+    max_uses: int
+    uses: int
+    expires_at: datetime
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class EnrollmentTokenCreated(EnrollmentTokenPublic):
+    token: str = Field(description="Shown once; give it to the devices to enroll.")
+
+
+class DeviceRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enrollment_token: str = Field(max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    profile: dict[str, Any] | None = Field(default=None, description="A hardware profile.")
+
+
+class DeviceRegistered(BaseModel):
+    device_id: int
+    credential: str = Field(description="Bearer credential for this device's endpoints.")
+    manifest_public_key: str = Field(description="PEM of the server's Ed25519 public key.")
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_version_id: DbId | None = None
+    status: str | None = Field(default=None, max_length=100)
+
+
+class HeartbeatAck(BaseModel):
+    device_id: int
+    last_seen_at: datetime
+
+
+class LatencyReportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version_id: DbId | None = None
+    p50_ms: float | None = Field(default=None, ge=0)
+    p99_ms: float | None = Field(default=None, ge=0)
+    operators: dict[str, list[float]] = Field(
+        default_factory=dict, description="Measured per-operator latency table (ms).")
+
+
+class DevicePublic(Public):
+    id: int
+    name: str
+    profile: dict[str, Any] | None
+    latency: dict[str, Any] | None
+    status: str | None
+    current_version_id: int | None
+    last_seen_at: datetime | None
+    created_at: datetime
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str

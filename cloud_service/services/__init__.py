@@ -1,0 +1,1 @@
+"""Service functions: keyword-only, take a Session, return None for a missing row."""

@@ -1,0 +1,135 @@
+"""Enrollment tokens and devices."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from cloud_service import security
+from cloud_service.db import utcnow
+from cloud_service.errors import AuthenticationError, ConflictError, InvalidInputError
+from cloud_service.models import Device, EnrollmentToken, LatencyReport, ModelVersion
+
+
+def create_enrollment_token(*, session: Session, name: str, expires_in_seconds: int,
+                            max_uses: int, created_by: int | None
+                            ) -> tuple[EnrollmentToken, str]:
+    token = security.new_token(security.ENROLL_PREFIX)
+    row = EnrollmentToken(name=name, token_hash=security.hash_token(token), max_uses=max_uses,
+                          uses=0, expires_at=utcnow() + timedelta(seconds=expires_in_seconds),
+                          created_by=created_by)
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def list_enrollment_tokens(*, session: Session, offset: int, limit: int
+                           ) -> tuple[list[EnrollmentToken], int]:
+    rows = session.scalars(select(EnrollmentToken).order_by(EnrollmentToken.id.desc())
+                           .offset(offset).limit(limit))
+    return list(rows), session.scalar(select(func.count(EnrollmentToken.id))) or 0
+
+
+def revoke_enrollment_token(*, session: Session, token_id: int) -> EnrollmentToken | None:
+    row = session.get(EnrollmentToken, token_id)
+    if row is None:
+        return None
+    if row.revoked_at is not None:
+        raise ConflictError(f"enrollment token {token_id} is already revoked")
+    row.revoked_at = utcnow()
+    session.flush()
+    return row
+
+
+def parse_profile_dict(profile: dict[str, Any]) -> dict[str, Any]:
+    from hadmc_core.errors import HadmcError
+    from hadmc_core.hal import parse_profile
+
+    try:
+        return parse_profile(profile, "device profile").model_dump(mode="json")
+    except HadmcError as e:
+        raise InvalidInputError(str(e)) from e
+
+
+def register_device(*, session: Session, enrollment_token: str, name: str,
+                    profile: dict[str, Any] | None) -> tuple[Device, str]:
+    """Spend one use of an enrollment token (atomically) and create the device."""
+    digest = security.hash_token(enrollment_token)
+    now = utcnow()
+    spent = session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.token_hash == digest, EnrollmentToken.revoked_at.is_(None),
+               EnrollmentToken.expires_at > now, EnrollmentToken.uses < EnrollmentToken.max_uses)
+        .values(uses=EnrollmentToken.uses + 1)
+        .returning(EnrollmentToken.id))
+    token_id = spent.scalar()
+    if token_id is None:
+        raise AuthenticationError("the enrollment token is unknown, expired, revoked or used "
+                                  "up; ask an operator for a new one")
+    credential = security.new_token(security.DEVICE_PREFIX)
+    dev = Device(name=name, credential_hash=security.hash_token(credential),
+                 enrollment_token_id=token_id,
+                 profile=parse_profile_dict(profile) if profile else None)
+    session.add(dev)
+    session.flush()
+    return dev, credential
+
+
+def get_device(*, session: Session, device_id: int) -> Device | None:
+    return session.get(Device, device_id)
+
+
+def list_devices(*, session: Session, offset: int, limit: int) -> tuple[list[Device], int]:
+    rows = session.scalars(select(Device).order_by(Device.id).offset(offset).limit(limit))
+    return list(rows), session.scalar(select(func.count(Device.id))) or 0
+
+
+def _check_version(session: Session, version_id: int | None) -> None:
+    if version_id is not None and session.get(ModelVersion, version_id) is None:
+        raise InvalidInputError(f"model version {version_id} does not exist")
+
+
+def heartbeat(*, session: Session, device_id: int, credential: str,
+              current_version_id: int | None, status: str | None) -> datetime | None:
+    """Authenticate and record a heartbeat in one UPDATE (the hottest path: every device,
+    every 30 s). Returns the time, or None when no live device has this id and credential
+    (the caller then finds out why)."""
+    _check_version(session, current_version_id)
+    now = utcnow()
+    values: dict[str, Any] = {"last_seen_at": now, "current_version_id": current_version_id}
+    if status is not None:
+        values["status"] = status
+    res = session.execute(
+        update(Device).where(Device.id == device_id,
+                             Device.credential_hash == security.hash_token(credential),
+                             Device.revoked_at.is_(None)).values(**values))
+    return now if res.rowcount else None  # type: ignore[attr-defined]
+
+
+def set_profile(*, session: Session, device_id: int, profile: dict[str, Any]) -> Device | None:
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    dev.profile = parse_profile_dict(profile)
+    dev.last_seen_at = utcnow()
+    session.flush()
+    return dev
+
+
+def report_latency(*, session: Session, device_id: int, version_id: int | None,
+                   p50_ms: float | None, p99_ms: float | None,
+                   operators: dict[str, list[float]]) -> Device | None:
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    _check_version(session, version_id)
+    session.add(LatencyReport(device_id=device_id, version_id=version_id, p50_ms=p50_ms,
+                              p99_ms=p99_ms, operators=operators))
+    dev.latency = {"version_id": version_id, "p50_ms": p50_ms, "p99_ms": p99_ms,
+                   "operators": operators, "at": utcnow().isoformat()}
+    dev.last_seen_at = utcnow()
+    session.flush()
+    return dev

@@ -1,0 +1,72 @@
+"""Settings of the cloud service: the only place ``cloud_service`` reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Values that are never acceptable as a secret outside development.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", "admin",
+                                 "password", "token", "dev", "test", "example"})
+MIN_SECRET_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Every knob of ``hadmc serve`` / ``hadmc worker``; environment prefix ``HADMC_``."""
+
+    model_config = SettingsConfigDict(env_prefix="HADMC_", extra="ignore")
+
+    environment: Literal["dev", "prod"] = "dev"
+    #: SQLAlchemy URL; ``postgresql+psycopg://user@host/db`` when scaled.
+    database_url: str = "sqlite:///./hadmc.db"
+    #: Celery broker (``redis://host:6379/0``); None = jobs run in an in-process worker.
+    broker_url: str | None = None
+    #: Celery queue that compression jobs go to.
+    queue: str = "hadmc"
+    #: Content-addressed artifact store (models, datasets, versions).
+    artifact_dir: Path = Path("./hadmc-artifacts")
+    #: Ed25519 manifest-signing key, created on first start with mode 0600.
+    signing_key_file: Path = Path("./hadmc-signing.key")
+    #: Seeds an API token for the user ``admin`` at start (stored hashed).
+    admin_token: SecretStr | None = None
+    max_upload_mb: float = 512.0
+    #: Device registrations allowed per client address per minute.
+    enroll_rate_per_minute: int = 30
+    #: A job is tried at most this many times (a worker that dies counts as a try).
+    job_max_attempts: int = 2
+    #: A running job whose worker has not written a heartbeat for this long is orphaned.
+    job_stale_seconds: float = 120.0
+    #: Seconds between job heartbeats written by the worker.
+    job_heartbeat_seconds: float = 10.0
+    #: A queued job whose broker message is missing for this long is enqueued again.
+    requeue_grace_seconds: float = 30.0
+    #: Seconds between reconciler passes (0 = no reconciler thread in ``hadmc serve``).
+    reconcile_interval_seconds: float = 30.0
+    #: Run the in-process worker when no broker is configured.
+    embedded_worker: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "dev" or self.admin_token is None:
+            return self
+        token = self.admin_token.get_secret_value()
+        if token.lower() in PLACEHOLDER_SECRETS or len(token) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                "HADMC_ADMIN_TOKEN is a placeholder or shorter than "
+                f"{MIN_SECRET_LENGTH} characters; set a random value (e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or unset it "
+                "and create tokens with `hadmc token create`")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,112 @@
+"""``hadmc serve`` alone (SQLite, in-process worker) over real HTTP on loopback, and the
+``hadmc db`` / ``token`` commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+HADMC = str(Path(sys.executable).parent / "hadmc")
+ADMIN = "embedded-test-admin-token-0123456789"
+FAST_CONFIG = {"prune": {"enabled": False}, "distill": {"enabled": False},
+               "quantize": {"enabled": False}, "measure": {"runs": 5, "warmup": 2}}
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HADMC_")}
+    env.update({"HADMC_DATABASE_URL": f"sqlite:///{tmp / 'hadmc.db'}",
+                "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
+                "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"),
+                "HADMC_ADMIN_TOKEN": ADMIN})
+    return env
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HADMC, *args], env=_env(tmp), capture_output=True, text=True,
+                          timeout=120)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp: Path) -> None:
+        self.port, self.log = _port(), tmp / "serve.log"
+        self.proc = subprocess.Popen([HADMC, "serve", "--port", str(self.port)], env=_env(tmp),
+                                     stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"hadmc serve did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+
+
+def test_serve_refuses_an_outdated_schema(tmp_path: Path) -> None:
+    res = _run(tmp_path, "serve")
+    assert res.returncode == 2
+    assert "run `hadmc db upgrade`" in res.stderr
+    res = _run(tmp_path, "db", "current")
+    assert res.returncode == 1 and "(empty)" in res.stdout
+
+
+@pytest.mark.slow
+def test_embedded_server_runs_a_job_and_survives_restart(tmp_path: Path,
+                                                         tiny_weights: Path) -> None:
+    assert _run(tmp_path, "db", "upgrade").returncode == 0
+    token = _run(tmp_path, "token", "create", "--user", "bob").stdout.strip()
+    assert token.startswith("hadmc_u_")
+    auth = {"Authorization": f"Bearer {token}"}
+    server = Server(tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, headers=auth, timeout=30) as c:
+            model = c.post("/v1/models", params={"name": "t", "arch": "densenet", "width": 0.5},
+                           content=tiny_weights.read_bytes(),
+                           headers={"Content-Type": "application/octet-stream"}).json()
+            data = c.post("/v1/datasets", json={"builtin": "digits"}).json()
+            job = c.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": data["id"],
+                                           "profile": "x86-avx2", "config": FAST_CONFIG})
+            assert job.status_code == 202, job.text
+            job_id = job.json()["id"]
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline:
+                state = c.get(f"/v1/jobs/{job_id}").json()
+                if state["state"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.5)
+            assert state["state"] == "succeeded", (state, server.log.read_text()[-2000:])
+            assert (tmp_path / "signing.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+    server = Server(tmp_path)  # everything persisted
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        with httpx.Client(base_url=server.url, headers=admin, timeout=30) as c:
+            again = c.get(f"/v1/jobs/{job_id}").json()
+            assert again["state"] == "succeeded" and again["version_id"] == state["version_id"]
+            r = c.get(f"/v1/versions/{again['version_id']}/model.onnx",
+                      headers={"Range": "bytes=0-15"})
+            assert r.status_code == 206 and len(r.content) == 16
+    finally:
+        server.stop()
