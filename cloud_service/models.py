@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud_service.db import Base, UTCDateTime, utcnow
@@ -94,6 +104,9 @@ class ModelVersion(Base):
     report_hash: Mapped[str] = mapped_column(HASH)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     constraints_met: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Signed manifest and probe (.npz) in the artifact store; None until computed.
+    manifest_hash: Mapped[str | None] = mapped_column(HASH)
+    probe_hash: Mapped[str | None] = mapped_column(HASH)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -120,6 +133,11 @@ class Device(Base):
     status: Mapped[str | None] = mapped_column(String(100))
     current_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"))
+    previous_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Bytes the server sent this device (model.onnx and delta downloads).
+    bytes_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -136,4 +154,93 @@ class LatencyReport(Base):
     p50_ms: Mapped[float | None] = mapped_column(Float)
     p99_ms: Mapped[float | None] = mapped_column(Float)
     operators: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delta(Base):
+    """A cached delta container from one version to another (signed with the target's
+    stored manifest ``manifest_hash``)."""
+
+    __table_args__ = (UniqueConstraint("base_version_id", "target_version_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    base_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"))
+    target_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    artifact_hash: Mapped[str] = mapped_column(HASH)
+    manifest_hash: Mapped[str] = mapped_column(HASH)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Rollout(Base):
+    """A version sent to selected devices in cumulative waves, watched by the scheduler."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    waves: Mapped[list[float]] = mapped_column(JSON)
+    min_devices_per_wave: Mapped[int] = mapped_column(Integer, default=1)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    max_failure_rate: Mapped[float] = mapped_column(Float)
+    max_latency_regression: Mapped[float] = mapped_column(Float)
+    wave_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    # active | paused | completed | aborted | rolled_back
+    state: Mapped[str] = mapped_column(String(20), index=True, default="active")
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    wave_started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RolloutDevice(Base):
+    """One device's place in a rollout: pending -> assigned -> succeeded | failed ->
+    rolled_back."""
+
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    from_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RolloutEvent(Base):
+    """A scheduler or user decision about a rollout, with its reason."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"),
+                                            index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(30))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UpdateReport(Base):
+    """What a device said after an update or rollback attempt."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    rollout_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="SET NULL"))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    phase: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    bytes_downloaded: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -61,3 +61,37 @@ def test_server_refuses_outdated_schema(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path))  # empty SQLite database
     with pytest.raises(SchemaOutdatedError, match="run `hadmc db upgrade`"), TestClient(app):
         pass
+
+
+def _upgrade_0001_with_rows_then_head(url: str) -> None:
+    """Rows written at 0001 survive 0002 (the new non-null columns get their defaults)."""
+    from sqlalchemy import text
+
+    migrate.upgrade(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO devices (name, credential_hash, created_at) "
+                              "VALUES ('old', 'h', CURRENT_TIMESTAMP)"))
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT tags, bytes_downloaded FROM devices")).one()
+        assert row[1] == 0 and row[0] in ([], "[]")
+        migrate.downgrade(url, "0001")
+        assert "rollouts" not in _tables(url) and "devices" in _tables(url)
+        migrate.upgrade(url)
+        assert _tables(url) == set(Base.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_0002_upgrades_existing_rows_and_downgrades_on_postgres(redis_url: str) -> None:
+    url = create_database()
+    try:
+        _upgrade_0001_with_rows_then_head(url)
+    finally:
+        drop_database(url)
+
+
+def test_0002_upgrades_existing_rows_and_downgrades_on_sqlite(tmp_path: Path) -> None:
+    _upgrade_0001_with_rows_then_head(f"sqlite:///{tmp_path / 'h.db'}")
