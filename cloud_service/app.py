@@ -14,9 +14,9 @@ from cloud_service.api.routes import datasets, deltas, devices, health, jobs, mo
 from cloud_service.db import get_engine, get_sessionmaker, session_scope
 from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
 from cloud_service.migrate import check_schema
+from cloud_service.s3store import make_store
 from cloud_service.services.auth import seed_admin_token
 from cloud_service.settings import Settings, get_settings
-from cloud_service.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
-    app.state.store = ArtifactStore(settings.artifact_dir)
+    app.state.store = make_store(settings)
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(JobStates(app))
     app.state.enroll_limiter = devices.RateLimiter()

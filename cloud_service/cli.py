@@ -33,6 +33,17 @@ def _check_schema_or_exit(url: str) -> None:
         raise typer.Exit(2) from e
 
 
+def _check_store_or_exit(settings) -> None:  # type: ignore[no-untyped-def]
+    from cloud_service.errors import ServiceError
+    from cloud_service.s3store import make_store
+
+    try:
+        make_store(settings)
+    except ServiceError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
 def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
           port: int = typer.Option(8000, help="TCP port."),
           workers: int = typer.Option(1, min=1, help="uvicorn worker processes.")) -> None:
@@ -41,6 +52,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
 
     settings = _settings()
     _check_schema_or_exit(settings.database_url)
+    _check_store_or_exit(settings)
     uvicorn.run("cloud_service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=False)
 
@@ -58,6 +70,7 @@ def worker(queues: str = typer.Option("", help="Comma-separated queues (default:
                    "itself", err=True)
         raise typer.Exit(2)
     _check_schema_or_exit(settings.database_url)
+    _check_store_or_exit(settings)
     app = make_celery(settings.broker_url, settings.queue)
     app.worker_main(["worker", "-Q", queues or settings.queue, "-c", str(concurrency),
                      "-P", "prefork", f"--loglevel={loglevel}", "--without-gossip",

@@ -52,5 +52,17 @@ class SchemaOutdatedError(ServiceError):
     status, title = 503, "Database schema outdated"
 
 
+class DependencyError(ServiceError):
+    """A backing service (database, broker, object store) cannot be used."""
+
+    status, title = 503, "Dependency unavailable"
+
+
+class IntegrityError(ServiceError):
+    """A stored object does not match its content hash (altered at rest)."""
+
+    status, title = 500, "Stored data is corrupt"
+
+
 class JobCancelledError(Exception):
     """Raised inside a running job when a cancel was requested (not a HadmcError)."""

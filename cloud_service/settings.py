@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     queue: str = "hadmc"
     #: Content-addressed artifact store (models, datasets, versions).
     artifact_dir: Path = Path("./hadmc-artifacts")
+    #: S3-compatible object store for artifacts (unset = the local directory alone). With a
+    #: bucket, ``artifact_dir`` is a local cache and the bucket is the source of truth.
+    s3_bucket: str | None = None
+    #: e.g. ``http://minio:9000``; unset = AWS.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    #: Unset = boto3's own credential chain (instance role, ~/.aws, AWS_* variables).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     #: Ed25519 manifest-signing key, created on first start with mode 0600.
     signing_key_file: Path = Path("./hadmc-signing.key")
     #: Seeds an API token for the user ``admin`` at start (stored hashed).
@@ -46,6 +56,8 @@ class Settings(BaseSettings):
     requeue_grace_seconds: float = 30.0
     #: Seconds between reconciler passes (0 = no reconciler thread in ``hadmc serve``).
     reconcile_interval_seconds: float = 30.0
+    #: Seconds between rollout scheduler passes (0 = no scheduler thread in ``hadmc serve``).
+    rollout_interval_seconds: float = 5.0
     #: Run the in-process worker when no broker is configured.
     embedded_worker: bool = True
 

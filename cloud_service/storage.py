@@ -30,12 +30,16 @@ class ArtifactStore:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
+        """Where the object is on local disk (a subclass may fetch it there first)."""
+        return self.local_path(digest)
+
+    def local_path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise ValueError(f"not a BLAKE3 hex digest: {digest!r}")
         return self.root / "objects" / digest[:2] / digest
 
     def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return self.local_path(digest).is_file()
 
     def temp_file(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="up-")
@@ -44,7 +48,7 @@ class ArtifactStore:
 
     def commit(self, tmp: Path, digest: str) -> Path:
         """Move a fully written temp file to its content address (atomic; deduplicating)."""
-        final = self.path(digest)
+        final = self.local_path(digest)
         if final.is_file():
             tmp.unlink(missing_ok=True)
             return final
@@ -90,7 +94,7 @@ class ArtifactStore:
                 os.fsync(fout.fileno())
             digest = hasher.hexdigest()
             self.commit(tmp, digest)
-            return digest, self.path(digest).stat().st_size
+            return digest, self.local_path(digest).stat().st_size
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from cloud_service.db import get_sessionmaker, session_scope, utcnow
 from cloud_service.errors import JobCancelledError
 from cloud_service.models import Dataset, Job, Model, ModelVersion
+from cloud_service.s3store import make_store
 from cloud_service.services.versions import next_number
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
@@ -117,7 +118,7 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
     from hadmc_core.config import PipelineConfig
     from hadmc_core.hal import load_profile
 
-    store = ArtifactStore(settings.artifact_dir)
+    store = make_store(settings)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="job-") as tmp:
         progress("load", 0, 1)
         net, spec, data = _load_inputs(model, dataset, store, Path(tmp))
