@@ -99,6 +99,23 @@ class ArtifactStore:
             with suppress(FileNotFoundError):
                 tmp.unlink()
 
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store a small in-memory artifact (manifest, probe, delta)."""
+        digest = blake3.blake3(data).hexdigest()
+        if self.exists(digest):
+            return digest, len(data)
+        tmp = self.temp_file()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self.commit(tmp, digest)
+            return digest, len(data)
+        finally:
+            with suppress(FileNotFoundError):
+                tmp.unlink()
+
     def link_as(self, digest: str, directory: Path, name: str) -> Path:
         """Expose an object under a file name (e.g. ``x.npz``) in ``directory``."""
         dst = Path(directory) / name

@@ -1,43 +1,70 @@
-"""Signed manifests and deltas between versions, built with ``hadmc_core.delta``."""
+"""Deltas between versions, computed once and cached (artifact + ``deltas`` row).
+
+The delta carries the target's *stored* signed manifest, so the manifest inside a delta is
+byte-for-byte the one ``/manifest`` serves. When that manifest is signed again (near its
+expiry) the cached delta is rebuilt on its next request.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from cloud_service.models import ModelVersion
+from cloud_service.db import utcnow
+from cloud_service.models import Delta, ModelVersion
+from cloud_service.services.publish import ensure_manifest
 from cloud_service.storage import ArtifactStore
 
 
-def model_line(version: ModelVersion) -> str:
-    return f"model-{version.model_id}"
+def encode_delta(*, store: ArtifactStore, base: ModelVersion, target: ModelVersion,
+                 signed_manifest: bytes) -> bytes:
+    """The delta container that turns ``base``'s ONNX into ``target``'s."""
+    from hadmc_core.delta import SignedManifest, build_manifest, encode
 
-
-def signed_manifest(*, store: ArtifactStore, version: ModelVersion,
-                    key: Ed25519PrivateKey) -> bytes:
-    from hadmc_core.delta import build_manifest, sign
-
-    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
-        path = store.link_as(version.onnx_hash, Path(tmp), "model.onnx")
-        m = build_manifest(path, model=model_line(version), version=version.number)
-    return sign(m, key).to_bytes()
-
-
-def make_delta(*, store: ArtifactStore, base: ModelVersion, target: ModelVersion,
-               key: Ed25519PrivateKey) -> tuple[bytes, dict[str, Any]]:
-    """The delta container that turns ``base``'s ONNX into ``target``'s, and its stats."""
-    from hadmc_core.delta import diff
-
+    signed = SignedManifest.from_bytes(signed_manifest)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         old_dir, new_dir = Path(tmp) / "old", Path(tmp) / "new"
         old_dir.mkdir()
         new_dir.mkdir()
         old = store.link_as(base.onnx_hash, old_dir, "model.onnx")
         new = store.link_as(target.onnx_hash, new_dir, "model.onnx")
-        blob, stats = diff(old, new, private_key=key, model=model_line(target),
-                           version=target.number)
-    return blob, {"target_bytes": stats.target_bytes, "delta_bytes": stats.delta_bytes,
-                  "full_zstd_bytes": stats.full_zstd_bytes}
+        base_manifest = build_manifest(old, chunk_size=signed.manifest.chunk_size)
+        blob, _ = encode(signed, new, base_manifest, old_path=old)
+    return blob
+
+
+def _row(session: Session, base_id: int, target_id: int) -> Delta | None:
+    return session.scalar(select(Delta).where(Delta.base_version_id == base_id,
+                                              Delta.target_version_id == target_id))
+
+
+def get_delta(*, session: Session, store: ArtifactStore, base: ModelVersion,
+              target: ModelVersion, key: Ed25519PrivateKey) -> Delta:
+    """The cached delta from ``base`` to ``target``, computed on first request."""
+    manifest = ensure_manifest(session=session, store=store, version=target, key=key)
+    row = _row(session, base.id, target.id)
+    if row is not None and row.manifest_hash == target.manifest_hash \
+            and store.exists(row.artifact_hash):
+        return row
+    blob = encode_delta(store=store, base=base, target=target, signed_manifest=manifest)
+    digest, size = store.put_bytes(blob)  # content-addressed: a concurrent twin dedups
+    assert target.manifest_hash is not None
+    if row is not None:  # stale (manifest signed again) or its file is gone
+        row.artifact_hash, row.size, row.manifest_hash = digest, size, target.manifest_hash
+        row.created_at = utcnow()
+        session.flush()
+        return row
+    try:
+        with session.begin_nested():
+            row = Delta(base_version_id=base.id, target_version_id=target.id,
+                        artifact_hash=digest, size=size, manifest_hash=target.manifest_hash)
+            session.add(row)
+    except IntegrityError:  # a concurrent first request stored it first
+        row = _row(session, base.id, target.id)
+        assert row is not None
+    return row

@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 from cloud_service import security
 from cloud_service.db import utcnow
 from cloud_service.errors import AuthenticationError, ConflictError, InvalidInputError
-from cloud_service.models import Device, EnrollmentToken, LatencyReport, ModelVersion
+from cloud_service.models import (
+    Device,
+    EnrollmentToken,
+    LatencyReport,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+)
 
 
 def create_enrollment_token(*, session: Session, name: str, expires_in_seconds: int,
@@ -131,5 +138,28 @@ def report_latency(*, session: Session, device_id: int, version_id: int | None,
     dev.latency = {"version_id": version_id, "p50_ms": p50_ms, "p99_ms": p99_ms,
                    "operators": operators, "at": utcnow().isoformat()}
     dev.last_seen_at = utcnow()
+    session.flush()
+    return dev
+
+
+def record_download(*, session: Session, device_id: int, version_id: int, nbytes: int) -> None:
+    """Add bytes sent to a device to its total and to its row in the latest rollout that
+    assigned it ``version_id`` (two indexed UPDATEs)."""
+    session.execute(update(Device).where(Device.id == device_id)
+                    .values(bytes_downloaded=Device.bytes_downloaded + nbytes))
+    latest = (select(func.max(RolloutDevice.rollout_id)).join(Rollout)
+              .where(RolloutDevice.device_id == device_id, Rollout.version_id == version_id,
+                     RolloutDevice.status != "pending").scalar_subquery())
+    session.execute(update(RolloutDevice)
+                    .where(RolloutDevice.device_id == device_id,
+                           RolloutDevice.rollout_id == latest)
+                    .values(bytes_sent=RolloutDevice.bytes_sent + nbytes))
+
+
+def set_tags(*, session: Session, device_id: int, tags: list[str]) -> Device | None:
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    dev.tags = sorted(set(tags))
     session.flush()
     return dev

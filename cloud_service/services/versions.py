@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cloud_service.models import ModelVersion
+from cloud_service.errors import ConflictError
+from cloud_service.models import ModelVersion, Rollout
 
 
 def get_version(*, session: Session, version_id: int) -> ModelVersion | None:
@@ -26,3 +30,31 @@ def next_number(*, session: Session, model_id: int) -> int:
     top = session.scalar(select(func.max(ModelVersion.number))
                          .where(ModelVersion.model_id == model_id))
     return (top or 0) + 1
+
+
+def set_probe(*, session: Session, version: ModelVersion, digest: str) -> ModelVersion:
+    """Replace the probe; refused once any rollout names the version (devices may hold it)."""
+    used = session.scalar(select(Rollout.id).where(Rollout.version_id == version.id).limit(1))
+    if used is not None:
+        raise ConflictError(f"version {version.id} is in rollout {used}; its probe can no "
+                            "longer change (publish a new version instead)")
+    version.probe_hash = digest
+    session.flush()
+    return version
+
+
+def create_version(*, session: Session, model_id: int, profile: str, onnx_hash: str,
+                   onnx_size: int, report_hash: str, summary: dict[str, Any]) -> ModelVersion:
+    """The model's next numbered version (a concurrent publication takes another number)."""
+    for _ in range(5):
+        try:
+            with session.begin_nested():
+                row = ModelVersion(model_id=model_id, profile=profile, onnx_hash=onnx_hash,
+                                   number=next_number(session=session, model_id=model_id),
+                                   onnx_size=onnx_size, report_hash=report_hash,
+                                   summary=summary, constraints_met=True)
+                session.add(row)
+            return row
+        except IntegrityError:
+            continue
+    raise ConflictError(f"could not allocate a version number for model {model_id}; retry")

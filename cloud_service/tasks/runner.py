@@ -134,8 +134,30 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
                "latency_ms": rep["compressed"].get("latency_ms"),
                "size_bytes": rep["compressed"].get("size_bytes"),
                "message": result.message, "report_png_hash": png_hash}
-    return _store_version(job, settings, me, progress, onnx_hash=onnx_hash, onnx_size=onnx_size,
-                          report_hash=report_hash, summary=summary, met=result.met)
+    version_id = _store_version(job, settings, me, progress, onnx_hash=onnx_hash,
+                                onnx_size=onnx_size, report_hash=report_hash, summary=summary,
+                                met=result.met)
+    if version_id is not None:
+        publish_version(version_id, settings, store)
+    return version_id
+
+
+def publish_version(version_id: int, settings: Settings, store: ArtifactStore) -> None:
+    """Store the new version's signed manifest and probe. A failure only logs: the API
+    computes them on first request instead."""
+    from cloud_service.security import ensure_signing_key
+    from cloud_service.services.publish import publish
+
+    try:
+        key = ensure_signing_key(settings.signing_key_file)
+        with session_scope(settings.database_url) as s:
+            ver = s.get(ModelVersion, version_id)
+            if ver is not None:
+                publish(session=s, store=store, version=ver, key=key)
+    except Exception as e:  # the version exists either way; never fail the job for this
+        log.warning("version %s: manifest/probe not stored at publication (%s); they will "
+                    "be computed on first request", version_id, e,
+                    extra={"version_id": version_id})
 
 
 def _store_version(job: Job, settings: Settings, me: str, progress: JobProgress,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -82,6 +83,7 @@ def make_settings(tmp: Path, **kw: object) -> Settings:
     base: dict[str, object] = {
         "database_url": "sqlite:///" + str(tmp / "hadmc.db"), "artifact_dir": tmp / "artifacts",
         "signing_key_file": tmp / "keys" / "signing.key", "reconcile_interval_seconds": 0,
+        "rollout_interval_seconds": 0,
         "enroll_rate_per_minute": 100000, "embedded_worker": False, "max_upload_mb": 4}
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
@@ -146,6 +148,30 @@ def tiny_model(client: TestClient, auth: dict[str, str], tiny_weights: Path) -> 
 @pytest.fixture(scope="session")
 def digits(client: TestClient, auth: dict[str, str]) -> dict:
     r = client.post("/v1/datasets", json={"builtin": "digits"}, headers=auth)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def make_onnx(path: Path, weights: np.ndarray, batch: int | str = "N") -> Path:
+    """A one-MatMul ONNX graph ``y = x @ weights`` (input [batch, rows])."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, weights.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, weights.shape[1]])],
+        initializer=[numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def publish_onnx(client: TestClient, auth: dict[str, str], model_id: int, data: bytes,
+                 profile: str = "x86-avx2") -> dict:
+    r = client.post(f"/v1/models/{model_id}/versions", params={"profile": profile},
+                    content=data, headers={**auth, "Content-Type": "application/octet-stream"})
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -1,20 +1,22 @@
-"""/v1/versions/{id}/manifest and /delta: signed manifests and incremental updates."""
+"""/v1/versions/{id}/manifest and /delta: signed manifests and cached incremental updates."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
 
 from cloud_service.api.deps import AnyPrincipal, PathId, SessionDep, StoreDep
+from cloud_service.api.downloads import OCTET, CountedFileResponse, serve_artifact
 from cloud_service.errors import InvalidInputError, NotFoundError
 from cloud_service.models import ModelVersion
 from cloud_service.schemas import MAX_ID
 from cloud_service.services import deltas as svc
+from cloud_service.services.publish import ensure_manifest
 from cloud_service.services.versions import get_version
 
 router = APIRouter(prefix="/v1/versions", tags=["versions"])
-OCTET: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
 
 
 def _get(session: SessionDep, version_id: int) -> ModelVersion:
@@ -26,27 +28,35 @@ def _get(session: SessionDep, version_id: int) -> ModelVersion:
 
 @router.get("/{version_id}/manifest", summary="The version's signed manifest",
             description="Per-tensor chunk hashes (BLAKE3), signed with the server's Ed25519 "
-                        "key (public half returned at device registration).",
+                        "key (public half returned at device registration). Computed once "
+                        "and stored: the same bytes every time (signed again only when "
+                        "close to expiry).",
             responses={200: {"content": {"application/json": {}}}})
 def manifest(version_id: PathId, request: Request, session: SessionDep, who: AnyPrincipal,
              store: StoreDep) -> Response:
-    body = svc.signed_manifest(store=store, version=_get(session, version_id),
-                               key=request.app.state.signing_key)
+    body = ensure_manifest(session=session, store=store, version=_get(session, version_id),
+                           key=request.app.state.signing_key)
+    session.commit()
     return Response(body, media_type="application/json")
 
 
 @router.get("/{version_id}/delta", summary="Delta from another version to this one",
+            response_class=FileResponse,
             description="A signed delta container (see docs/delta.md) that turns the ONNX "
-                        "of `from` into this version's.", responses=OCTET)
+                        "of `from` into this version's; computed once and cached. Supports "
+                        "HTTP Range (206); the ETag is the container's BLAKE3.",
+            responses=OCTET)
 def delta(version_id: PathId, request: Request, session: SessionDep, who: AnyPrincipal,
           store: StoreDep,
           from_: Annotated[int, Query(alias="from", ge=1, le=MAX_ID,
-                                      description="The version the device has.")]) -> Response:
+                                      description="The version the device has.")]
+          ) -> CountedFileResponse:
     target, base = _get(session, version_id), _get(session, from_)
     if base.id == target.id:
         raise InvalidInputError("`from` is this version already; nothing to send")
-    blob, stats = svc.make_delta(store=store, base=base, target=target,
-                                 key=request.app.state.signing_key)
-    return Response(blob, media_type="application/octet-stream", headers={
-        "X-HADMC-Target-Bytes": str(stats["target_bytes"]),
-        "X-HADMC-Full-Zstd-Bytes": str(stats["full_zstd_bytes"])})
+    row = svc.get_delta(session=session, store=store, base=base, target=target,
+                        key=request.app.state.signing_key)
+    session.commit()
+    return serve_artifact(request, store, row.artifact_hash,
+                          f"model-{target.model_id}-v{base.number}-v{target.number}.delta",
+                          who, target.id)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from cloud_service.api import uploads
-from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, SettingsDep, StoreDep
+from cloud_service.api.deps import (
+    CurrentUser,
+    Offset,
+    PathId,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
 from cloud_service.errors import NotFoundError
-from cloud_service.schemas import ModelPublic, Page
+from cloud_service.schemas import ModelPublic, Page, VersionPublic
 from cloud_service.services import models as svc
+from cloud_service.services import publish
+from cloud_service.services.jobs import check_profile
+from cloud_service.services.versions import create_version
+from cloud_service.storage import ArtifactStore
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -57,3 +69,33 @@ def get_model(model_id: PathId, session: SessionDep, user: CurrentUser) -> Model
     if row is None:
         raise NotFoundError(f"model {model_id} does not exist")
     return ModelPublic.model_validate(row)
+
+
+def _publish(session: SessionDep, store: ArtifactStore, request: Request, model_id: int,
+             profile: str, digest: str, size: int) -> VersionPublic:
+    if svc.get_model(session=session, model_id=model_id) is None:
+        raise NotFoundError(f"model {model_id} does not exist")
+    check_profile(profile)
+    details = svc.inspect_onnx(store.path(digest))
+    report_hash, _ = store.put_bytes(json.dumps(
+        {"source": "upload", "onnx": details}, sort_keys=True).encode())
+    row = create_version(session=session, model_id=model_id, profile=profile,
+                         onnx_hash=digest, onnx_size=size, report_hash=report_hash,
+                         summary={"source": "upload"})
+    publish.publish(session=session, store=store, version=row,
+                    key=request.app.state.signing_key)
+    session.commit()
+    return VersionPublic.model_validate(row)
+
+
+@router.post("/{model_id}/versions", status_code=201, response_model=VersionPublic,
+             openapi_extra=uploads.RAW_BODY, summary="Publish a ready ONNX model as a version",
+             description="The raw ONNX body becomes the model's next numbered version (no "
+                         "compression job); its signed manifest and probe are computed now.")
+async def publish_version(model_id: PathId, request: Request, session: SessionDep,
+                          user: CurrentUser, settings: SettingsDep, store: StoreDep,
+                          profile: Annotated[str, Query(min_length=1, max_length=100)]
+                          ) -> VersionPublic:
+    digest, size = await uploads.receive(request, settings, store)
+    return await run_in_threadpool(_publish, session, store, request, model_id, profile,
+                                   digest, size)

@@ -1,0 +1,66 @@
+"""File downloads with Range (206) and ETag, counting what a device is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Message, Receive, Scope, Send
+
+from cloud_service.services.auth import Principal
+from cloud_service.services.devices import record_download
+from cloud_service.storage import ArtifactStore
+
+OCTET: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "Partial content (HTTP Range)"}}
+
+
+class CountedFileResponse(FileResponse):
+    """A FileResponse that reports the body bytes it actually sent (a range's length for
+    206; what got out before a client dropped) to ``on_sent`` once it is done."""
+
+    def __init__(self, *args: Any, on_sent: Callable[[int], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_sent is None:
+            return await super().__call__(scope, receive, send)
+        sent = 0
+
+        async def counting(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend" and self.stat_result:
+                sent += self.stat_result.st_size
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, counting)
+        finally:
+            if sent and self.on_sent is not None:
+                await run_in_threadpool(self.on_sent, sent)
+
+
+def serve_artifact(request: Request, store: ArtifactStore, digest: str, filename: str,
+                   who: Principal, version_id: int) -> CountedFileResponse:
+    """The stored file ``digest``; bytes sent to a device count for it and its rollout."""
+    on_sent = None
+    if who.kind == "device":
+        maker = request.app.state.sessionmaker
+
+        def on_sent(nbytes: int) -> None:
+            with maker() as session:
+                record_download(session=session, device_id=who.id, version_id=version_id,
+                                nbytes=nbytes)
+                session.commit()
+
+    return CountedFileResponse(store.path(digest), media_type="application/octet-stream",
+                               filename=filename, headers={"ETag": f'"{digest}"'},
+                               on_sent=on_sent)
