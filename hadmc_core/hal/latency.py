@@ -141,20 +141,7 @@ class LatencyModel:
         return 1e3 * max(compute_s, memory_s) + 0.005  # 5 us dispatch per op
 
     def _fit(self, geom: LayerGeom, precision: str, ref: tuple[int, int]) -> list[float]:
-        """Time the layer at three widths and fit ms = a + b * MMACs (a, b >= 0)."""
-        cin, cout = ref
-        xs, ys = [], []
-        for frac in (1.0, 0.5, 0.25):
-            ci = cin if (geom.kind == "conv" and cin <= 4) else max(1, int(cin * frac))
-            co = cout if geom.kind == "linear" else max(1, int(cout * frac))
-            if geom.kind == "dwconv":
-                ci = co
-            xs.append(geom.macs(ci, co) / 1e6)
-            ys.append(time_layer(geom, ci, co, precision, self.threads))
-        b, a = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (0.0, float(np.median(ys)))
-        b = max(0.0, float(b))
-        a = max(0.0, float(np.median([y - b * x for x, y in zip(xs, ys, strict=True)])))
-        return [a, b]
+        return fit_layer(geom, precision, ref, self.threads)
 
     def _save(self) -> None:
         if self._cache_path is None:
@@ -172,14 +159,32 @@ class LatencyModel:
         return {**self._fits, **self.device_table}
 
 
+def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],
+              threads: int) -> list[float]:
+    """Time the layer at three widths and fit ms = a + b * MMACs (a, b >= 0)."""
+    cin, cout = ref
+    xs, ys = [], []
+    for frac in (1.0, 0.5, 0.25):
+        ci = cin if (geom.kind == "conv" and cin <= 4) else max(1, int(cin * frac))
+        co = cout if geom.kind == "linear" else max(1, int(cout * frac))
+        if geom.kind == "dwconv":
+            ci = co
+        xs.append(geom.macs(ci, co) / 1e6)
+        ys.append(time_layer(geom, ci, co, precision, threads))
+    b, a = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (0.0, float(np.median(ys)))
+    b = max(0.0, float(b))
+    a = max(0.0, float(np.median([y - b * x for x, y in zip(xs, ys, strict=True)])))
+    return [a, b]
+
+
 def describe(geom: LayerGeom, cin: int, cout: int) -> dict:
     return {**asdict(geom), "cin": cin, "cout": cout, "macs": geom.macs(cin, cout)}
 
 
 def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
-    """A one-layer ONNX model; INT8 as QDQ so ORT runs QLinearConv / integer MatMul."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """A one-layer ONNX model; INT8 as QDQ so ORT runs QLinearConv / integer MatMul.
+    Written as protobuf bytes directly (no ``onnx`` package), so a device can build it."""
+    from hadmc_core.hal import onnxwrite as ow
 
     rng = np.random.default_rng(0)
     dw = geom.kind == "dwconv"
@@ -192,36 +197,32 @@ def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
     inits, nodes = [], []
     x_name, w_name = "x", "w"
     if precision == "int8":
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
-                  numpy_helper.from_array(np.array(128, np.uint8), "zx"),
-                  numpy_helper.from_array((w / 0.002).clip(-127, 127).astype(np.int8), "wq"),
-                  numpy_helper.from_array(np.array(0.002, np.float32), "sw"),
-                  numpy_helper.from_array(np.array(0, np.int8), "zw")]
-        nodes += [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
-                  helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"])]
+        inits += [ow.tensor("sx", np.array(0.05, np.float32)),
+                  ow.tensor("zx", np.array(128, np.uint8)),
+                  ow.tensor("wq", (w / 0.002).clip(-127, 127).astype(np.int8)),
+                  ow.tensor("sw", np.array(0.002, np.float32)),
+                  ow.tensor("zw", np.array(0, np.int8))]
+        nodes += [ow.node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+                  ow.node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+                  ow.node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"])]
         x_name, w_name = "xd", "wd"
     else:
-        inits.append(numpy_helper.from_array(w, "w"))
+        inits.append(ow.tensor("w", w))
     if op == "Conv":
-        inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
-        attrs = dict(kernel_shape=[geom.k, geom.k], strides=[geom.stride] * 2,
-                     pads=[geom.k // 2] * 4, group=cin if dw else 1)
-        nodes.append(helper.make_node("Conv", [x_name, w_name, "b"], ["y"], **attrs))
+        inits.append(ow.tensor("b", np.zeros(cout, np.float32)))
+        nodes.append(ow.node("Conv", [x_name, w_name, "b"], ["y"], kernel_shape=[geom.k] * 2,
+                             strides=[geom.stride] * 2, pads=[geom.k // 2] * 4,
+                             group=cin if dw else 1))
     else:
-        nodes.append(helper.make_node("MatMul", [x_name, w_name], ["y"]))
-    nodes.append(helper.make_node("Relu", ["y"], ["r"]))
+        nodes.append(ow.node("MatMul", [x_name, w_name], ["y"]))
+    nodes.append(ow.node("Relu", ["y"], ["r"]))
     out = "r"
     if precision == "int8":
-        nodes += [helper.make_node("QuantizeLinear", ["r", "sx", "zx"], ["rq"]),
-                  helper.make_node("DequantizeLinear", ["rq", "sx", "zx"], ["out"])]
+        nodes += [ow.node("QuantizeLinear", ["r", "sx", "zx"], ["rq"]),
+                  ow.node("DequantizeLinear", ["rq", "sx", "zx"], ["out"])]
         out = "out"
-    graph = helper.make_graph(
-        nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return onnx.ModelProto.SerializeToString(model)
+    return ow.model(nodes, [ow.value_info("x", xshape)], [ow.value_info(out)], inits,
+                    name="layer")
 
 
 def time_layer(geom: LayerGeom, cin: int, cout: int, precision: str, threads: int,

@@ -1,0 +1,52 @@
+"""The measured per-operator latency table the pipeline's latency model takes as a device
+table (``hadmc_core.hal.latency``): ``{"<geometry>|<precision>": [a_ms, b_ms_per_MMAC]}``.
+
+Each operator class (conv / depthwise conv / linear at a kernel, stride and input size) is
+timed at three widths with ONNX Runtime on this device and fitted to ``ms = a + b * MMACs``.
+The one-layer graphs are written as protobuf bytes, so neither torch nor ``onnx`` is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from hadmc_core.hal.latency import MEASURE_PRECISIONS, LayerGeom, fit_layer
+
+log = logging.getLogger(__name__)
+
+#: Operator classes typical of the model zoo at CIFAR (32x32) and ImageNet (224) scale,
+#: with the reference widths the fit scales from. About 2-4 s on one core.
+OPERATORS: list[tuple[LayerGeom, int, int]] = [
+    (LayerGeom("conv", 3, 1, 32, 32), 32, 32),
+    (LayerGeom("conv", 3, 1, 16, 16), 64, 64),
+    (LayerGeom("conv", 3, 1, 8, 8), 128, 128),
+    (LayerGeom("conv", 3, 2, 32, 32), 32, 64),
+    (LayerGeom("conv", 3, 2, 16, 16), 64, 128),
+    (LayerGeom("conv", 1, 1, 16, 16), 64, 64),
+    (LayerGeom("conv", 1, 1, 8, 8), 128, 128),
+    (LayerGeom("dwconv", 3, 1, 16, 16), 64, 64),
+    (LayerGeom("dwconv", 3, 2, 32, 32), 32, 32),
+    (LayerGeom("conv", 3, 1, 56, 56), 64, 64),
+    (LayerGeom("linear"), 512, 100),
+]
+
+
+def operator_table(threads: int = 1,
+                   operators: list[tuple[LayerGeom, int, int]] | None = None,
+                   precisions: tuple[str, ...] = MEASURE_PRECISIONS) -> dict[str, list[float]]:
+    """Fit every operator class at every precision; a class that fails is left out."""
+    table: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for geom, cin, cout in OPERATORS if operators is None else operators:
+        for precision in precisions:
+            key = f"{geom.key}|{precision}"
+            try:
+                a, b = fit_layer(geom, precision, (cin, cout), threads)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own types
+                log.warning("latency of %s not measured: %s", key, str(e)[:200])
+                continue
+            table[key] = [round(a, 6), round(b, 6)]
+    log.info("latency table: %d operator classes in %.1f s", len(table),
+             time.perf_counter() - start)
+    return table

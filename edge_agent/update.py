@@ -1,0 +1,231 @@
+"""One update (or rollback) attempt: signed manifest → files (held, delta or full) →
+verify → smoke test in staging → install → atomic switch → report.
+
+Every refusal is an UpdateError whose ``phase`` goes into the update report; transient
+network errors (NetworkError) propagate so the loop retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent import verify
+from edge_agent.client import Backoff, ServerClient
+from edge_agent.errors import (
+    DownloadError,
+    ManifestRejected,
+    ServerError,
+    UpdateError,
+    VerifyError,
+)
+from edge_agent.settings import AgentSettings
+from edge_agent.smoke import Probe, SmokeResult, load_probe, smoke_test
+from edge_agent.store import MANIFEST_FILE, MODEL_FILE, PROBE_FILE, AgentState, Store
+from hadmc_core.delta import SignedManifest, apply_delta
+from hadmc_core.delta.errors import BaseMismatchError, DeltaError
+
+log = logging.getLogger(__name__)
+DELTA_FILE = "update.delta"
+
+
+@dataclass
+class Attempt:
+    """What one attempt is about and what it has done so far (for the report)."""
+
+    version_id: int
+    rollout_id: int | None
+    phase: str = "manifest"
+    bytes_downloaded: int = 0
+    rollback: bool = False
+
+
+def delta_bound(signed: SignedManifest, manifest_bytes: int) -> int:
+    """Largest delta a manifest allows (docs/delta.md caps): every chunk's payload at most
+    its size + 1/8 + 1 KiB, plus the prefix, header and op table."""
+    m = signed.manifest
+    return m.size + m.size // 8 + m.n_chunks * (1024 + 4 + 13) + 2 * manifest_bytes + (1 << 20)
+
+
+class Updater:
+    def __init__(self, *, settings: AgentSettings, store: Store, client: ServerClient,
+                 key: Ed25519PublicKey, device_id: int, state: AgentState) -> None:
+        self.settings, self.store, self.client = settings, store, client
+        self.key, self.device_id, self.state = key, device_id, state
+
+    def run(self, desired: dict[str, Any]) -> dict[str, Any]:
+        """Try to make ``desired`` the active version; returns the update report."""
+        a = Attempt(int(desired["version_id"]), desired.get("rollout_id"))
+        staged: Path | None = None
+        try:
+            signed, raw = self._manifest(a, desired)
+            staged = self.store.new_staging(f"v{a.version_id}")
+            (staged / MANIFEST_FILE).write_bytes(raw)
+            self._files(a, signed, staged)
+            result = self._smoke(a, staged)
+            a.phase = "switch"
+            self.store.install(staged, a.version_id)
+            staged = None
+            self.activate(a, signed, result)
+            log.info("now on version %d (p50 %.3f ms)", a.version_id, result.p50_ms,
+                     extra={"version_id": a.version_id})
+            return self.report(a, ok=True, result=result)
+        except UpdateError as e:
+            log.warning("update to version %d failed in %s: %s", a.version_id, e.phase, e,
+                        extra={"version_id": a.version_id})
+            return self.report(a, ok=False, reason=str(e), phase=e.phase)
+        finally:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+
+    # -- phases ----------------------------------------------------------------------------
+    def _manifest(self, a: Attempt, desired: dict[str, Any]) -> tuple[SignedManifest, bytes]:
+        raw = self.client.get_bytes(f"/v1/versions/{a.version_id}/manifest", "manifest",
+                                    verify.MAX_MANIFEST_BYTES)
+        signed = verify.read_manifest(raw, self.key, floor=None)
+        m = signed.manifest
+        if desired.get("number") is not None and m.version != desired["number"]:
+            raise ManifestRejected(f"manifest is for version {m.version}, the server asked "
+                                   f"for number {desired['number']}")
+        floor = self.state.highest.get(m.model)
+        if floor is not None and m.version < floor:
+            a.phase = "rollback"
+            order = desired.get("rollback_order")
+            if order is None:
+                raise ManifestRejected(f"{m.model} version {m.version} is below the highest "
+                                       f"accepted ({floor}) and no signed rollback order "
+                                       "names it")
+            verify.check_rollback_order(order, self.key, device_id=self.device_id,
+                                        model=m.model, version=m.version,
+                                        version_id=a.version_id)
+            a.rollback = True
+        return signed, raw
+
+    def _files(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
+        """Put the version's files into ``staged``, verified against the signed manifest."""
+        held = self.store.version_dir(a.version_id)
+        if held.is_dir():
+            a.phase = "verify"
+            for f in signed.manifest.files:
+                shutil.copyfile(held / f.path, staged / f.path)
+        elif self.state.active is not None and not a.rollback:
+            try:
+                self._delta(a, signed, staged)
+            except (ServerError, BaseMismatchError) as e:
+                log.info("no usable delta (%s); downloading the full file", e)
+                self._full(a, signed, staged)
+        else:
+            self._full(a, signed, staged)
+        a.phase = "verify"
+        verify.check_files(staged, signed)
+        self._probe(a, staged)
+
+    def _delta(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
+        base = self.state.active
+        a.phase = "download"
+        dest = staged / DELTA_FILE
+        a.bytes_downloaded += self._download(
+            f"/v1/versions/{a.version_id}/delta?from={base}", dest, "delta",
+            delta_bound(signed, len(signed.to_bytes())))
+        a.phase = "verify"
+        floor = self.state.highest.get(signed.manifest.model)
+        try:
+            got = apply_delta(self.store.version_dir(int(base or 0)) / MODEL_FILE, dest,
+                              staged / MODEL_FILE, public_key=self.key,
+                              min_version=None if a.rollback else floor)
+        except BaseMismatchError:
+            raise
+        except DeltaError as e:
+            raise VerifyError(f"delta refused: {e}") from e
+        finally:
+            dest.unlink(missing_ok=True)
+        if [(f.path, f.blake3) for f in got.files] != \
+                [(f.path, f.blake3) for f in signed.manifest.files]:
+            raise VerifyError("the delta rebuilds other files than the signed manifest names")
+
+    def _full(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
+        files = signed.manifest.files
+        if len(files) != 1:
+            raise DownloadError(f"the version has {len(files)} files; a full download serves "
+                                "model.onnx only, so it needs a delta from a held version")
+        a.phase = "download"
+        a.bytes_downloaded += self._download(f"/v1/versions/{a.version_id}/model.onnx",
+                                             staged / files[0].path, "model.onnx",
+                                             files[0].size)
+
+    def _download(self, path: str, dest: Path, what: str, bound: int) -> int:
+        s = self.settings
+        return self.client.download(path, dest, what=what, max_bytes=bound,
+                                    attempts=s.download_attempts,
+                                    backoff=Backoff(s.backoff_base_seconds, 30.0))
+
+    def _probe(self, a: Attempt, staged: Path) -> None:
+        if (staged / PROBE_FILE).exists():
+            return
+        a.phase = "download"
+        cap = int(self.settings.max_probe_mb * (1 << 20))
+        try:
+            data = self.client.get_bytes(f"/v1/versions/{a.version_id}/probe", "probe", cap)
+        except ServerError as e:
+            if e.status != 404:
+                raise DownloadError(str(e)) from e
+            log.warning("version %d has no probe; the smoke test only loads and runs it",
+                        a.version_id)
+            return
+        (staged / PROBE_FILE).write_bytes(data)
+
+    def _smoke(self, a: Attempt, staged: Path) -> SmokeResult:
+        a.phase = "smoke"
+        probe: Probe | None = None
+        if (staged / PROBE_FILE).exists():
+            probe = load_probe((staged / PROBE_FILE).read_bytes())
+        return smoke_test(staged / MODEL_FILE, probe, self.settings.smoke_runs,
+                          self.settings.threads)
+
+    # -- switch and report -----------------------------------------------------------------
+    def activate(self, a: Attempt, signed: SignedManifest, result: SmokeResult) -> None:
+        """Record the intent, switch ``current`` in one rename, then record the outcome.
+        ``recover`` finishes or forgets the intent after a crash in between."""
+        st, m = self.state, signed.manifest
+        report = self.report(a, ok=True, result=result)
+        latency = {"version_id": a.version_id, "p50_ms": result.p50_ms,
+                   "p99_ms": result.p99_ms}
+        st.switching = {"version_id": a.version_id, "model": m.model, "version": m.version,
+                        "reports": [{"kind": "updates", "body": report},
+                                    {"kind": "latency", "body": latency}]}
+        self.store.save_state(st)
+        self.store.switch(a.version_id)
+        finish_switch(self.store, st)
+
+    def report(self, a: Attempt, *, ok: bool, result: SmokeResult | None = None,
+               reason: str | None = None, phase: str | None = None) -> dict[str, Any]:
+        return {"version_id": a.version_id, "rollout_id": a.rollout_id, "ok": ok,
+                "phase": ("rollback" if a.rollback else "done") if ok else (phase or a.phase),
+                "reason": None if ok else (reason or "")[:1000],
+                "p50_ms": result.p50_ms if result else None,
+                "p95_ms": result.p95_ms if result else None,
+                "bytes_downloaded": a.bytes_downloaded}
+
+
+def finish_switch(store: Store, st: AgentState) -> None:
+    """After ``current`` names the new version: active/previous, floor, queued reports,
+    and only the two versions kept."""
+    sw = st.switching
+    if not sw:
+        return
+    vid = int(sw["version_id"])
+    if st.active != vid:
+        st.previous = st.active
+    st.active = vid
+    st.highest[sw["model"]] = max(st.highest.get(sw["model"], 0), int(sw["version"]))
+    st.pending_reports.extend(sw.get("reports", []))
+    st.switching = None
+    store.save_state(st)
+    for old in store.held():
+        if old not in (st.active, st.previous):
+            store.remove_version(old)
