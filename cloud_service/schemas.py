@@ -164,8 +164,19 @@ class DevicePublic(Public):
     latency: dict[str, Any] | None
     status: str | None
     current_version_id: int | None
+    previous_version_id: int | None
+    tags: list[str]
+    bytes_downloaded: int = Field(description="Bytes the server sent it (ONNX and deltas).")
     last_seen_at: datetime | None
     created_at: datetime
+
+
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class DeviceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: list[Tag] = Field(max_length=100, description="Replaces the device's tags.")
 
 
 class Problem(BaseModel):

@@ -44,6 +44,18 @@ ACCESS = {
     ("PUT", "/v1/devices/{device_id}/profile"): "own",
     ("POST", "/v1/devices/{device_id}/heartbeat"): "own",
     ("POST", "/v1/devices/{device_id}/latency"): "own",
+    ("PATCH", "/v1/devices/{device_id}"): "user",
+    ("GET", "/v1/devices/{device_id}/desired"): "own",
+    ("POST", "/v1/devices/{device_id}/updates"): "own",
+    ("POST", "/v1/rollouts"): "user",
+    ("GET", "/v1/rollouts"): "user",
+    ("GET", "/v1/rollouts/{rollout_id}"): "user",
+    ("GET", "/v1/rollouts/{rollout_id}/devices"): "user",
+    ("GET", "/v1/rollouts/{rollout_id}/events"): "user",
+    ("POST", "/v1/rollouts/{rollout_id}/pause"): "user",
+    ("POST", "/v1/rollouts/{rollout_id}/resume"): "user",
+    ("POST", "/v1/rollouts/{rollout_id}/abort"): "user",
+    ("POST", "/v1/rollouts/{rollout_id}/rollback"): "user",
 }
 ALLOWED = {
     "none": {"public"},
@@ -71,10 +83,10 @@ def test_table_covers_every_route(app: FastAPI) -> None:
 @pytest.mark.parametrize("method,path", list(ACCESS), ids=[f"{m} {p}" for m, p in ACCESS])
 def test_access(client: TestClient, principals: dict, who: str, method: str, path: str) -> None:
     url = path.replace("{device_id}", str(principals["own_id"]))
-    for name in ("model_id", "dataset_id", "job_id", "version_id", "token_id"):
+    for name in ("model_id", "dataset_id", "job_id", "version_id", "token_id", "rollout_id"):
         url = url.replace("{" + name + "}", "999999")
     kw: dict = {"headers": dict(principals[who])}
-    if method in ("POST", "PUT"):
+    if method in ("POST", "PUT", "PATCH"):
         kw["json"] = {}
     r = client.request(method, url, **kw)
     assert r.status_code < 500, r.text

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import defaultdict, deque
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cloud_service.api.deps import (
@@ -28,6 +30,7 @@ from cloud_service.schemas import (
     DevicePublic,
     DeviceRegister,
     DeviceRegistered,
+    DeviceUpdate,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
     EnrollmentTokenPublic,
@@ -36,6 +39,8 @@ from cloud_service.schemas import (
     LatencyReportCreate,
     Page,
 )
+from cloud_service.schemas_rollouts import DesiredPublic, UpdateReportCreate, UpdateReportPublic
+from cloud_service.services import desired as desired_svc
 from cloud_service.services import devices as svc
 from cloud_service.services.auth import resolve
 
@@ -167,3 +172,51 @@ def report_latency(device_id: PathId, body: LatencyReportCreate, session: Sessio
                              p50_ms=body.p50_ms, p99_ms=body.p99_ms, operators=body.operators)
     session.commit()
     return _found(dev, device_id)
+
+
+@router.patch("/devices/{device_id}", response_model=DevicePublic,
+              summary="Set a device's tags (user)")
+def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
+                  user: CurrentUser) -> DevicePublic:
+    dev = svc.set_tags(session=session, device_id=device_id, tags=body.tags)
+    session.commit()
+    return _found(dev, device_id)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get("/devices/{device_id}/desired", response_model=DesiredPublic,
+            summary="The version this device should run (device only)",
+            description="Conditional: send the last ETag as If-None-Match to get 304 when "
+                        "nothing changed. `rollback_order` (signed) is present when the "
+                        "version is lower than one the device accepted.",
+            responses={304: {"description": "Not modified"}})
+def get_desired(device_id: PathId, request: Request, session: SessionDep, me: OwnDevice,
+                if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    body = desired_svc.desired_state(session=session, device_id=device_id,
+                                     key=request.app.state.signing_key)
+    if body is None:
+        raise NotFoundError(f"device {device_id} does not exist")
+    etag = '"' + hashlib.sha256(desired_svc.canonical(body)).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(DesiredPublic(**body).model_dump(mode="json"), headers=headers)
+
+
+@router.post("/devices/{device_id}/updates", status_code=201,
+             response_model=UpdateReportPublic,
+             summary="Report an update or rollback attempt (device only)")
+def report_update(device_id: PathId, body: UpdateReportCreate, session: SessionDep,
+                  me: OwnDevice) -> UpdateReportPublic:
+    row = desired_svc.report_update(session=session, device_id=device_id,
+                                    report=body.model_dump())
+    if row is None:
+        raise NotFoundError(f"device {device_id} does not exist")
+    session.commit()
+    return UpdateReportPublic.model_validate(row)

@@ -1,0 +1,102 @@
+"""/v1/rollouts: send a version to selected devices in waves (``docs/protocol.md``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep
+from cloud_service.errors import NotFoundError
+from cloud_service.models import Rollout
+from cloud_service.schemas_rollouts import (
+    RolloutCreate,
+    RolloutDevicePublic,
+    RolloutDevicesPublic,
+    RolloutEventPublic,
+    RolloutEventsPublic,
+    RolloutPublic,
+    RolloutsPublic,
+    RolloutState,
+)
+from cloud_service.services import rollouts as svc
+
+router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _public(session: SessionDep, rows: list[Rollout]) -> list[RolloutPublic]:
+    counts = svc.wave_counts(session=session, rollouts=rows)
+    return [RolloutPublic.model_validate(r).model_copy(update={"wave_counts": counts[r.id]})
+            for r in rows]
+
+
+def _found(session: SessionDep, rollout_id: int) -> Rollout:
+    row = svc.get_rollout(session=session, rollout_id=rollout_id)
+    if row is None:
+        raise NotFoundError(f"rollout {rollout_id} does not exist")
+    return row
+
+
+@router.post("", status_code=201, response_model=RolloutPublic, summary="Create a rollout",
+             description="Selects devices, plans the waves and assigns the first one. 422 for "
+                         "an empty selection or bad waves; 409 when a selected device is "
+                         "already in another active rollout.")
+def create_rollout(body: RolloutCreate, session: SessionDep, user: CurrentUser) -> RolloutPublic:
+    row = svc.create_rollout(session=session, spec=body.model_dump(), created_by=user.id)
+    session.commit()
+    return _public(session, [row])[0]
+
+
+@router.get("", response_model=RolloutsPublic, summary="List rollouts")
+def list_rollouts(session: SessionDep, user: CurrentUser, state: RolloutState | None = None,
+                  offset: Offset = 0, limit: Limit = 50) -> RolloutsPublic:
+    rows, count = svc.list_rollouts(session=session, offset=offset, limit=limit, state=state)
+    return RolloutsPublic(data=_public(session, rows), count=count)
+
+
+@router.get("/{rollout_id}", response_model=RolloutPublic,
+            summary="A rollout: state, current wave, per-wave counts")
+def get_rollout(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
+    return _public(session, [_found(session, rollout_id)])[0]
+
+
+@router.get("/{rollout_id}/devices", response_model=RolloutDevicesPublic,
+            summary="Per device: status, versions, bytes sent, latency, reason")
+def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
+                 offset: Offset = 0, limit: Limit = 100) -> RolloutDevicesPublic:
+    _found(session, rollout_id)
+    rows, count = svc.list_rollout_devices(session=session, rollout_id=rollout_id,
+                                           offset=offset, limit=limit)
+    return RolloutDevicesPublic(data=[RolloutDevicePublic.model_validate(r) for r in rows],
+                                count=count)
+
+
+@router.get("/{rollout_id}/events", response_model=RolloutEventsPublic,
+            summary="Decisions (scheduler and user) with their reasons")
+def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
+                offset: Offset = 0, limit: Limit = 100) -> RolloutEventsPublic:
+    _found(session, rollout_id)
+    rows, count = svc.list_events(session=session, rollout_id=rollout_id, offset=offset,
+                                  limit=limit)
+    return RolloutEventsPublic(data=[RolloutEventPublic.model_validate(r) for r in rows],
+                               count=count)
+
+
+def _transition(action: Literal["pause", "resume", "abort", "rollback"], summary: str) -> None:
+    @router.post(f"/{{rollout_id}}/{action}", response_model=RolloutPublic, summary=summary,
+                 description="409 when the rollout's state does not allow it.",
+                 operation_id=f"{action}_rollout")
+    def handler(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
+        row = svc.transition(session=session, rollout_id=rollout_id, action=action, by=user.id)
+        if row is None:
+            raise NotFoundError(f"rollout {rollout_id} does not exist")
+        session.commit()
+        return _public(session, [row])[0]
+
+
+_transition("pause", "Pause the scheduler's decisions for this rollout")
+_transition("resume", "Resume a paused rollout (the wave's timeout restarts)")
+_transition("abort", "Abort: no pending device moves")
+_transition("rollback", "Send every device that moved back to its previous version "
+                        "(signed rollback orders)")

@@ -1,0 +1,139 @@
+"""What a device should run (its desired version, with a signed rollback order when that
+is lower than a version it accepted) and what it reports back after an update."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cloud_service.db import utcnow
+from cloud_service.errors import InvalidInputError
+from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, UpdateReport
+from cloud_service.services.publish import model_line
+
+#: Rollback orders are issued on the hour (so the answer and its ETag stay stable for an
+#: hour) and expire a day after.
+ORDER_BUCKET_SECONDS, ORDER_TTL_SECONDS = 3600, 86400
+NOTHING: dict[str, Any] = {"version_id": None, "model_id": None, "number": None,
+                           "onnx_hash": None, "onnx_size": None, "rollback_order": None}
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_order(order: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {"order": order, "signature": key.sign(canonical(order)).hex()}
+
+
+def _latest_row(session: Session, device_id: int) -> tuple[RolloutDevice, Rollout] | None:
+    row = session.execute(
+        select(RolloutDevice, Rollout).join(Rollout)
+        .where(RolloutDevice.device_id == device_id, RolloutDevice.status != "pending")
+        .order_by(Rollout.id.desc()).limit(1)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _highest_accepted(session: Session, dev: Device, model_id: int) -> int:
+    """The highest version number of this model the device reported running."""
+    reported = session.scalar(
+        select(func.max(ModelVersion.number)).join(UpdateReport,
+                                                     UpdateReport.version_id == ModelVersion.id)
+        .where(UpdateReport.device_id == dev.id, UpdateReport.ok.is_(True),
+               ModelVersion.model_id == model_id)) or 0
+    current = session.get(ModelVersion, dev.current_version_id) \
+        if dev.current_version_id else None
+    if current is not None and current.model_id == model_id:
+        reported = max(reported, current.number)
+    return reported
+
+
+def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,
+                  now: datetime | None = None) -> dict[str, Any] | None:
+    """The body of ``GET /v1/devices/{id}/desired`` (None when the device does not exist).
+
+    The latest rollout that reached the device decides: assigned or succeeded -> the
+    rollout's version; failed or rolled back -> the version it had before."""
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    found = _latest_row(session, device_id)
+    if found is None:
+        return {**NOTHING, "rollout_id": None}
+    rd, rollout = found
+    target_id = rollout.version_id if rd.status in ("assigned", "succeeded") \
+        else rd.from_version_id
+    ver = session.get(ModelVersion, target_id) if target_id is not None else None
+    if ver is None:
+        return {**NOTHING, "rollout_id": rollout.id}
+    order = None
+    if ver.number < _highest_accepted(session, dev, ver.model_id):
+        issued = int((now or utcnow()).timestamp()) // ORDER_BUCKET_SECONDS \
+            * ORDER_BUCKET_SECONDS
+        order = sign_order({"kind": "rollback", "device_id": dev.id, "model": model_line(ver),
+                            "version": ver.number, "version_id": ver.id, "issued": issued,
+                            "expires": issued + ORDER_TTL_SECONDS}, key)
+    return {"version_id": ver.id, "model_id": ver.model_id, "number": ver.number,
+            "onnx_hash": ver.onnx_hash, "onnx_size": ver.onnx_size, "rollout_id": rollout.id,
+            "rollback_order": order}
+
+
+def _report_row(session: Session, device_id: int, version_id: int,
+                rollout_id: int | None) -> tuple[RolloutDevice, Rollout] | None:
+    query = (select(RolloutDevice, Rollout).join(Rollout)
+             .where(RolloutDevice.device_id == device_id))
+    if rollout_id is not None:
+        query = query.where(Rollout.id == rollout_id)
+    else:
+        query = query.where((Rollout.version_id == version_id)
+                            | (RolloutDevice.from_version_id == version_id))
+    row = session.execute(query.order_by(Rollout.id.desc()).limit(1)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _update_rollout_row(rd: RolloutDevice, rollout: Rollout, report: UpdateReport,
+                        now: datetime) -> None:
+    if report.version_id == rollout.version_id and rd.status == "assigned" \
+            and rollout.state != "rolled_back":
+        if report.ok and report.phase == "done":
+            rd.status, rd.reason = "succeeded", None
+            rd.p50_ms, rd.p95_ms = report.p50_ms, report.p95_ms
+        elif not report.ok:
+            rd.status, rd.reason = "failed", f"{report.phase}: {report.reason or 'no reason'}"
+        rd.updated_at = now
+    elif report.version_id == rd.from_version_id and rd.status in ("failed", "rolled_back"):
+        rd.reason = (f"{rd.reason}; " if rd.reason else "") + \
+            (f"back on version {report.version_id}" if report.ok
+             else f"going back failed at {report.phase}: {report.reason or 'no reason'}")
+        rd.updated_at = now
+
+
+def report_update(*, session: Session, device_id: int, report: dict[str, Any]
+                  ) -> UpdateReport | None:
+    """Store an update report; move the device's rollout row; on success (``done`` or an
+    obeyed ``rollback``) the version becomes the device's current one."""
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    if session.get(ModelVersion, report["version_id"]) is None:
+        raise InvalidInputError(f"model version {report['version_id']} does not exist")
+    if report.get("rollout_id") is not None and \
+            session.get(Rollout, report["rollout_id"]) is None:
+        raise InvalidInputError(f"rollout {report['rollout_id']} does not exist")
+    now = utcnow()
+    row = UpdateReport(device_id=device_id, created_at=now, **report)
+    session.add(row)
+    found = _report_row(session, device_id, row.version_id or 0, row.rollout_id)
+    if found is not None:
+        _update_rollout_row(found[0], found[1], row, now)
+    if row.ok and row.phase in ("done", "rollback") \
+            and dev.current_version_id != row.version_id:
+        dev.previous_version_id, dev.current_version_id = dev.current_version_id, row.version_id
+    dev.last_seen_at = now
+    session.flush()
+    return row

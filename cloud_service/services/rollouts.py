@@ -1,0 +1,204 @@
+"""Rollouts: create (select devices, plan waves), read, and the user's state transitions.
+
+The scheduler's decisions are in ``services.scheduler``; what a device is told is in
+``services.desired``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cloud_service.db import utcnow
+from cloud_service.errors import ConflictError, InvalidInputError
+from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, RolloutEvent
+
+#: Rollout states in which a device counts as taken (it may be in one such rollout only).
+OPEN = ("active", "paused")
+#: Allowed user transitions: action -> (states it may start from, state it leads to).
+TRANSITIONS = {
+    "pause": (("active",), "paused"),
+    "resume": (("paused",), "active"),
+    "abort": (("active", "paused"), "aborted"),
+    "rollback": (("active", "paused", "completed", "aborted"), "rolled_back"),
+}
+
+
+def add_event(session: Session, rollout: Rollout, kind: str, reason: str, now: datetime,
+              **details: Any) -> RolloutEvent:
+    event = RolloutEvent(rollout_id=rollout.id, at=now, kind=kind, reason=reason,
+                         details=details)
+    session.add(event)
+    rollout.updated_at = now
+    return event
+
+
+def wave_sizes(waves: list[float], n: int, min_per_wave: int) -> list[int]:
+    """Cumulative device counts per wave: max(min, ceil(pct x N)), capped at N."""
+    return [min(n, max(min_per_wave, math.ceil(pct / 100 * n - 1e-9))) for pct in waves]
+
+
+def select_devices(session: Session, selector: dict[str, Any]) -> list[Device]:
+    query = select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id)
+    if selector.get("device_ids"):
+        ids = set(selector["device_ids"])
+        found = list(session.scalars(query.where(Device.id.in_(ids))))
+        missing = sorted(ids - {d.id for d in found})
+        if missing:
+            raise InvalidInputError(f"unknown or revoked devices: {missing[:20]}")
+        return found
+    devices = list(session.scalars(query))
+    if selector.get("tags"):
+        wanted = set(selector["tags"])
+        devices = [d for d in devices if wanted & set(d.tags or [])]
+    return devices
+
+
+def _check_free(session: Session, device_ids: list[int]) -> None:
+    busy = session.execute(
+        select(RolloutDevice.device_id, Rollout.id).join(Rollout)
+        .where(Rollout.state.in_(OPEN), RolloutDevice.device_id.in_(device_ids))
+        .limit(20)).all()
+    if busy:
+        pairs = ", ".join(f"device {d} in rollout {r}" for d, r in busy)
+        raise ConflictError(f"devices already in an active rollout: {pairs}; abort or finish "
+                            "it first")
+
+
+def assign_wave(session: Session, rollout: Rollout, wave: int, now: datetime) -> int:
+    """Move the wave's pending devices to assigned (their desired version changes now);
+    a device already on the version succeeds at once. Returns how many moved."""
+    rows = session.execute(
+        select(RolloutDevice, Device).join(Device, Device.id == RolloutDevice.device_id)
+        .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave,
+               RolloutDevice.status == "pending")).all()
+    for rd, dev in rows:
+        rd.from_version_id, rd.updated_at = dev.current_version_id, now
+        if dev.current_version_id == rollout.version_id:
+            rd.status, rd.reason = "succeeded", "already on this version"
+        else:
+            rd.status = "assigned"
+    return len(rows)
+
+
+def create_rollout(*, session: Session, spec: dict[str, Any], created_by: int | None
+                   ) -> Rollout:
+    if session.get(ModelVersion, spec["version_id"]) is None:
+        raise InvalidInputError(f"model version {spec['version_id']} does not exist")
+    selector = {k: v for k, v in spec["selector"].items() if v is not None}
+    devices = select_devices(session, selector)
+    if not devices:
+        raise InvalidInputError(f"the selector {selector} matches no devices")
+    _check_free(session, [d.id for d in devices])
+    now = utcnow()
+    rollout = Rollout(**{**spec, "selector": selector}, state="active", current_wave=0,
+                      wave_started_at=now, created_by=created_by, created_at=now,
+                      updated_at=now)
+    session.add(rollout)
+    session.flush()
+    sizes = wave_sizes(rollout.waves, len(devices), rollout.min_devices_per_wave)
+    for i, dev in enumerate(devices):
+        wave = next(k for k, size in enumerate(sizes) if i < size)
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=dev.id, wave=wave,
+                                  status="pending", updated_at=now))
+    session.flush()
+    add_event(session, rollout, "created", f"{len(devices)} devices in waves of (cumulative) "
+              f"{sizes}", now, devices=len(devices), wave_sizes=sizes)
+    start_wave(session, rollout, 0, now)
+    return rollout
+
+
+def start_wave(session: Session, rollout: Rollout, wave: int, now: datetime) -> None:
+    rollout.current_wave, rollout.wave_started_at = wave, now
+    moved = assign_wave(session, rollout, wave, now)
+    session.flush()
+    add_event(session, rollout, "assigned", f"wave {wave}: {moved} devices assigned version "
+              f"{rollout.version_id}", now, wave=wave, devices=moved)
+
+
+def get_rollout(*, session: Session, rollout_id: int, lock: bool = False) -> Rollout | None:
+    return session.get(Rollout, rollout_id, with_for_update=lock or None)
+
+
+def list_rollouts(*, session: Session, offset: int, limit: int, state: str | None = None
+                  ) -> tuple[list[Rollout], int]:
+    query = select(Rollout)
+    if state is not None:
+        query = query.where(Rollout.state == state)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Rollout.id.desc()).offset(offset).limit(limit))
+    return list(rows), count
+
+
+def wave_counts(*, session: Session, rollouts: list[Rollout]) -> dict[int, list[dict[str, int]]]:
+    """Per rollout, per wave: {status: devices} (one grouped query for the page)."""
+    out: dict[int, list[dict[str, int]]] = {r.id: [{} for _ in r.waves] for r in rollouts}
+    rows = session.execute(
+        select(RolloutDevice.rollout_id, RolloutDevice.wave, RolloutDevice.status, func.count())
+        .where(RolloutDevice.rollout_id.in_(list(out)))
+        .group_by(RolloutDevice.rollout_id, RolloutDevice.wave, RolloutDevice.status))
+    for rid, wave, status, n in rows:
+        out[rid][wave][status] = n
+    return out
+
+
+def list_rollout_devices(*, session: Session, rollout_id: int, offset: int, limit: int
+                         ) -> tuple[list[RolloutDevice], int]:
+    where = RolloutDevice.rollout_id == rollout_id
+    rows = session.scalars(select(RolloutDevice).where(where)
+                           .order_by(RolloutDevice.wave, RolloutDevice.device_id)
+                           .offset(offset).limit(limit))
+    return list(rows), session.scalar(select(func.count()).where(where)) or 0
+
+
+def list_events(*, session: Session, rollout_id: int, offset: int, limit: int
+                ) -> tuple[list[RolloutEvent], int]:
+    where = RolloutEvent.rollout_id == rollout_id
+    rows = session.scalars(select(RolloutEvent).where(where).order_by(RolloutEvent.id)
+                           .offset(offset).limit(limit))
+    return list(rows), session.scalar(select(func.count()).where(where)) or 0
+
+
+def _roll_back_devices(session: Session, rollout: Rollout, now: datetime) -> dict[str, int]:
+    """Every device that moved goes back to the version it had (a signed order, see
+    ``services.desired``); one without a previous version stays."""
+    counts = {"rolled_back": 0, "kept": 0}
+    rows = session.scalars(select(RolloutDevice).where(
+        RolloutDevice.rollout_id == rollout.id,
+        RolloutDevice.status.in_(("assigned", "succeeded"))))
+    for rd in rows:
+        if rd.from_version_id is None or rd.from_version_id == rollout.version_id:
+            rd.reason = "no previous version to go back to; left on this version"
+            counts["kept"] += 1
+            continue
+        rd.status, rd.reason, rd.updated_at = "rolled_back", "rollback ordered", now
+        counts["rolled_back"] += 1
+    return counts
+
+
+def transition(*, session: Session, rollout_id: int, action: str, by: int | None
+               ) -> Rollout | None:
+    """pause | resume | abort | rollback; ConflictError when the state does not allow it."""
+    rollout = get_rollout(session=session, rollout_id=rollout_id, lock=True)
+    if rollout is None:
+        return None
+    allowed, target = TRANSITIONS[action]
+    if rollout.state not in allowed:
+        raise ConflictError(f"cannot {action} rollout {rollout_id}: it is {rollout.state} "
+                            f"(allowed from {', '.join(allowed)})")
+    now = utcnow()
+    details: dict[str, Any] = {"user_id": by}
+    if action == "rollback":
+        details.update(_roll_back_devices(session, rollout, now))
+    if action == "resume":  # the wave's timeout restarts: paused time is not counted
+        rollout.wave_started_at = now
+    if target in ("aborted", "rolled_back") and rollout.finished_at is None:
+        rollout.finished_at = now
+    rollout.state = target
+    add_event(session, rollout, action, f"{action} requested by user {by}", now, **details)
+    session.flush()
+    return rollout
