@@ -17,7 +17,6 @@ from edge_agent.errors import DownloadError, NetworkError, ServerError
 
 log = logging.getLogger(__name__)
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-STREAM_CHUNK = 64 * 1024
 
 
 class Backoff:
@@ -125,7 +124,7 @@ class ServerClient:
                 if resp.status_code >= 400:
                     resp.read()
                     self.check(resp, what)
-                for part in resp.iter_bytes(STREAM_CHUNK):
+                for part in resp.iter_bytes():
                     out += part
                     if len(out) > max_bytes:
                         raise DownloadError(f"{what} is larger than its {max_bytes}-byte cap")
@@ -140,11 +139,11 @@ class ServerClient:
         after a dropped connection. Refuses a body larger than ``max_bytes`` (from the
         signed manifest) before and while reading. Returns the bytes received."""
         backoff = backoff or Backoff()
-        received = 0
+        received = [0]
         for attempt in range(1, attempts + 1):
             try:
-                received += self._fetch_range(path, dest, what, max_bytes)
-                return received
+                self._fetch_range(path, dest, what, max_bytes, received)
+                return received[0]
             except NetworkError as e:
                 if attempt == attempts:
                     raise DownloadError(f"{what}: gave up after {attempts} attempts: {e}") from e
@@ -154,7 +153,9 @@ class ServerClient:
                 self.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _fetch_range(self, path: str, dest: Path, what: str, max_bytes: int) -> int:
+    def _fetch_range(self, path: str, dest: Path, what: str, max_bytes: int,
+                     received: list[int]) -> None:
+        """One request from where ``dest`` ends; adds what arrives to ``received[0]``."""
         have = dest.stat().st_size if dest.exists() else 0
         headers = self._headers({"Range": f"bytes={have}-"} if have else {})
         got = 0
@@ -172,22 +173,22 @@ class ServerClient:
                     raise DownloadError(f"{what} is {total} bytes, more than the {max_bytes} "
                                         "the signed manifest allows; refusing it")
                 if resp.status_code == 416 or start == total:
-                    return 0
+                    return
                 with dest.open("r+b" if start else "wb") as f:
                     f.seek(start)
                     f.truncate()
-                    for part in resp.iter_bytes(STREAM_CHUNK):
+                    for part in resp.iter_bytes():
                         if f.tell() + len(part) > max_bytes:
                             raise DownloadError(f"{what} exceeds its {max_bytes}-byte bound; "
                                                 "refusing it")
                         f.write(part)
                         got += len(part)
+                        received[0] += len(part)
                     size = f.tell()
                 if total is not None and size != total:
                     raise NetworkError(f"{what}: connection closed at byte {size} of {total}")
         except httpx.TransportError as e:
             raise NetworkError(f"{what}: {type(e).__name__} after {got} bytes") from e
-        return got
 
     @staticmethod
     def _extent(resp: httpx.Response, have: int, what: str) -> tuple[int, int | None]:

@@ -144,9 +144,9 @@ class Updater:
             raise VerifyError(f"delta refused: {e}") from e
         finally:
             dest.unlink(missing_ok=True)
-        if [(f.path, f.blake3) for f in got.files] != \
-                [(f.path, f.blake3) for f in signed.manifest.files]:
-            raise VerifyError("the delta rebuilds other files than the signed manifest names")
+        if got.version != signed.manifest.version or got.model != signed.manifest.model:
+            raise VerifyError(f"the delta builds {got.model} v{got.version}, not "
+                              f"{signed.manifest.model} v{signed.manifest.version}")
 
     def _full(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
         files = signed.manifest.files

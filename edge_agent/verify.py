@@ -12,7 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.errors import ManifestRejected, RollbackOrderError, VerifyError
-from hadmc_core.delta import SignedManifest, hash_file
+from hadmc_core.delta import SignedManifest
+from hadmc_core.delta.build import file_entries
 from hadmc_core.delta.errors import DeltaError, ExpiredError, RollbackError
 
 MAX_MANIFEST_BYTES = 32 << 20
@@ -36,17 +37,27 @@ def read_manifest(data: bytes, key: Ed25519PublicKey, *, floor: int | None,
 
 
 def check_files(directory: Path, signed: SignedManifest) -> None:
-    """Every file the manifest lists exists in ``directory`` with its size and BLAKE3."""
-    for f in signed.manifest.files:
-        path = directory / f.path
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise VerifyError(f"{f.path}: missing ({e.strerror})") from e
+    """The model file (and its external data files) in ``directory`` hash, chunk by chunk,
+    to exactly the files, sizes and BLAKE3 tree hashes the signed manifest lists."""
+    m = signed.manifest
+    first = m.files[0].path
+    try:
+        got = file_entries(directory / first, first, m.chunk_size)
+    except OSError as e:
+        raise VerifyError(f"{first}: unreadable ({e.strerror or e})") from e
+    except DeltaError as e:
+        raise VerifyError(f"{first}: {e}") from e
+    have = {f.path: (f.size, f.blake3) for f in got}
+    for f in m.files:
+        if f.path not in have:
+            raise VerifyError(f"{f.path}: missing")
+        size, digest = have[f.path]
         if size != f.size:
             raise VerifyError(f"{f.path}: {size} bytes, the signed manifest says {f.size}")
-        if hash_file(path) != f.blake3:
+        if digest != f.blake3:
             raise VerifyError(f"{f.path}: BLAKE3 differs from the signed manifest")
+    if len(have) != len(m.files):
+        raise VerifyError(f"{first} refers to files the signed manifest does not list")
 
 
 def canonical(obj: Any) -> bytes:
