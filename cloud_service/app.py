@@ -37,6 +37,7 @@ token (`hadmc token create`) or, for a device's own endpoints, its device creden
 def _start_background(app: FastAPI, settings: Settings) -> list:
     from cloud_service.tasks.dispatch import add_embedded_listener
     from cloud_service.tasks.reconcile import Reconciler
+    from cloud_service.tasks.rollouts import RolloutScheduler
     from cloud_service.tasks.runner import EmbeddedWorker
 
     threads: list = []
@@ -46,6 +47,8 @@ def _start_background(app: FastAPI, settings: Settings) -> list:
         threads.append(worker)
     if settings.reconcile_interval_seconds > 0:
         threads.append(Reconciler(settings))
+    if settings.rollout_interval_seconds > 0:
+        threads.append(RolloutScheduler(settings))
     for t in threads:
         t.start()
     return threads

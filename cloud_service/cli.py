@@ -59,7 +59,10 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
 
 def worker(queues: str = typer.Option("", help="Comma-separated queues (default: HADMC_QUEUE)."),
            concurrency: int = typer.Option(1, min=1, help="Jobs run in parallel."),
-           loglevel: str = typer.Option("INFO")) -> None:
+           loglevel: str = typer.Option("INFO"),
+           beat: bool = typer.Option(False, help="Also run Celery beat: the rollout scheduler "
+                                                 "every HADMC_ROLLOUT_INTERVAL_SECONDS (one "
+                                                 "worker per deployment).")) -> None:
     """Run a Celery worker that executes compression jobs (needs HADMC_BROKER_URL)."""
     from cloud_service.tasks import make_celery
 
@@ -71,10 +74,14 @@ def worker(queues: str = typer.Option("", help="Comma-separated queues (default:
         raise typer.Exit(2)
     _check_schema_or_exit(settings.database_url)
     _check_store_or_exit(settings)
-    app = make_celery(settings.broker_url, settings.queue)
-    app.worker_main(["worker", "-Q", queues or settings.queue, "-c", str(concurrency),
-                     "-P", "prefork", f"--loglevel={loglevel}", "--without-gossip",
-                     "--without-mingle", "-n", f"hadmc-{settings.queue}@%h"])
+    app = make_celery(settings.broker_url, settings.queue, settings.rollout_interval_seconds)
+    argv = ["worker", "-Q", queues or settings.queue, "-c", str(concurrency), "-P", "prefork",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+            "-n", f"hadmc-{settings.queue}@%h"]
+    if beat:
+        (settings.artifact_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.artifact_dir / "tmp" / "celerybeat")]
+    app.worker_main(argv)
 
 
 @db_app.command("upgrade")

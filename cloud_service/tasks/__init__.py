@@ -14,8 +14,9 @@ TASK_NAME = "hadmc.compress_model_task"
 
 
 @lru_cache(maxsize=4)
-def make_celery(broker_url: str, queue: str) -> Celery:
-    app = Celery("hadmc", broker=broker_url, include=["cloud_service.tasks.compress"])
+def make_celery(broker_url: str, queue: str, rollout_interval: float = 5.0) -> Celery:
+    app = Celery("hadmc", broker=broker_url,
+                 include=["cloud_service.tasks.compress", "cloud_service.tasks.rollouts"])
     app.conf.update(
         task_default_queue=queue,
         task_serializer="json", accept_content=["json"],
@@ -27,6 +28,12 @@ def make_celery(broker_url: str, queue: str) -> Celery:
         # Redis keeps unacked messages this long before redelivering them; the reconciler
         # handles lost messages and dead workers much sooner (see tasks.reconcile).
         broker_transport_options={"visibility_timeout": 6 * 3600},
+        # `hadmc worker --beat`: the rollout scheduler as a periodic task (expires so a
+        # backlog after an outage is not replayed).
+        beat_schedule={"advance-rollouts": {
+            "task": "hadmc.advance_rollouts_task", "schedule": rollout_interval,
+            "options": {"queue": queue, "expires": max(rollout_interval, 1.0)}}}
+        if rollout_interval > 0 else {},
     )
     return app
 
@@ -39,7 +46,7 @@ def celery_app_from_settings() -> Celery:
         raise RuntimeError("HADMC_BROKER_URL is not set; `hadmc worker` needs a broker "
                            "(e.g. redis://127.0.0.1:6379/0), or run `hadmc serve` alone to "
                            "use the embedded worker")
-    return make_celery(settings.broker_url, settings.queue)
+    return make_celery(settings.broker_url, settings.queue, settings.rollout_interval_seconds)
 
 
 def __getattr__(name: str) -> Celery:  # `celery -A cloud_service.tasks` looks up `app`

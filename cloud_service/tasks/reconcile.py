@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -19,6 +18,7 @@ from cloud_service.db import session_scope, utcnow
 from cloud_service.models import Job
 from cloud_service.settings import Settings
 from cloud_service.tasks.dispatch import enqueue_job
+from cloud_service.tasks.periodic import Periodic
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "hadmc:reconciler-lock"
@@ -84,29 +84,13 @@ def reconcile(settings: Settings) -> dict[str, int]:
     return counts
 
 
-class Reconciler(threading.Thread):
+class Reconciler(Periodic):
     """Runs ``reconcile`` periodically; with Redis, one process at a time holds a lock."""
 
+    lock_key = LOCK_KEY
+
     def __init__(self, settings: Settings) -> None:
-        super().__init__(name="hadmc-reconciler", daemon=True)
-        self.settings, self.stopping = settings, threading.Event()
+        super().__init__(settings, settings.reconcile_interval_seconds, "hadmc-reconciler")
 
-    def _may_run(self) -> bool:
-        if not self.settings.broker_url or not self.settings.broker_url.startswith("redis"):
-            return True
-        import redis
-
-        r = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5)
-        ttl = max(1, int(self.settings.reconcile_interval_seconds * 0.9))
-        return bool(r.set(LOCK_KEY + ":" + self.settings.queue, "1", nx=True, ex=ttl))
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.settings.reconcile_interval_seconds):
-            try:
-                if self._may_run():
-                    reconcile(self.settings)
-            except Exception as e:  # the loop must survive a database or broker outage
-                log.warning("reconciler pass failed: %s", e)
-
-    def stop(self) -> None:
-        self.stopping.set()
+    def work(self) -> None:
+        reconcile(self.settings)

@@ -163,3 +163,35 @@ def test_rollback_issues_verifiable_signed_orders(client: TestClient, auth: dict
     assert set(statuses(client, auth, r["id"]).values()) == {"rolled_back"}
     dev = client.get(f"/v1/devices/{devs[0].id}", headers=auth).json()
     assert dev["current_version_id"] == v1["id"]
+
+
+def test_scheduler_thread_and_beat_task_advance(client: TestClient, auth: dict,
+                                                settings: Settings,
+                                                versions: tuple[dict, dict]) -> None:
+    import time
+
+    from cloud_service.tasks import make_celery
+    from cloud_service.tasks.rollouts import ADVANCE_TASK_NAME, RolloutScheduler
+
+    v1, v2 = versions
+    devs = fleet(client, auth, 2, v1["id"])
+    r = create(client, auth, v2["id"], devs, waves=[50, 100])
+    report(client, devs[0], v2["id"])
+    thread = RolloutScheduler(settings.model_copy(update={"rollout_interval_seconds": 0.2}))
+    thread.start()
+    try:
+        for _ in range(50):
+            if rollout(client, auth, r["id"])["current_wave"] == 1:
+                break
+            time.sleep(0.1)
+    finally:
+        thread.stop()
+    assert rollout(client, auth, r["id"])["current_wave"] == 1
+    report(client, devs[1], v2["id"])
+    app = make_celery(settings.broker_url or "", settings.queue, 5.0)
+    entry = app.conf.beat_schedule["advance-rollouts"]
+    assert entry["task"] == ADVANCE_TASK_NAME and entry["schedule"] == 5.0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cloud_service.settings.get_settings", lambda: settings)
+        assert app.tasks[ADVANCE_TASK_NAME].apply().get() == 1
+    assert rollout(client, auth, r["id"])["state"] == "completed"
