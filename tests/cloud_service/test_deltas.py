@@ -92,3 +92,41 @@ def test_delta_errors(client: TestClient, auth: dict, pair: tuple) -> None:
     assert client.get(f"/v1/versions/{v2}/delta", params={"from": 999999},
                       headers=auth).status_code == 404
     assert client.get(f"/v1/versions/{v2}/delta", headers=auth).status_code == 422
+
+
+def test_concurrent_first_requests_store_one_delta(settings: Settings, pair: tuple,
+                                                   tiny_model: dict, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from cloud_service.db import get_sessionmaker
+    from cloud_service.models import Delta
+    from cloud_service.security import ensure_signing_key
+    from cloud_service.services.deltas import get_delta
+
+    v1, _, _ = pair
+    store = ArtifactStore(settings.artifact_dir)
+    w = np.random.default_rng(5).standard_normal((256, 256)).astype(np.float32)
+    digest, size = store.ingest_file(make_onnx(tmp_path / "v3.onnx", w, batch=1))
+    with session_scope(settings.database_url) as s:
+        row = ModelVersion(model_id=tiny_model["id"], number=203, profile="x86-avx2",
+                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={})
+        s.add(row)
+        s.flush()
+        v3 = row.id
+    key = ensure_signing_key(settings.signing_key_file)
+
+    def fetch(_: int) -> tuple[str, str]:
+        with get_sessionmaker(settings.database_url)() as s:
+            base, target = s.get(ModelVersion, v1), s.get(ModelVersion, v3)
+            got = get_delta(session=s, store=store, base=base, target=target, key=key)
+            s.commit()
+            return got.artifact_hash, target.manifest_hash or ""
+
+    with ThreadPoolExecutor(4) as pool:
+        results = set(pool.map(fetch, range(4)))
+    assert len(results) == 1  # one manifest, one delta, whoever computed it
+    with session_scope(settings.database_url) as s:
+        rows = s.scalars(select(Delta).where(Delta.target_version_id == v3)).all()
+        assert len(rows) == 1 and store.exists(rows[0].artifact_hash)
