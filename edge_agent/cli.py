@@ -91,13 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (typer.Abort, KeyboardInterrupt):
         return 130
-    except Exception as e:  # click usage errors come here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
-            print(f"error: {e.format_message()}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as e:  # usage errors of typer's click, whichever copy it uses
+        fmt = getattr(e, "format_message", None)
+        if fmt is None:
+            raise
+        print(f"error: {fmt()}", file=sys.stderr)
+        return 2
     return 0
 
 

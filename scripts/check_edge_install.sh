@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Prove the edge agent installs and runs without torch:
+#   fresh venv → pip install -e ".[edge]" → torch (and onnx) absent → the agent runs.
+# Usage: scripts/check_edge_install.sh [VENV_DIR]   (default: a temp dir, removed after)
+# Uses the pip cache / configured index like any install; about a minute when cached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ $# -ge 1 ]; then
+  VENV=$1
+else
+  VENV=$(mktemp -d /tmp/hadmc-edge-venv.XXXXXX)
+  trap 'rm -rf "$VENV"' EXIT
+fi
+
+"$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[edge]"
+
+fail=0
+for mod in torch torchvision onnx fastapi sqlalchemy celery; do
+  if "$VENV/bin/python" -c "import $mod" 2>/dev/null; then
+    echo "FAIL: '$mod' is importable in the edge install" >&2
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] || exit 1
+
+for mod in numpy onnxruntime httpx blake3 zstandard cryptography; do
+  "$VENV/bin/python" -c "import $mod" || { echo "FAIL: edge extra lacks $mod" >&2; exit 1; }
+done
+
+# The agent runs: its CLI answers, and bad input is one error line with exit code 2.
+"$VENV/bin/hadmc-agent" --help >/dev/null
+set +e
+out=$("$VENV/bin/hadmc-agent" run --data-dir "$VENV/agent-data" 2>&1)
+rc=$?
+set -e
+if [ "$rc" != 2 ] || [[ "$out" != "error: not enrolled yet"* ]]; then
+  echo "FAIL: hadmc-agent run without a server should refuse in one line (rc=$rc): $out" >&2
+  exit 1
+fi
+# Its whole code path (enroll, update, smoke test, inference) runs torch-free.
+PYTHONPATH=. "$VENV/bin/python" - <<'PY'
+import sys
+from edge_agent.profile import device_profile
+from edge_agent.smoke import smoke_test
+from edge_agent.optable import operator_table
+from hadmc_core.hal.latency import LayerGeom
+print("profile:", device_profile("ci")["runtimes"])
+print("table:", operator_table(1, [(LayerGeom("linear"), 64, 8)]))
+bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "fastapi")]
+assert not bad, bad
+PY
+echo "OK: edge install has no torch and the agent runs"
