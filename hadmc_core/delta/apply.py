@@ -30,7 +30,7 @@ from hadmc_core.delta.errors import (
     TruncatedDeltaError,
 )
 from hadmc_core.delta.formats import ITEMSIZE
-from hadmc_core.delta.manifest import FileHasher, Manifest, chunks, label
+from hadmc_core.delta.manifest import FileHasher, Manifest, SegmentEntry, chunks, label
 from hadmc_core.delta.reader import Files, artifact_paths
 
 BLOB_SLACK = 1024 + 4  # zstd framing (+ DICT's length prefix) over a chunk's own size
@@ -152,38 +152,52 @@ class _Out:
         self._advance(len(self.m.files))
 
 
+def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
+    """Decompressed size of each group frame, by the index of the op that carries it."""
+    sizes: dict[int, int] = {}
+    cur, cap = -1, max(codec.MAX_GROUP, m.chunk_size)
+    for j, (fi, seg, i, _h, _start, n) in enumerate(chunks(m)):
+        kind, _off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
+        if kind & ~(codec.CONT | codec.GATHER) not in codec.GROUPED:
+            continue
+        if not kind & codec.CONT:
+            cur, sizes[j] = j, 0
+        elif cur < 0 or length:
+            raise FormatError(f"chunk {label(m, fi, seg, i)}: continues no group; the delta "
+                              "is corrupt")
+        sizes[cur] += n
+        if sizes[cur] > cap:
+            raise FormatError(f"chunk {label(m, fi, seg, i)}: group frame over its cap")
+    return sizes
+
+
 def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
                temps: list[tuple[BinaryIO, str]]) -> None:
     m, out = h.target.manifest, _Out(h.target.manifest, temps)
+    sizes = _group_sizes(ops, m)
     gathers: dict[int, np.ndarray] = {}
+    group, pos = memoryview(b""), 0
     for j, (fi, seg, i, hsh, start, n) in enumerate(chunks(m)):
         what = label(m, fi, seg, i)
         kind, off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
-        if kind in RELATIVE:
-            off += base_start(m, fi) + start
-        if kind not in codec.KIND_NAMES or kind == codec.FULL:
+        if not codec.valid(kind) or kind == codec.FULL:
             raise FormatError(f"chunk {what}: unknown op kind {kind}; the delta is corrupt")
-        if length > n + n // 8 + BLOB_SLACK:
+        if kind & ~codec.CONT in RELATIVE:
+            off += base_start(m, fi) + start
+        cap = sizes.get(j, n)
+        if length > cap + cap // 8 + BLOB_SLACK:
             raise FormatError(f"chunk {what}: payload of {length} bytes is over its cap")
         blob = read_exact(payload, length, f"the payload of chunk {what}")
-        itemsize = ITEMSIZE.get(seg.dtype, 1)
+        if j in sizes:
+            group, pos = memoryview(codec.decompress(blob, sizes[j], what)), 0
         try:
-            if kind == codec.REF:
-                data = base.read(off, n)
-            elif kind & codec.GATHER:
-                src = _gather_base(h, gathers, base, fi, seg, off, what)
-                e0 = (start - seg.offset) // itemsize
-                ref = h.maps[off][2].gather(src, seg.shape, e0, e0 + n // itemsize)
-                data = codec.decode(kind, blob, ref, itemsize, n, what)
-            elif kind in (codec.XOR, codec.SUB):
-                data = codec.decode(kind, blob, base.read(off, n), itemsize, n, what)
-            elif kind == codec.DICT:
-                dn = int.from_bytes(blob[:4], "little")
-                if dn > codec.MAX_DICT:
-                    raise FormatError(f"chunk {what}: dictionary over its cap")
-                data = codec.decode(kind, blob, base.read(off, dn), 1, n, what)
+            if kind & ~(codec.CONT | codec.GATHER) in codec.GROUPED:
+                pos += n
+                ref = _ref(h, gathers, base, kind, fi, seg, start, off, n, what)
+                data = codec.untransform(kind, group[pos - n:pos], ref, ITEMSIZE.get(
+                    seg.dtype, 1), what)
             else:
-                data = codec.decode(kind, blob, None, itemsize, n, what)
+                data = _plain(kind, blob, base, off, n, what)
         except FormatError as e:
             if str(e).startswith("chunk"):
                 raise
@@ -191,6 +205,31 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
         out.write(fi, data, hsh, f"{what} ({codec.name(kind)})")
     gathers.clear()
     out.close()
+
+
+def _ref(h: Header, gathers: dict[int, np.ndarray], base: Files, kind: int, fi: int,
+         seg: SegmentEntry, start: int, off: int, n: int, what: str) -> bytes | None:
+    """The base words a grouped chunk is coded against (None for RAW/RAWP)."""
+    if kind & codec.GATHER:
+        itemsize = ITEMSIZE.get(seg.dtype, 1)
+        src = _gather_base(h, gathers, base, fi, seg, off, what)
+        e0 = (start - seg.offset) // itemsize
+        return h.maps[off][2].gather(src, seg.shape, e0, e0 + n // itemsize)
+    if kind & ~codec.CONT in (codec.XOR, codec.SUB):
+        return base.read(off, n)
+    return None
+
+
+def _plain(kind: int, blob: bytes, base: Files, off: int, n: int, what: str) -> bytes:
+    """REF and DICT chunks."""
+    if kind == codec.REF:
+        return base.read(off, n)
+    if kind == codec.DICT:
+        dn = int.from_bytes(blob[:4], "little")
+        if dn > codec.MAX_DICT:
+            raise FormatError(f"chunk {what}: dictionary over its cap")
+        return codec.decode(kind, blob, base.read(off, dn), 1, n, what)
+    raise FormatError(f"chunk {what}: unknown op kind {kind}; the delta is corrupt")
 
 
 def base_start(m: Manifest, fi: int) -> int:

@@ -12,6 +12,11 @@ Kinds (the op table's ``u8 kind``; see docs/delta.md):
 
 ``GATHER`` (0x80) on XOR/SUB: the base words are the same-name base tensor indexed by
 per-axis channel maps (pruned or reshaped tensors); the op's offset is the map's index.
+
+Groups: the transformed bytes (``transform``) of XOR/SUB/RAW/RAWP chunks are concatenated
+and compressed as one zstd frame (with checksum), carried by the first op of the group; the
+group's later ops carry ``CONT`` (0x40) and no payload. Small chunks (BatchNorm statistics,
+quantization scales) thus share one frame and its context instead of paying a frame each.
 """
 
 from __future__ import annotations
@@ -23,19 +28,27 @@ import zstandard
 
 from hadmc_core.delta.errors import ChunkMismatchError
 
-MAGIC = b"HDMCDLT2"
+MAGIC = b"HDMCDLT3"
 OP = struct.Struct("<BqI")  # kind, base offset (signed, see container), payload length
 REF, XOR, SUB, RAW, RAWP, DICT, FULL = 0, 1, 2, 3, 4, 5, 9
-GATHER = 0x80
+GATHER, CONT = 0x80, 0x40
+GROUPED = (XOR, SUB, RAW, RAWP)  # kinds whose transformed bytes go into group frames
 KIND_NAMES = {REF: "ref", XOR: "xor", SUB: "sub", RAW: "raw", RAWP: "raw-planes",
               DICT: "dict", FULL: "full", XOR | GATHER: "xor-gather",
               SUB | GATHER: "sub-gather"}
+MAX_GROUP = 4 << 20  # decompressed bytes of one group frame (apply holds one in memory)
 MAX_DICT = 1 << 20
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def name(kind: int) -> str:
-    return KIND_NAMES.get(kind, f"kind{kind}")
+    return KIND_NAMES.get(kind & ~CONT, f"kind{kind}")
+
+
+def valid(kind: int) -> bool:
+    """A kind an op table may hold (FULL only alone, checked by the caller)."""
+    base = kind & ~CONT
+    return base in KIND_NAMES and (not kind & CONT or base & ~GATHER in GROUPED)
 
 
 def planes(data: bytes, itemsize: int) -> bytes:
@@ -108,37 +121,56 @@ def decompress(blob: bytes, n: int, label: str, dict_data: bytes | None = None) 
     return out
 
 
-def encode(kind: int, chunk: bytes, base: bytes | None, itemsize: int, level: int) -> bytes:
-    """The payload of ``chunk`` under ``kind`` (DICT: ``base`` is the dictionary)."""
-    k = kind & ~GATHER
+def transform(kind: int, chunk: bytes, base: bytes | None, itemsize: int) -> bytes:
+    """The bytes that get compressed for a grouped kind (same length as the chunk)."""
+    k = kind & ~(GATHER | CONT)
     if k == RAW:
-        return compress(chunk, level)
+        return chunk
     if k == RAWP:
-        return compress(planes(chunk, itemsize), level)
+        return planes(chunk, itemsize)
     assert base is not None
     if k == XOR:
-        return compress(planes(xor(chunk, base), itemsize), level)
+        return planes(xor(chunk, base), itemsize)
     if k == SUB:
-        return compress(planes(sub(chunk, base, itemsize), itemsize), level)
-    if k == DICT:
+        return planes(sub(chunk, base, itemsize), itemsize)
+    raise ValueError(f"kind {kind} has no transform")
+
+
+def untransform(kind: int, data: bytes, base: bytes | None, itemsize: int,
+                label: str) -> bytes:
+    k = kind & ~(GATHER | CONT)
+    if k == RAW:
+        return data
+    if k == RAWP:
+        return unplanes(data, itemsize)
+    if base is None or len(base) != len(data):
+        raise ChunkMismatchError(f"chunk {label}: base bytes unavailable for {name(kind)}")
+    if k == XOR:
+        return xor(unplanes(data, itemsize), base)
+    if k == SUB:
+        return unsub(unplanes(data, itemsize), base, itemsize)
+    raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
+
+
+def compress_group(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+
+
+def encode(kind: int, chunk: bytes, base: bytes | None, itemsize: int, level: int) -> bytes:
+    """The payload of ``chunk`` alone under ``kind`` (DICT: ``base`` is the dictionary)."""
+    if kind & ~GATHER == DICT:
+        assert base is not None
         return struct.pack("<I", len(base)) + compress(chunk, level, base)
-    raise ValueError(f"cannot encode kind {kind}")
+    return compress(transform(kind, chunk, base, itemsize), level)
 
 
 def decode(kind: int, blob: bytes, base: bytes | None, itemsize: int, n: int,
            label: str) -> bytes:
-    """Rebuild an ``n``-byte chunk (REF is handled by the caller)."""
-    k = kind & ~GATHER
-    if k == RAW:
-        return decompress(blob, n, label)
-    if k == RAWP:
-        return unplanes(decompress(blob, n, label), itemsize)
-    if base is None or (k != DICT and len(base) != n):
-        raise ChunkMismatchError(f"chunk {label}: base bytes unavailable for {name(kind)}")
-    if k == XOR:
-        return xor(unplanes(decompress(blob, n, label), itemsize), base)
-    if k == SUB:
-        return unsub(unplanes(decompress(blob, n, label), itemsize), base, itemsize)
-    if k == DICT:
+    """Rebuild an ``n``-byte chunk from its own payload (REF is handled by the caller)."""
+    if kind & ~GATHER == DICT:
+        if base is None:
+            raise ChunkMismatchError(f"chunk {label}: base bytes unavailable for dict")
         return decompress(blob[4:], n, label, base)
-    raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
+    if kind & ~GATHER not in GROUPED:
+        raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
+    return untransform(kind, decompress(blob, n, label), base, itemsize, label)

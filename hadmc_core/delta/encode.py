@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class DeltaStats:
     full_zstd_bytes: int = 0
     fallback: bool = False
     encode_s: float = 0.0
+    header_bytes: int = 0  # prefix, compressed manifest and maps, compressed op table
     ops: dict[str, int] = field(default_factory=dict)
     op_bytes: dict[str, int] = field(default_factory=dict)
 
@@ -86,66 +89,116 @@ class _Encoder:
         return len(self.maps) - 1, gathered(old, axes, tuple(seg.shape))
 
     def _candidates(self, chunk: bytes, itemsize: int, base: bytes | None,
-                    dict_data: bytes | None) -> tuple[int, bytes]:
-        lv = self.level
-        best = (codec.RAW, codec.encode(codec.RAW, chunk, None, itemsize, lv))
-        kinds = [codec.RAWP] if itemsize > 1 else []
+                    dict_data: bytes | None) -> tuple[int, bytes | None]:
+        """The kind whose payload is smallest (estimated alone at the selection level) and,
+        for grouped kinds, the transformed bytes (DICT: the finished payload)."""
+        lv, best, size = self.level, (codec.RAW, chunk), -1
+        kinds = [codec.RAW, codec.RAWP] if itemsize > 1 else [codec.RAW]
         if base is not None:
             kinds += [codec.XOR, codec.SUB]
         for kind in kinds:
-            blob = codec.encode(kind, chunk, base, itemsize, lv)
-            if len(blob) < len(best[1]):
-                best = (kind, blob)
+            data = codec.transform(kind, chunk, base, itemsize)
+            n = len(codec.compress(data, lv))
+            if size < 0 or n < size:
+                best, size = (kind, data), n
         if dict_data:
             blob = codec.encode(codec.DICT, chunk, dict_data, 1, lv)
-            if len(blob) < len(best[1]):
-                best = (codec.DICT, blob)
+            if len(blob) < size:
+                return codec.DICT, blob
         return best
 
-    def run(self) -> tuple[bytearray, bytearray]:
-        ops, payload = bytearray(), bytearray()
+    def _gap_for(self, fi: int, seg: SegmentEntry, ordinal: dict[int, int]
+                 ) -> tuple[int, int] | None:
+        """The base's between-tensor run at the same ordinal position in the same file."""
+        if seg.name or self.old is None:
+            return None
+        k = ordinal.get(fi, 0)
+        ordinal[fi] = k + 1
+        gaps = self.index.gaps.get(fi, [])
+        return gaps[k] if k < len(gaps) else None
+
+    def _changed(self, fi: int, seg: SegmentEntry, start: int, n: int,
+                 tbase: tuple[int, object] | None, gap: tuple[int, int] | None
+                 ) -> tuple[int, int, bytes | None]:
+        """(kind, base offset, data) of a chunk the base lacks."""
+        chunk = self.new.read(self.new.start(fi) + start, n)
+        base, dict_data, off, rel = None, None, 0, start - seg.offset
+        if tbase is not None and tbase[0] < 0:
+            off = tbase[1] + rel  # type: ignore[operator]
+            base = self.old.read(off, n)  # type: ignore[union-attr]
+        elif tbase is not None:
+            off, base = tbase[0], tbase[1][rel:rel + n]  # type: ignore[index]
+        elif gap is not None:
+            lo = max(0, rel - DICT_BACK)
+            dn = min(codec.MAX_DICT, gap[1] - lo)
+            if dn > 0:
+                off = gap[0] + lo
+                dict_data = self.old.read(off, dn)  # type: ignore[union-attr]
+        kind, data = self._candidates(chunk, ITEMSIZE.get(seg.dtype, 1), base, dict_data)
+        if tbase is not None and tbase[0] >= 0 and kind in (codec.XOR, codec.SUB):
+            kind |= codec.GATHER
+        if kind in (codec.RAW, codec.RAWP):
+            off = 0
+        return kind, off, data
+
+    def run(self) -> list[list]:
+        """One ``[kind, offset, data]`` per target chunk (data: None for REF, the payload
+        for DICT, the transformed bytes for grouped kinds)."""
+        ops: list[list] = []
         current: tuple[int, str] | None = None
         tbase: tuple[int, object] | None = None
-        gap_ordinal: dict[int, int] = {}
+        ordinal: dict[int, int] = {}
         gap: tuple[int, int] | None = None
         for fi, seg, _i, h, start, n in chunks(self.m):
             if current != (fi, seg.name or f"@{seg.offset}"):
                 current = (fi, seg.name or f"@{seg.offset}")
                 tbase = self._tensor_base(fi, seg)
-                gap = None
-                if not seg.name and self.old is not None:
-                    k = gap_ordinal.get(fi, 0)
-                    gap_ordinal[fi] = k + 1
-                    gaps = self.index.gaps.get(fi, [])
-                    gap = gaps[k] if k < len(gaps) else None
-            off, kind, blob = self.index.by_hash.get(h, -1), codec.REF, b""
+                gap = self._gap_for(fi, seg, ordinal)
+            off, kind, data = self.index.by_hash.get(h, -1), codec.REF, None
             if off < 0:
-                chunk = self.new.read(self.new.start(fi) + start, n)
-                itemsize = ITEMSIZE.get(seg.dtype, 1)
-                base, dict_data, off = None, None, 0
-                rel = start - seg.offset
-                if tbase is not None and tbase[0] < 0:
-                    off = tbase[1] + rel  # type: ignore[operator]
-                    base = self.old.read(off, n)  # type: ignore[union-attr]
-                elif tbase is not None:
-                    off, base = tbase[0], tbase[1][rel:rel + n]  # type: ignore[index]
-                elif gap is not None:
-                    lo = max(0, rel - DICT_BACK)
-                    dn = min(codec.MAX_DICT, gap[1] - lo)
-                    if dn > 0:
-                        off = gap[0] + lo
-                        dict_data = self.old.read(off, dn)  # type: ignore[union-attr]
-                kind, blob = self._candidates(chunk, itemsize, base, dict_data)
-                if tbase is not None and tbase[0] >= 0 and kind in (codec.XOR, codec.SUB):
-                    kind |= codec.GATHER
-                if kind in (codec.RAW, codec.RAWP):
-                    off = 0
+                kind, off, data = self._changed(fi, seg, start, n, tbase, gap)
             if kind in RELATIVE:
                 off -= self.new.start(fi) + start
-            ops += codec.OP.pack(kind, off, len(blob))
-            payload += blob
-            self.stats.count(kind, len(blob))
-        return ops, payload
+            ops.append([kind, off, data])
+        return ops
+
+
+def group_level(total: int, level: int) -> int:
+    """zstd level of the group frames: high for small payloads (cheap there), the caller's
+    level (at least 3) for large ones, where encode time matters."""
+    if total <= 8 << 20:
+        return 19
+    return max(level, 3) if total > 32 << 20 else max(level, 9)
+
+
+def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
+    """Op table, payload and each op's payload length: grouped kinds are cut into frames of
+    at most ``codec.MAX_GROUP`` transformed bytes; the first op of a frame carries it, the
+    others carry CONT."""
+    groups: list[tuple[int, list[bytes]]] = []  # (opener op index, parts)
+    size = 0
+    for j, op in enumerate(ops):
+        if op[0] & ~codec.GATHER not in codec.GROUPED:
+            continue
+        if not groups or size + len(op[2]) > codec.MAX_GROUP:
+            groups.append((j, []))
+            size = 0
+        else:
+            op[0] |= codec.CONT
+        groups[-1][1].append(op[2])
+        size += len(op[2])
+    total = sum(len(p) for _, parts in groups for p in parts)
+    lv = group_level(total, level)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), lv), groups))
+    blobs = {j: f for (j, _), f in zip(groups, frames, strict=True)}
+    table, payload, lengths = bytearray(), [], []
+    for j, (kind, off, data) in enumerate(ops):
+        blob = blobs.get(j, data if kind & ~codec.GATHER == codec.DICT else b"")
+        table += codec.OP.pack(kind, off, len(blob))
+        payload.append(blob)
+        lengths.append(len(blob))
+    return bytes(table), b"".join(payload), lengths
 
 
 def encode(target: SignedManifest, new_path: Path, base: Manifest,
@@ -159,11 +212,16 @@ def encode(target: SignedManifest, new_path: Path, base: Manifest,
     """
     t0 = time.perf_counter()
     m = target.manifest
-    with Files(Path(new_path), m) as new, Files.maybe(old_path, base) as old:
+    with Files(Path(new_path), m) as new, Files.maybe(old_path, base) as old, \
+            ThreadPoolExecutor(1) as pool:
+        full_job = pool.submit(_full, new, m, max(level, 3))  # zstd releases the GIL
         enc = _Encoder(target, base, new, old, level)
-        ops, payload = enc.run()
-        full = _full(new, m, max(level, 3))
+        raw_ops = enc.run()
+        full = full_job.result()
+    ops, payload, lengths = assemble(raw_ops, level)
     stats = enc.stats
+    for (kind, _off, _data), n in zip(raw_ops, lengths, strict=True):
+        stats.count(kind, n)
     stats.full_zstd_bytes = len(full)
     header = Header(target, [BaseFile(f.path, f.size, f.blake3) for f in base.files], enc.maps)
     dict_bytes = base.normalized()
@@ -176,6 +234,7 @@ def encode(target: SignedManifest, new_path: Path, base: Manifest,
         head, payload = plain, bytearray(full)
         stats.ops, stats.op_bytes = {"full": 1}, {"full": len(full)}
     out = b"".join([head, payload])
+    stats.header_bytes = len(head)
     stats.delta_bytes = len(out)
     stats.encode_s = time.perf_counter() - t0
     return out, stats
