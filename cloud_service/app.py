@@ -25,6 +25,7 @@ from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
 from cloud_service.migrate import check_schema
 from cloud_service.s3store import make_store
 from cloud_service.services.auth import seed_admin_token
+from cloud_service.services.heartbeats import HeartbeatRecorder
 from cloud_service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with session_scope(settings.database_url) as s:
                 seed_admin_token(session=s, token=settings.admin_token.get_secret_value())
         threads = _start_background(app, settings)
+        if app.state.heartbeats is not None:
+            app.state.heartbeats.start()
+            threads.append(app.state.heartbeats)
         yield
         from cloud_service.tasks.dispatch import remove_embedded_listener
 
@@ -81,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = get_engine(settings.database_url)
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
     app.state.store = make_store(settings)
+    app.state.heartbeats = (HeartbeatRecorder(app.state.sessionmaker,
+                                              settings.heartbeat_flush_seconds)
+                            if settings.heartbeat_flush_seconds > 0 else None)
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(JobStates(app))
     app.state.enroll_limiter = devices.RateLimiter()

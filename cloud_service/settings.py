@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 30.0
     #: Seconds between rollout scheduler passes (0 = no scheduler thread in ``hadmc serve``).
     rollout_interval_seconds: float = 5.0
+    #: Heartbeats are written in batches this often (0 = one UPDATE per heartbeat); see
+    #: ``cloud_service/services/heartbeats.py`` for what that trades.
+    heartbeat_flush_seconds: float = 1.0
     #: Run the in-process worker when no broker is configured.
     embedded_worker: bool = True
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cloud_service.db import utcnow
+from cloud_service.db import page, utcnow
 from cloud_service.errors import ConflictError, InvalidInputError
 from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, RolloutEvent
 
@@ -129,9 +129,7 @@ def list_rollouts(*, session: Session, offset: int, limit: int, state: str | Non
     query = select(Rollout)
     if state is not None:
         query = query.where(Rollout.state == state)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Rollout.id.desc()).offset(offset).limit(limit))
-    return list(rows), count
+    return page(session, query, Rollout.id.desc(), offset, limit)
 
 
 def wave_counts(*, session: Session, rollouts: list[Rollout]) -> dict[int, list[dict[str, int]]]:
@@ -148,19 +146,15 @@ def wave_counts(*, session: Session, rollouts: list[Rollout]) -> dict[int, list[
 
 def list_rollout_devices(*, session: Session, rollout_id: int, offset: int, limit: int
                          ) -> tuple[list[RolloutDevice], int]:
-    where = RolloutDevice.rollout_id == rollout_id
-    rows = session.scalars(select(RolloutDevice).where(where)
-                           .order_by(RolloutDevice.wave, RolloutDevice.device_id)
-                           .offset(offset).limit(limit))
-    return list(rows), session.scalar(select(func.count()).where(where)) or 0
+    query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
+    # Waves are cut in device id order, so this is also wave order.
+    return page(session, query, RolloutDevice.device_id, offset, limit)
 
 
 def list_events(*, session: Session, rollout_id: int, offset: int, limit: int
                 ) -> tuple[list[RolloutEvent], int]:
-    where = RolloutEvent.rollout_id == rollout_id
-    rows = session.scalars(select(RolloutEvent).where(where).order_by(RolloutEvent.id)
-                           .offset(offset).limit(limit))
-    return list(rows), session.scalar(select(func.count()).where(where)) or 0
+    query = select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id)
+    return page(session, query, RolloutEvent.id, offset, limit)
 
 
 def _roll_back_devices(session: Session, rollout: Rollout, now: datetime) -> dict[str, int]:

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cloud_service.db import page
 from cloud_service.errors import ConflictError
 from cloud_service.models import ModelVersion, Rollout
 
@@ -21,9 +22,7 @@ def list_versions(*, session: Session, offset: int, limit: int,
     query = select(ModelVersion)
     if model_id is not None:
         query = query.where(ModelVersion.model_id == model_id)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(ModelVersion.id.desc()).offset(offset).limit(limit))
-    return list(rows), count
+    return page(session, query, ModelVersion.id.desc(), offset, limit)
 
 
 def next_number(*, session: Session, model_id: int) -> int:

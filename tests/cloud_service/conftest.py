@@ -168,6 +168,21 @@ def make_onnx(path: Path, weights: np.ndarray, batch: int | str = "N") -> Path:
     return path
 
 
+def insert_version(settings: Settings, model_id: int, number: int, path: Path) -> int:
+    """A version row for the ONNX file ``path`` (as a job before issue 5 left it: no
+    manifest, no probe)."""
+    from cloud_service.models import ModelVersion
+    from cloud_service.storage import ArtifactStore
+
+    digest, size = ArtifactStore(settings.artifact_dir).ingest_file(path)
+    with session_scope(settings.database_url) as s:
+        row = ModelVersion(model_id=model_id, number=number, profile="x86-avx2",
+                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={})
+        s.add(row)
+        s.flush()
+        return row.id
+
+
 def publish_onnx(client: TestClient, auth: dict[str, str], model_id: int, data: bytes,
                  profile: str = "x86-avx2") -> dict:
     r = client.post(f"/v1/models/{model_id}/versions", params={"profile": profile},

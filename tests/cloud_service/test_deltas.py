@@ -13,7 +13,7 @@ from cloud_service.db import session_scope
 from cloud_service.models import ModelVersion
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
-from tests.cloud_service.conftest import enroll, make_onnx
+from tests.cloud_service.conftest import enroll, insert_version, make_onnx
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +108,8 @@ def test_concurrent_first_requests_store_one_delta(settings: Settings, pair: tup
     v1, _, _ = pair
     store = ArtifactStore(settings.artifact_dir)
     w = np.random.default_rng(5).standard_normal((256, 256)).astype(np.float32)
-    digest, size = store.ingest_file(make_onnx(tmp_path / "v3.onnx", w, batch=1))
-    with session_scope(settings.database_url) as s:
-        row = ModelVersion(model_id=tiny_model["id"], number=203, profile="x86-avx2",
-                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={})
-        s.add(row)
-        s.flush()
-        v3 = row.id
+    v3 = insert_version(settings, tiny_model["id"], 203,
+                        make_onnx(tmp_path / "v3.onnx", w, batch=1))
     key = ensure_signing_key(settings.signing_key_file)
 
     def fetch(_: int) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from cloud_service.db import session_scope
 from cloud_service.models import ModelVersion
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
-from tests.cloud_service.conftest import enroll, make_onnx, publish_onnx
+from tests.cloud_service.conftest import enroll, insert_version, make_onnx, publish_onnx
 
 RAW = {"Content-Type": "application/octet-stream"}
 
@@ -87,15 +87,8 @@ def test_publish_to_missing_model_is_404(client: TestClient, auth: dict,
 def test_old_rows_get_manifest_and_probe_lazily(client: TestClient, auth: dict,
                                                 settings: Settings, tiny_model: dict,
                                                 onnx_bytes: bytes, tmp_path: Path) -> None:
-    store = ArtifactStore(settings.artifact_dir)
     (tmp_path / "m.onnx").write_bytes(onnx_bytes)
-    digest, size = store.ingest_file(tmp_path / "m.onnx")
-    with session_scope(settings.database_url) as s:
-        row = ModelVersion(model_id=tiny_model["id"], number=300, profile="x86-avx2",
-                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={})
-        s.add(row)
-        s.flush()
-        vid = row.id
+    vid = insert_version(settings, tiny_model["id"], 300, tmp_path / "m.onnx")
     assert client.get(f"/v1/versions/{vid}/probe", headers=auth).status_code == 200
     first = client.get(f"/v1/versions/{vid}/manifest", headers=auth).content
     assert client.get(f"/v1/versions/{vid}/manifest", headers=auth).content == first
