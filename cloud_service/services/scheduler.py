@@ -48,8 +48,8 @@ def previous_p50(session: Session, device_id: int, version_id: int | None) -> fl
             .where(table.device_id == device_id, table.version_id == version_id,
                    table.p50_ms.is_not(None))
             .order_by(table.created_at.desc()).limit(1)).first()
-        if row is not None:
-            found.append((row[0], row[1]))
+        if row is not None and row[1] is not None:
+            found.append((row[0], float(row[1])))
     return max(found)[1] if found else None
 
 
