@@ -67,6 +67,7 @@ class RolloutPublic(Public):
     state: RolloutState
     current_wave: int
     wave_started_at: datetime
+    created_by: int | None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

@@ -54,7 +54,8 @@ def _row(settings: Settings, job_id: int) -> Job:
         return row
 
 
-def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | None = None):  # type: ignore[no-untyped-def]
+def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | None = None,  # type: ignore[no-untyped-def]
+                  onnx: bytes = b"onnx-bytes"):
     from hadmc_core.compress import CompressionResult
 
     def run(model, spec, data, profile, out_dir, cfg, progress, **kw: Any):  # type: ignore[no-untyped-def]
@@ -65,7 +66,7 @@ def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | Non
             raise error
         out = Path(out_dir)
         out.mkdir(parents=True)
-        (out / "model.onnx").write_bytes(b"onnx-bytes")
+        (out / "model.onnx").write_bytes(onnx)
         rep = {"summary": {"speedup": 1.5}, "compressed": {"accuracy": 90.0,
                                                           "latency_ms": 1.0, "size_bytes": 10}}
         (out / "report.json").write_text(json.dumps(rep))
@@ -138,3 +139,23 @@ def test_attempts_are_limited(env: tuple[Settings, int], monkeypatch: pytest.Mon
     assert execute_job(job_id, settings) == "skipped"
     row = _row(settings, job_id)
     assert row.state == "failed" and "gave up after" in (row.error or "")
+
+
+def test_success_publishes_manifest_and_probe(env: tuple[Settings, int], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from cloud_service.storage import ArtifactStore
+    from tests.cloud_service.conftest import make_onnx
+
+    settings, model_id = env
+    w = np.ones((8, 2), np.float32)
+    onnx = make_onnx(tmp_path / "m.onnx", w).read_bytes()
+    monkeypatch.setattr("hadmc_core.compress.compress", fake_compress(onnx=onnx))
+    job_id = _job(settings, model_id)
+    assert execute_job(job_id, settings) == "succeeded"
+    with session_scope(settings.database_url) as s:
+        ver = s.get(ModelVersion, _row(settings, job_id).version_id)
+        assert ver is not None and ver.manifest_hash and ver.probe_hash
+        store = ArtifactStore(settings.artifact_dir)
+        assert store.exists(ver.manifest_hash) and store.exists(ver.probe_hash)
