@@ -10,7 +10,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from cloud_service.db import page, utcnow
@@ -19,6 +19,7 @@ from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, R
 
 #: Rollout states in which a device counts as taken (it may be in one such rollout only).
 OPEN = ("active", "paused")
+CREATE_LOCK = 0x6861646D63  # pg advisory lock key ("hadmc")
 #: Allowed user transitions: action -> (states it may start from, state it leads to).
 TRANSITIONS = {
     "pause": (("active",), "paused"),
@@ -87,6 +88,9 @@ def assign_wave(session: Session, rollout: Rollout, wave: int, now: datetime) ->
 
 def create_rollout(*, session: Session, spec: dict[str, Any], created_by: int | None
                    ) -> Rollout:
+    if session.get_bind().dialect.name == "postgresql":  # creations one at a time, so two
+        # concurrent ones cannot both find a device free (released at commit)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK})
     if session.get(ModelVersion, spec["version_id"]) is None:
         raise InvalidInputError(f"model version {spec['version_id']} does not exist")
     selector = {k: v for k, v in spec["selector"].items() if v is not None}

@@ -158,3 +158,19 @@ def test_device_cannot_read_another_devices_desired(client: TestClient, auth: di
     a, b = fleet(client, auth, 2, versions[0]["id"])
     r = client.get(f"/v1/devices/{a.id}/desired", headers=b.headers)
     assert r.status_code == 403
+
+
+def test_concurrent_creations_take_a_device_once(client: TestClient, auth: dict,
+                                                 versions: tuple[dict, dict]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    v1, v2 = versions
+    [dev] = fleet(client, auth, 1, v1["id"])
+    body = {"version_id": v2["id"], "selector": {"device_ids": [dev.id]}}
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(lambda _: client.post("/v1/rollouts", json=body,
+                                                      headers=auth).status_code, range(4)))
+    assert codes == [201, 409, 409, 409]
+    made = client.get("/v1/rollouts", params={"state": "active"}, headers=auth).json()["data"]
+    for r in made:
+        _abort(client, auth, r)
