@@ -63,7 +63,7 @@ def test_no_server_errors_on_random_input(app: FastAPI, client: TestClient, auth
         params = {**query, **{q: named[i] for i, q in enumerate(qnames)}}
         headers = {"user": auth, "device": dev, "none": {}}[who]
         kw: dict = {"params": {k: str(v) for k, v in params.items()}, "headers": dict(headers)}
-        if method in ("POST", "PUT"):
+        if method in ("POST", "PUT", "PATCH"):
             if raw:
                 kw["content"] = repr(body).encode()
                 kw["headers"]["Content-Type"] = "application/octet-stream"
