@@ -189,7 +189,7 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
             raise FormatError(f"chunk {what}: payload of {length} bytes is over its cap")
         blob = read_exact(payload, length, f"the payload of chunk {what}")
         if j in sizes:
-            group, pos = memoryview(codec.decompress(blob, sizes[j], what)), 0
+            group, pos = memoryview(codec.decompress_group(blob, sizes[j], what)), 0
         try:
             if kind & ~(codec.CONT | codec.GATHER) in codec.GROUPED:
                 pos += n

@@ -21,6 +21,7 @@ quantization scales) thus share one frame and its context instead of paying a fr
 
 from __future__ import annotations
 
+import lzma
 import struct
 
 import numpy as np
@@ -37,6 +38,7 @@ KIND_NAMES = {REF: "ref", XOR: "xor", SUB: "sub", RAW: "raw", RAWP: "raw-planes"
               DICT: "dict", FULL: "full", XOR | GATHER: "xor-gather",
               SUB | GATHER: "sub-gather"}
 MAX_GROUP = 4 << 20  # decompressed bytes of one group frame (apply holds one in memory)
+XZ_MAGIC, XZ_DICT, XZ_MEMLIMIT = b"\xfd7zXZ\x00", 8 << 20, 64 << 20
 MAX_DICT = 1 << 20
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -152,8 +154,35 @@ def untransform(kind: int, data: bytes, base: bytes | None, itemsize: int,
     raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
 
 
-def compress_group(data: bytes, level: int) -> bytes:
-    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+def compress_group(data: bytes, level: int, try_xz: bool) -> bytes:
+    """A group frame: zstd with checksum or, when asked and smaller, xz (LZMA2, CRC32):
+    its range coder spends fractions of a bit on skewed bytes (sparse INT8 residuals, the
+    high planes of float residuals), where zstd's Huffman coding spends at least one."""
+    blob = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+    if try_xz:
+        xz = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                           filters=[{"id": lzma.FILTER_LZMA2, "preset": 6,
+                                     "dict_size": XZ_DICT}])
+        if len(xz) < len(blob):
+            return xz
+    return blob
+
+
+def decompress_group(blob: bytes, n: int, label: str) -> bytes:
+    """Exactly ``n`` bytes from a group frame (zstd or xz, told apart by their magic)."""
+    if not blob.startswith(XZ_MAGIC):
+        return decompress(blob, n, label)
+    try:
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+        out = d.decompress(blob, max_length=n)
+        ok = len(out) == n and d.eof and not d.unused_data
+    except lzma.LZMAError as e:
+        raise ChunkMismatchError(f"chunk {label}: payload does not decompress ({e}); the "
+                                 "delta is corrupt: download it again") from e
+    if not ok:
+        raise ChunkMismatchError(f"chunk {label}: payload does not decode to the {n} bytes "
+                                 "the manifest gives; the delta is corrupt: download it again")
+    return out
 
 
 def encode(kind: int, chunk: bytes, base: bytes | None, itemsize: int, level: int) -> bytes:

@@ -22,6 +22,7 @@ from hadmc_core.delta.tensormap import TensorMap, find_map, gathered
 
 log = logging.getLogger(__name__)
 DICT_BACK = 256 * 1024  # DICT: base bytes this far before the chunk's position
+XZ_MAX = 16 << 20  # grouped bytes up to this total also try xz frames (slower to encode)
 
 
 @dataclass
@@ -189,8 +190,10 @@ def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
         size += len(op[2])
     total = sum(len(p) for _, parts in groups for p in parts)
     lv = group_level(total, level)
+    xz = total <= XZ_MAX
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), lv), groups))
+        frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), lv, xz),
+                               groups))
     blobs = {j: f for (j, _), f in zip(groups, frames, strict=True)}
     table, payload, lengths = bytearray(), [], []
     for j, (kind, off, data) in enumerate(ops):
