@@ -58,12 +58,13 @@ def _expiring(data: bytes, now: float) -> bool:
 
 
 def build_signed_manifest(*, store: ArtifactStore, version: ModelVersion,
-                          key: Ed25519PrivateKey) -> bytes:
+                          key: Ed25519PrivateKey, now: float | None = None) -> bytes:
     from hadmc_core.delta import build_manifest, sign
 
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         path = store.link_as(version.onnx_hash, Path(tmp), "model.onnx")
-        m = build_manifest(path, model=model_line(version), version=version.number)
+        m = build_manifest(path, model=model_line(version), version=version.number,
+                           now=int(time.time() if now is None else now))
     return sign(m, key).to_bytes()
 
 
@@ -76,7 +77,8 @@ def ensure_manifest(*, session: Session, store: ArtifactStore, version: ModelVer
         data = store.path(old).read_bytes()
         if not _expiring(data, now):
             return data
-    digest, _ = store.put_bytes(build_signed_manifest(store=store, version=version, key=key))
+    digest, _ = store.put_bytes(build_signed_manifest(store=store, version=version, key=key,
+                                                      now=now))
     return store.path(_store_hash(session, version, "manifest_hash", old, digest)).read_bytes()
 
 

@@ -136,3 +136,22 @@ def test_put_probe_rejects_garbage(client: TestClient, auth: dict, published: di
     r = client.put(f"/v1/versions/{published['id']}/probe", content=b"PK\x03\x04nope",
                    headers={**auth, **RAW})
     assert r.status_code == 422, r.text
+
+
+def test_manifest_is_signed_again_only_near_expiry(settings: Settings, published: dict) -> None:
+    import json
+
+    from cloud_service.security import ensure_signing_key
+    from cloud_service.services.publish import RESIGN_BEFORE_SECONDS, ensure_manifest
+
+    store, key = ArtifactStore(settings.artifact_dir), ensure_signing_key(settings.signing_key_file)
+    with session_scope(settings.database_url) as s:
+        row = s.get(ModelVersion, published["id"])
+        assert row is not None
+        first = ensure_manifest(session=s, store=store, version=row, key=key)
+        expires = json.loads(first)["manifest"]["expires"]
+        early = expires - RESIGN_BEFORE_SECONDS - 60
+        assert ensure_manifest(session=s, store=store, version=row, key=key, now=early) == first
+        late = ensure_manifest(session=s, store=store, version=row, key=key,
+                               now=expires - RESIGN_BEFORE_SECONDS + 60)
+        assert late != first and row.manifest_hash == store.put_bytes(late)[0]
