@@ -97,8 +97,8 @@ class Agent:
                                      self.errors)
 
         self.report_op = op("report", self.send_reports, s.report_seconds)
-        self.loop = Loop([op("profile", self.send_profile, PROFILE_PERIOD),
-                          op("heartbeat", self.heartbeat, s.heartbeat_seconds),
+        self.heartbeat_op = op("heartbeat", self.heartbeat, s.heartbeat_seconds)
+        self.loop = Loop([op("profile", self.send_profile, PROFILE_PERIOD), self.heartbeat_op,
                           op("poll", self.poll, s.poll_seconds),
                           op("update", self.update, s.poll_seconds),
                           self.report_op], clock=self.clock)
@@ -164,7 +164,8 @@ class Agent:
             self.failed[vid] = self.clock()
             self.state.pending_reports.append({"kind": "updates", "body": report})
             self.store.save_state(self.state)
-        self.report_op.next_run = 0.0  # send it on the next turn of the loop
+        # on the next turn: a heartbeat with the new current version, then the report
+        self.heartbeat_op.next_run = self.report_op.next_run = 0.0
 
     def send_reports(self) -> None:
         st = self.state

@@ -50,6 +50,8 @@ def run(server: str = typer.Option(None, "--server", help="Server URL [HADMC_AGE
                   name=name, serve_port=serve_port, log_level=log_level)
     logging.basicConfig(level=s.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpcore"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     agent = Agent(s)
     agent.start()
 

@@ -1,0 +1,253 @@
+"""End to end: a real ``hadmc serve`` (PostgreSQL + Redis, free loopback port) and three
+``hadmc-agent`` processes. Versions are published with ``POST /v1/models/{id}/versions``
+and rolled out; a delta costs far less than the full file; an agent killed with SIGKILL in
+the middle of an update converges after a restart; a version whose probe fails the smoke
+test aborts its rollout and every device stays where it was.
+
+Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379, as
+the cloud tests do; about 40-60 s.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from hadmc_core.hal import onnxwrite as ow
+
+ROOT = Path(__file__).resolve().parents[2]
+PG = os.environ.get("HADMC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("HADMC_TEST_REDIS_E2E", "redis://127.0.0.1:6379/13")
+pytestmark = pytest.mark.slow
+
+
+def model(head_seed: int) -> bytes:
+    """x[N,256] → 256x2048 → 2048x2048 → 2048x4 (about 18 MB). Versions differ only in the
+    head (a fine-tuned classifier), so a delta is a small fraction of the file."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((256, 2048)).astype(np.float32) * 0.05
+    w2 = rng.standard_normal((2048, 2048)).astype(np.float32) * 0.02
+    w3 = np.random.default_rng(head_seed).standard_normal((2048, 4)).astype(np.float32) * 0.1
+    nodes = [ow.node("MatMul", ["x", "w1"], ["h1"]), ow.node("Relu", ["h1"], ["r1"]),
+             ow.node("MatMul", ["r1", "w2"], ["h2"]), ow.node("Relu", ["h2"], ["r2"]),
+             ow.node("MatMul", ["r2", "w3"], ["y"])]
+    return ow.model(nodes, [ow.value_info("x", ["N", 256])], [ow.value_info("y", ["N", 4])],
+                    [ow.tensor("w1", w1), ow.tensor("w2", w2), ow.tensor("w3", w3)])
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = 60.0,
+             every: float = 0.2) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    import psycopg
+
+    name = f"hadmc_e2e_{uuid.uuid4().hex[:10]}"
+    dsn = PG.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL is not reachable at {dsn} ({e})", pytrace=False)
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG}/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Server:
+    url: str
+    admin: httpx.Client
+    proc: subprocess.Popen[bytes]
+    log: Path
+    octet: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("server")
+    token = secrets.token_urlsafe(24)
+    env = {**os.environ, "HADMC_ENVIRONMENT": "dev", "HADMC_DATABASE_URL": database,
+           "HADMC_BROKER_URL": REDIS, "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
+           "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"), "HADMC_ADMIN_TOKEN": token,
+           "HADMC_ROLLOUT_INTERVAL_SECONDS": "0.5", "HADMC_RECONCILE_INTERVAL_SECONDS": "0",
+           "PYTHONPATH": str(ROOT)}
+    hadmc = [sys.executable, "-m", "hadmc_core.cli"]
+    subprocess.run([*hadmc, "db", "upgrade"], env=env, check=True, cwd=ROOT,
+                   capture_output=True, timeout=120)
+    port = free_port()
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*hadmc, "serve", "--port", str(port)], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, "hadmc serve to answer", 60)
+    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                         timeout=120)
+    octet = {"Content-Type": "application/octet-stream"}
+    yield Server(url, admin, proc, log, octet)
+    admin.close()
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class Agent:
+    def __init__(self, i: int, server: Server, token: str, root: Path) -> None:
+        self.name, self.dir = f"agent-{i}", root / f"agent-{i}"
+        self.log = root / f"agent-{i}.log"
+        self.cmd = [sys.executable, "-m", "edge_agent", "--server", server.url,
+                    "--enroll-token", token, "--data-dir", str(self.dir), "--name", self.name,
+                    "--serve-port", "0"]
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "HADMC_AGENT_POLL_SECONDS": "0.3",
+                    "HADMC_AGENT_HEARTBEAT_SECONDS": "2", "HADMC_AGENT_REPORT_SECONDS": "0.3",
+                    "HADMC_AGENT_SMOKE_RUNS": "5", "HADMC_AGENT_THREADS": "1",
+                    "HADMC_AGENT_LATENCY_TABLE": "true" if i == 0 else "false"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def current(self) -> int | None:
+        try:
+            return int(os.readlink(self.dir / "current").rsplit("/", 1)[1])
+        except OSError:
+            return None
+
+    def busy(self) -> bool:
+        staging = self.dir / "staging"
+        return staging.is_dir() and any(staging.iterdir())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def ok(resp: httpx.Response, status: int = 200) -> Any:
+    assert resp.status_code == status, f"{resp.request.method} {resp.request.url}: " \
+                                       f"{resp.status_code} {resp.text[:500]}"
+    return resp.json()
+
+
+def rollout(s: Server, version_id: int, waves: list[int]) -> int:
+    body = {"version_id": version_id, "selector": {"all": True}, "waves": waves,
+            "min_devices_per_wave": 1, "success_threshold": 0.95, "max_failure_rate": 0.2,
+            "max_latency_regression": 100.0, "wave_timeout_seconds": 60}
+    return int(ok(s.admin.post("/v1/rollouts", json=body), 201)["id"])
+
+
+def rollout_state(s: Server, rid: int) -> str:
+    return str(ok(s.admin.get(f"/v1/rollouts/{rid}"))["state"])
+
+
+def test_fleet(server: Server, tmp_path: Path) -> None:
+    s = server
+    versions = {n: model(head) for n, head in ((1, 1), (2, 2), (3, 3))}
+    profile = ok(s.admin.get("/v1/profiles"))["data"][0]
+    profile = profile["name"] if isinstance(profile, dict) else profile
+    mid = ok(s.admin.post("/v1/models", params={"name": "mlp", "format": "onnx"},
+                          content=versions[1], headers=s.octet), 201)["id"]
+    vids = {n: ok(s.admin.post(f"/v1/models/{mid}/versions", params={"profile": profile},
+                               content=data, headers=s.octet), 201)["id"]
+            for n, data in versions.items()}
+    token = ok(s.admin.post("/v1/enrollment-tokens",
+                            json={"name": "e2e", "max_uses": 3}), 201)["token"]
+    agents = [Agent(i, s, token, tmp_path) for i in range(3)]
+    try:
+        for a in agents:
+            a.start()
+        def enrolled() -> list[dict[str, Any]] | None:
+            data = ok(s.admin.get("/v1/devices"))["data"]
+            return data if len(data) == 3 and all(d["profile"] for d in data) else None
+
+        wait_for(enrolled, "3 enrolled devices with profiles", 60)
+        wait_for(lambda: [d for d in ok(s.admin.get("/v1/devices"))["data"]
+                          if d["name"] == "agent-0" and (d["latency"] or {}).get("operators")],
+                 "agent-0's operator latency table", 60)
+
+        # v1 everywhere (full downloads), in one wave
+        r1 = rollout(s, vids[1], [100])
+        wait_for(lambda: rollout_state(s, r1) == "completed", "rollout 1 to complete")
+        assert [a.current() for a in agents] == [vids[1]] * 3
+
+        # v2 in two waves; SIGKILL the first agent seen mid-update, then restart it
+        r2 = rollout(s, vids[2], [34, 100])
+        victim = wait_for(lambda: next((a for a in agents if a.busy()), None),
+                          "an agent to start updating", 30, every=0.002)
+        os.kill(victim.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        victim.proc.wait()  # type: ignore[union-attr]
+        victim.start()
+        wait_for(lambda: rollout_state(s, r2) == "completed", "rollout 2 to complete", 90)
+        assert [a.current() for a in agents] == [vids[2]] * 3
+        rows = ok(s.admin.get(f"/v1/rollouts/{r2}/devices"))["data"]
+        full = len(versions[2])
+        assert all(0 < row["bytes_sent"] < full // 4 for row in rows), (full, rows)
+        assert all(row["status"] == "succeeded" and row["p50_ms"] for row in rows), rows
+
+        # v3 with a probe whose expected outputs are wrong: the smoke test fails, abort
+        buf = io.BytesIO()
+        x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+        np.savez(buf, inputs=x, outputs=np.full((2, 4), 1e3, np.float32),
+                 atol=np.float32(1e-4), rtol=np.float32(1e-3))
+        ok(s.admin.put(f"/v1/versions/{vids[3]}/probe", content=buf.getvalue(),
+                       headers=s.octet))
+        r3 = rollout(s, vids[3], [34, 100])
+        wait_for(lambda: rollout_state(s, r3) == "aborted", "rollout 3 to abort", 60)
+        rows = ok(s.admin.get(f"/v1/rollouts/{r3}/devices"))["data"]
+        assert sorted(r["status"] for r in rows) == ["failed", "failed", "pending"], rows
+        assert all("outputs differ" in (r["reason"] or "") for r in rows
+                   if r["status"] == "failed")
+        time.sleep(1.0)
+        assert [a.current() for a in agents] == [vids[2]] * 3
+        assert all(a.proc is not None and a.proc.poll() is None for a in agents)
+    finally:
+        for a in agents:
+            a.stop()
+        tails = {a.name: a.log.read_text()[-1500:] for a in agents if a.log.exists()}
+        print(tails, s.log.read_text()[-2000:])
