@@ -111,8 +111,9 @@ class Updater:
         held = self.store.version_dir(a.version_id)
         if held.is_dir():
             a.phase = "verify"
-            for f in signed.manifest.files:
-                shutil.copyfile(held / f.path, staged / f.path)
+            for name in [f.path for f in signed.manifest.files] + [PROBE_FILE]:
+                if (held / name).exists():
+                    shutil.copyfile(held / name, staged / name)
         elif self.state.active is not None and not a.rollback:
             try:
                 self._delta(a, signed, staged)
