@@ -153,9 +153,10 @@ class _Out:
 
 
 def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
-    """Decompressed size of each group frame, by the index of the op that carries it."""
+    """The most bytes each group frame may decompress to (what its chunks can take), by
+    the index of the op that carries it."""
     sizes: dict[int, int] = {}
-    cur, cap = -1, max(codec.MAX_GROUP, m.chunk_size)
+    cur, cap = -1, max(codec.MAX_GROUP, 2 * m.chunk_size)
     for j, (fi, seg, i, _h, _start, n) in enumerate(chunks(m)):
         kind, _off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
         if kind & ~(codec.CONT | codec.GATHER) not in codec.GROUPED:
@@ -165,10 +166,28 @@ def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
         elif cur < 0 or length:
             raise FormatError(f"chunk {label(m, fi, seg, i)}: continues no group; the delta "
                               "is corrupt")
-        sizes[cur] += n
+        sizes[cur] += codec.max_size(kind, n, ITEMSIZE.get(seg.dtype, 1))
         if sizes[cur] > cap:
             raise FormatError(f"chunk {label(m, fi, seg, i)}: group frame over its cap")
     return sizes
+
+
+class _Group:
+    """The group frame being consumed: every byte of it must be used, none more."""
+
+    def __init__(self) -> None:
+        self.view, self.pos, self.opener = memoryview(b""), 0, ""
+
+    def open(self, blob: bytes, cap: int, what: str) -> None:
+        self.close()
+        self.view = memoryview(codec.decompress_group(blob, cap, what))
+        self.pos, self.opener = 0, what
+
+    def close(self) -> None:
+        if self.pos != len(self.view):
+            raise ChunkMismatchError(f"chunk {self.opener}: group frame has "
+                                     f"{len(self.view) - self.pos} unused bytes; the delta "
+                                     "is corrupt: download it again")
 
 
 def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
@@ -176,7 +195,7 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
     m, out = h.target.manifest, _Out(h.target.manifest, temps)
     sizes = _group_sizes(ops, m)
     gathers: dict[int, np.ndarray] = {}
-    group, pos = memoryview(b""), 0
+    group = _Group()
     for j, (fi, seg, i, hsh, start, n) in enumerate(chunks(m)):
         what = label(m, fi, seg, i)
         kind, off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
@@ -189,13 +208,12 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
             raise FormatError(f"chunk {what}: payload of {length} bytes is over its cap")
         blob = read_exact(payload, length, f"the payload of chunk {what}")
         if j in sizes:
-            group, pos = memoryview(codec.decompress_group(blob, sizes[j], what)), 0
+            group.open(blob, cap, what)
         try:
             if kind & ~(codec.CONT | codec.GATHER) in codec.GROUPED:
-                pos += n
                 ref = _ref(h, gathers, base, kind, fi, seg, start, off, n, what)
-                data = codec.untransform(kind, group[pos - n:pos], ref, ITEMSIZE.get(
-                    seg.dtype, 1), what)
+                data, group.pos = codec.untransform(kind, group.view, group.pos, n, ref,
+                                                    ITEMSIZE.get(seg.dtype, 1), what)
             else:
                 data = _plain(kind, blob, base, off, n, what)
         except FormatError as e:
@@ -203,6 +221,7 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
                 raise
             raise FormatError(f"chunk {what}: {e}; the delta is corrupt") from e
         out.write(fi, data, hsh, f"{what} ({codec.name(kind)})")
+    group.close()
     gathers.clear()
     out.close()
 
@@ -215,7 +234,7 @@ def _ref(h: Header, gathers: dict[int, np.ndarray], base: Files, kind: int, fi: 
         src = _gather_base(h, gathers, base, fi, seg, off, what)
         e0 = (start - seg.offset) // itemsize
         return h.maps[off][2].gather(src, seg.shape, e0, e0 + n // itemsize)
-    if kind & ~codec.CONT in (codec.XOR, codec.SUB):
+    if kind & ~codec.CONT in codec.BASED:
         return base.read(off, n)
     return None
 

@@ -6,6 +6,7 @@ Kinds (the op table's ``u8 kind``; see docs/delta.md):
 - XOR: words XOR the base words, split into byte planes, zstd (fine-tuned floats);
 - SUB: words minus the base words (wrapping), zigzag, byte planes, zstd (INT8, integers,
   and floats whose changes carry across bytes);
+- SPARSE: SUB's residual as a changed-word bit mask, signs and magnitudes (``sparse``);
 - RAW: zstd of the chunk; RAWP: byte planes, then zstd;
 - DICT: zstd with base bytes as a raw-content dictionary (headers, graph protobuf);
 - FULL (alone): every target file as one zstd stream (the never-bigger fallback).
@@ -27,16 +28,18 @@ import struct
 import numpy as np
 import zstandard
 
+from hadmc_core.delta import sparse
 from hadmc_core.delta.errors import ChunkMismatchError
 
 MAGIC = b"HDMCDLT3"
 OP = struct.Struct("<BqI")  # kind, base offset (signed, see container), payload length
-REF, XOR, SUB, RAW, RAWP, DICT, FULL = 0, 1, 2, 3, 4, 5, 9
+REF, XOR, SUB, RAW, RAWP, DICT, SPARSE, FULL = 0, 1, 2, 3, 4, 5, 6, 9
 GATHER, CONT = 0x80, 0x40
-GROUPED = (XOR, SUB, RAW, RAWP)  # kinds whose transformed bytes go into group frames
+GROUPED = (XOR, SUB, RAW, RAWP, SPARSE)  # kinds whose transformed bytes go into groups
 KIND_NAMES = {REF: "ref", XOR: "xor", SUB: "sub", RAW: "raw", RAWP: "raw-planes",
-              DICT: "dict", FULL: "full", XOR | GATHER: "xor-gather",
-              SUB | GATHER: "sub-gather"}
+              DICT: "dict", SPARSE: "sub-sparse", FULL: "full", XOR | GATHER: "xor-gather",
+              SUB | GATHER: "sub-gather", SPARSE | GATHER: "sub-sparse-gather"}
+BASED = (XOR, SUB, SPARSE)  # coded against base words
 MAX_GROUP = 4 << 20  # decompressed bytes of one group frame (apply holds one in memory)
 XZ_MAGIC, XZ_DICT, XZ_MEMLIMIT = b"\xfd7zXZ\x00", 8 << 20, 64 << 20
 MAX_DICT = 1 << 20
@@ -124,7 +127,7 @@ def decompress(blob: bytes, n: int, label: str, dict_data: bytes | None = None) 
 
 
 def transform(kind: int, chunk: bytes, base: bytes | None, itemsize: int) -> bytes:
-    """The bytes that get compressed for a grouped kind (same length as the chunk)."""
+    """The bytes that get compressed for a grouped kind."""
     k = kind & ~(GATHER | CONT)
     if k == RAW:
         return chunk
@@ -135,54 +138,74 @@ def transform(kind: int, chunk: bytes, base: bytes | None, itemsize: int) -> byt
         return planes(xor(chunk, base), itemsize)
     if k == SUB:
         return planes(sub(chunk, base, itemsize), itemsize)
+    if k == SPARSE:
+        return sparse.pack(sub(chunk, base, itemsize), itemsize)
     raise ValueError(f"kind {kind} has no transform")
 
 
-def untransform(kind: int, data: bytes, base: bytes | None, itemsize: int,
-                label: str) -> bytes:
+def max_size(kind: int, n: int, itemsize: int) -> int:
+    """The most transformed bytes an ``n``-byte chunk of a grouped kind can take."""
+    return sparse.max_size(n, itemsize) if kind & ~(GATHER | CONT) == SPARSE else n
+
+
+def untransform(kind: int, view: memoryview, pos: int, n: int, base: bytes | None,
+                itemsize: int, label: str) -> tuple[bytes, int]:
+    """Rebuild an ``n``-byte chunk from the transformed bytes at ``pos`` of a group; the
+    chunk and the position after it."""
     k = kind & ~(GATHER | CONT)
+    if k == SPARSE:
+        data, end = sparse.unpack(view, pos, n, itemsize, label)
+    else:
+        data, end = view[pos:pos + n], pos + n
+        if end > len(view):
+            raise ChunkMismatchError(f"chunk {label}: group frame ends inside the chunk; "
+                                     "the delta is corrupt: download it again")
     if k == RAW:
-        return data
+        return bytes(data), end
     if k == RAWP:
-        return unplanes(data, itemsize)
-    if base is None or len(base) != len(data):
+        return unplanes(data, itemsize), end
+    if base is None or len(base) != n:
         raise ChunkMismatchError(f"chunk {label}: base bytes unavailable for {name(kind)}")
     if k == XOR:
-        return xor(unplanes(data, itemsize), base)
+        return xor(unplanes(data, itemsize), base), end
     if k == SUB:
-        return unsub(unplanes(data, itemsize), base, itemsize)
+        return unsub(unplanes(data, itemsize), base, itemsize), end
+    if k == SPARSE:
+        return unsub(data, base, itemsize), end
     raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
 
 
-def compress_group(data: bytes, level: int, try_xz: bool) -> bytes:
-    """A group frame: zstd with checksum or, when asked and smaller, xz (LZMA2, CRC32):
-    its range coder spends fractions of a bit on skewed bytes (sparse INT8 residuals, the
-    high planes of float residuals), where zstd's Huffman coding spends at least one."""
-    blob = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+def compress_group(data: bytes, levels: tuple[int, ...], try_xz: bool) -> bytes:
+    """A group frame: the smallest of zstd (with checksum) at each level and, when asked,
+    xz (LZMA2, CRC32), whose range coder spends fractions of a bit on skewed bytes where
+    zstd's Huffman coding spends at least one."""
+    blobs = [zstandard.ZstdCompressor(level=lv, write_checksum=True).compress(data)
+             for lv in levels]
     if try_xz:
-        xz = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                           filters=[{"id": lzma.FILTER_LZMA2, "preset": 6,
-                                     "dict_size": XZ_DICT}])
-        if len(xz) < len(blob):
-            return xz
-    return blob
+        blobs.append(lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                                   filters=[{"id": lzma.FILTER_LZMA2, "preset": 6,
+                                             "dict_size": XZ_DICT}]))
+    return min(blobs, key=len)
 
 
-def decompress_group(blob: bytes, n: int, label: str) -> bytes:
-    """Exactly ``n`` bytes from a group frame (zstd or xz, told apart by their magic)."""
-    if not blob.startswith(XZ_MAGIC):
-        return decompress(blob, n, label)
+def decompress_group(blob: bytes, cap: int, label: str) -> bytes:
+    """A group frame's bytes (zstd or xz, told apart by their magic), at most ``cap``."""
     try:
+        if not blob.startswith(XZ_MAGIC):
+            declared = zstandard.frame_content_size(blob)
+            if declared > cap:
+                raise ChunkMismatchError(f"chunk {label}: group frame declares {declared} "
+                                         f"bytes, over the {cap} its chunks can take")
+            return zstandard.ZstdDecompressor().decompress(blob, max_output_size=cap)
         d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
-        out = d.decompress(blob, max_length=n)
-        ok = len(out) == n and d.eof and not d.unused_data
-    except lzma.LZMAError as e:
+        out = d.decompress(blob, max_length=cap)
+        if not d.eof or d.unused_data:
+            raise ChunkMismatchError(f"chunk {label}: group frame is longer than its chunks "
+                                     "or does not end; the delta is corrupt")
+        return out
+    except (zstandard.ZstdError, lzma.LZMAError) as e:
         raise ChunkMismatchError(f"chunk {label}: payload does not decompress ({e}); the "
                                  "delta is corrupt: download it again") from e
-    if not ok:
-        raise ChunkMismatchError(f"chunk {label}: payload does not decode to the {n} bytes "
-                                 "the manifest gives; the delta is corrupt: download it again")
-    return out
 
 
 def encode(kind: int, chunk: bytes, base: bytes | None, itemsize: int, level: int) -> bytes:
@@ -202,4 +225,8 @@ def decode(kind: int, blob: bytes, base: bytes | None, itemsize: int, n: int,
         return decompress(blob[4:], n, label, base)
     if kind & ~GATHER not in GROUPED:
         raise ChunkMismatchError(f"chunk {label}: unknown op kind {kind}")
-    return untransform(kind, decompress(blob, n, label), base, itemsize, label)
+    view = memoryview(decompress_group(blob, max_size(kind, n, itemsize), label))
+    data, end = untransform(kind, view, 0, n, base, itemsize, label)
+    if end != len(view):
+        raise ChunkMismatchError(f"chunk {label}: payload has trailing bytes")
+    return data

@@ -38,7 +38,7 @@ from hadmc_core.delta.tensormap import MAX_MAP_ENTRIES, TensorMap
 MAX_PREFIX = 64 * 1024
 MAX_HEADER = MAX_MANIFEST_BYTES + 16 * 1024 * 1024
 MAX_OPS = codec.OP.size * (1 << 20)
-RELATIVE = (codec.REF, codec.XOR, codec.SUB, codec.DICT)
+RELATIVE = (codec.REF, codec.XOR, codec.SUB, codec.DICT, codec.SPARSE)
 
 
 @dataclass

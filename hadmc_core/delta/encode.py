@@ -22,7 +22,7 @@ from hadmc_core.delta.tensormap import TensorMap, find_map, gathered
 
 log = logging.getLogger(__name__)
 DICT_BACK = 256 * 1024  # DICT: base bytes this far before the chunk's position
-XZ_MAX = 16 << 20  # grouped bytes up to this total also try xz frames (slower to encode)
+SMALL = 1 << 20  # grouped bytes up to this total: zstd -19 and xz are tried as well
 
 
 @dataclass
@@ -96,7 +96,7 @@ class _Encoder:
         lv, best, size = self.level, (codec.RAW, chunk), -1
         kinds = [codec.RAW, codec.RAWP] if itemsize > 1 else [codec.RAW]
         if base is not None:
-            kinds += [codec.XOR, codec.SUB]
+            kinds += [codec.XOR, codec.SUB] + ([codec.SPARSE] if itemsize == 1 else [])
         for kind in kinds:
             data = codec.transform(kind, chunk, base, itemsize)
             n = len(codec.compress(data, lv))
@@ -136,15 +136,15 @@ class _Encoder:
                 off = gap[0] + lo
                 dict_data = self.old.read(off, dn)  # type: ignore[union-attr]
         kind, data = self._candidates(chunk, ITEMSIZE.get(seg.dtype, 1), base, dict_data)
-        if tbase is not None and tbase[0] >= 0 and kind in (codec.XOR, codec.SUB):
+        if tbase is not None and tbase[0] >= 0 and kind in codec.BASED:
             kind |= codec.GATHER
         if kind in (codec.RAW, codec.RAWP):
             off = 0
         return kind, off, data
 
     def run(self) -> list[list]:
-        """One ``[kind, offset, data]`` per target chunk (data: None for REF, the payload
-        for DICT, the transformed bytes for grouped kinds)."""
+        """One ``[kind, offset, data, most transformed bytes]`` per target chunk (data: None
+        for REF, the payload for DICT, the transformed bytes for grouped kinds)."""
         ops: list[list] = []
         current: tuple[int, str] | None = None
         tbase: tuple[int, object] | None = None
@@ -160,16 +160,17 @@ class _Encoder:
                 kind, off, data = self._changed(fi, seg, start, n, tbase, gap)
             if kind in RELATIVE:
                 off -= self.new.start(fi) + start
-            ops.append([kind, off, data])
+            ops.append([kind, off, data, codec.max_size(kind, n, ITEMSIZE.get(seg.dtype, 1))])
         return ops
 
 
-def group_level(total: int, level: int) -> int:
-    """zstd level of the group frames: high for small payloads (cheap there), the caller's
-    level (at least 3) for large ones, where encode time matters."""
-    if total <= 8 << 20:
-        return 19
-    return max(level, 3) if total > 32 << 20 else max(level, 9)
+def group_levels(total: int, level: int) -> tuple[tuple[int, ...], bool]:
+    """zstd levels (the smallest frame wins) and whether to try xz, by the grouped bytes'
+    total: thorough for small payloads (cheap there), fast for large ones. Level 1 is tried
+    too because on sparse residuals it often beats the middle levels."""
+    if total <= SMALL:
+        return (1, 19), True
+    return (1, max(level, 3)), False
 
 
 def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
@@ -181,22 +182,21 @@ def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
     for j, op in enumerate(ops):
         if op[0] & ~codec.GATHER not in codec.GROUPED:
             continue
-        if not groups or size + len(op[2]) > codec.MAX_GROUP:
+        if not groups or size + op[3] > codec.MAX_GROUP:
             groups.append((j, []))
             size = 0
         else:
             op[0] |= codec.CONT
         groups[-1][1].append(op[2])
-        size += len(op[2])
+        size += op[3]  # the most the device must allow for it
     total = sum(len(p) for _, parts in groups for p in parts)
-    lv = group_level(total, level)
-    xz = total <= XZ_MAX
+    levels, xz = group_levels(total, level)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), lv, xz),
+        frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), levels, xz),
                                groups))
     blobs = {j: f for (j, _), f in zip(groups, frames, strict=True)}
     table, payload, lengths = bytearray(), [], []
-    for j, (kind, off, data) in enumerate(ops):
+    for j, (kind, off, data, _cap) in enumerate(ops):
         blob = blobs.get(j, data if kind & ~codec.GATHER == codec.DICT else b"")
         table += codec.OP.pack(kind, off, len(blob))
         payload.append(blob)
@@ -223,7 +223,7 @@ def encode(target: SignedManifest, new_path: Path, base: Manifest,
         full = full_job.result()
     ops, payload, lengths = assemble(raw_ops, level)
     stats = enc.stats
-    for (kind, _off, _data), n in zip(raw_ops, lengths, strict=True):
+    for (kind, *_rest), n in zip(raw_ops, lengths, strict=True):
         stats.count(kind, n)
     stats.full_zstd_bytes = len(full)
     header = Header(target, [BaseFile(f.path, f.size, f.blake3) for f in base.files], enc.maps)

@@ -95,7 +95,7 @@ def test_group_frames_round_trip_and_detect_corruption(xz):
     rng = np.random.default_rng(1)
     data = (rng.integers(0, 3, 200_000) * (rng.random(200_000) < 0.1)).astype(np.uint8)
     data = data.tobytes()
-    blob = codec.compress_group(data, 19, xz)
+    blob = codec.compress_group(data, (19,), xz)
     assert blob.startswith(codec.XZ_MAGIC) == xz, "xz wins on sparse small residuals"
     assert codec.decompress_group(blob, len(data), "t#0") == data
     bad = bytearray(blob)
@@ -104,3 +104,20 @@ def test_group_frames_round_trip_and_detect_corruption(xz):
         codec.decompress_group(bytes(bad), len(data), "t#0")
     with pytest.raises(ChunkMismatchError, match="t#0"):
         codec.decompress_group(blob, len(data) - 1, "t#0")
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+def test_sparse_residual_round_trip_and_is_small(itemsize):
+    rng = np.random.default_rng(itemsize)
+    old = rng.integers(0, 255, 8192 * itemsize + 3, dtype=np.uint8)
+    new = old.copy()
+    words = new[:8192 * itemsize].view(codec.UINT[itemsize])
+    words[::13] += 1
+    words[5::97] -= 1
+    words[7:8] += codec.UINT[itemsize](1 << (8 * itemsize - 1))  # |d| = 2^(bits-1): wraps
+    old_b, new_b = old.tobytes(), new.tobytes()
+    for kind in (codec.SPARSE, codec.SPARSE | codec.GATHER):
+        blob = codec.encode(kind, new_b, old_b, itemsize, 3)
+        assert codec.decode(kind, blob, old_b, itemsize, len(new_b), "t#0") == new_b
+    sub = codec.encode(codec.SUB, new_b, old_b, itemsize, 3)
+    assert len(codec.encode(codec.SPARSE, new_b, old_b, itemsize, 3)) < len(sub)
