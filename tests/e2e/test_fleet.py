@@ -1,8 +1,9 @@
 """End to end: a real ``hadmc serve`` (PostgreSQL + Redis, free loopback port) and three
 ``hadmc-agent`` processes. Versions are published with ``POST /v1/models/{id}/versions``
 and rolled out; a delta costs far less than the full file; an agent killed with SIGKILL in
-the middle of an update converges after a restart; a version whose probe fails the smoke
-test aborts its rollout and every device stays where it was.
+the middle of an update converges after a restart; a rollback (signed orders) brings every
+device back; a version whose probe fails the smoke test aborts its rollout and every device
+stays where it was.
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379, as
 the cloud tests do; about 40-60 s.
@@ -230,6 +231,12 @@ def test_fleet(server: Server, tmp_path: Path) -> None:
         assert all(0 < row["bytes_sent"] < full // 4 for row in rows), (full, rows)
         assert all(row["status"] == "succeeded" and row["p50_ms"] for row in rows), rows
 
+        # roll rollout 2 back: signed rollback orders; v1 is still held, nothing downloaded
+        ok(s.admin.post(f"/v1/rollouts/{r2}/rollback"))
+        wait_for(lambda: [a.current() for a in agents] == [vids[1]] * 3, "rollback to v1", 60)
+        wait_for(lambda: all(r["status"] == "rolled_back" for r in ok(
+            s.admin.get(f"/v1/rollouts/{r2}/devices"))["data"]), "rolled_back rows", 30)
+
         # v3 with a probe whose expected outputs are wrong: the smoke test fails, abort
         buf = io.BytesIO()
         x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
@@ -244,7 +251,7 @@ def test_fleet(server: Server, tmp_path: Path) -> None:
         assert all("outputs differ" in (r["reason"] or "") for r in rows
                    if r["status"] == "failed")
         time.sleep(1.0)
-        assert [a.current() for a in agents] == [vids[2]] * 3
+        assert [a.current() for a in agents] == [vids[1]] * 3
         assert all(a.proc is not None and a.proc.poll() is None for a in agents)
     finally:
         for a in agents:
