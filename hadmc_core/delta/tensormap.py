@@ -19,6 +19,8 @@ from hadmc_core.delta.errors import FormatError
 from hadmc_core.delta.formats import ITEMSIZE
 
 MAX_MAP_ENTRIES = 1 << 22  # summed over a delta's maps
+MAP_SAMPLE = 1 << 16  # target words matched to find a map
+HASH_BITS = 20
 
 
 @dataclass
@@ -69,21 +71,55 @@ class TensorMap:
         return base[flat].tobytes()
 
 
+def _slots(v: np.ndarray) -> np.ndarray:
+    """Fibonacci hashing of words into ``2**HASH_BITS`` slots."""
+    h = v.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (h >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def _lookup(vals: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into ``words``, index into ``vals``) of every word equal to one of ``vals``
+    (distinct); a hash table instead of a binary search (one random access per word).
+    Values sharing a slot are left out, which only loses votes."""
+    hv = _slots(vals)
+    table = np.full(1 << HASH_BITS, -1, np.int64)
+    alone = np.bincount(hv, minlength=1 << HASH_BITS)[hv] == 1
+    table[hv[alone]] = np.flatnonzero(alone)
+    k = table[_slots(words)]
+    cand = np.flatnonzero(k >= 0)
+    cand = cand[vals[k[cand]] == words[cand]]
+    return cand, k[cand]
+
+
 def find_map(old: np.ndarray, new: np.ndarray) -> list[list[int] | None] | None:
-    """Per-axis index lists such that ``old[ix_(...)]`` best matches ``new``, or None."""
+    """Per-axis index lists such that ``old[ix_(...)]`` best matches ``new``, or None.
+
+    Values are matched one to one: a sample of the target's words whose value is unique in
+    the sample, each against the base words of the same value when exactly one has it (so
+    constants and repeated values cast no vote); every base word is looked up in the small
+    sorted sample, which is fast. Each target index then takes the base index most of its
+    matched values came from."""
     if old.ndim != new.ndim or old.ndim == 0 or new.size == 0 or any(
             n > o for n, o in zip(new.shape, old.shape, strict=True)):
         return None
     ov = old.reshape(-1).view(UINT[old.itemsize])
     nv = new.reshape(-1).view(UINT[new.itemsize])
-    order = np.argsort(ov, kind="stable")
-    sv = ov[order]
-    pos = np.minimum(np.searchsorted(sv, nv), len(sv) - 1)
-    hit = sv[pos] == nv
-    if hit.mean() < 0.2:
+    idx = np.arange(nv.size)
+    if nv.size > MAP_SAMPLE:
+        idx = np.sort(np.random.default_rng(0).choice(nv.size, MAP_SAMPLE, replace=False))
+    vals, first, counts = np.unique(nv[idx], return_index=True, return_counts=True)
+    vals, sample = vals[counts == 1], idx[first[counts == 1]]
+    if vals.size == 0:
         return None
-    src = np.unravel_index(order[pos[hit]], old.shape)
-    dst = np.unravel_index(np.nonzero(hit)[0], new.shape)
+    old_i, new_k = _lookup(vals, ov)
+    votes = np.bincount(new_k, minlength=vals.size)
+    if (votes > 0).mean() < 0.2:
+        return None
+    once = votes[new_k] == 1
+    if not once.any():
+        return None
+    src = np.unravel_index(old_i[once], old.shape)
+    dst = np.unravel_index(sample[new_k[once]], new.shape)
     axes: list[list[int] | None] = []
     for ax in range(old.ndim):
         n_new, n_old = new.shape[ax], old.shape[ax]
