@@ -75,10 +75,13 @@ class Updater:
             log.info("now on version %d (p50 %.3f ms)", a.version_id, result.p50_ms,
                      extra={"version_id": a.version_id})
             return self.report(a, ok=True, result=result)
-        except UpdateError as e:
-            log.warning("update to version %d failed in %s: %s", a.version_id, e.phase, e,
+        except (UpdateError, ServerError, OSError) as e:
+            # refusals, a 4xx for this version's files, a full disk: report, do not retry
+            phase = e.phase if isinstance(e, UpdateError) else a.phase
+            reason = str(e) if not isinstance(e, OSError) else f"local I/O error: {e}"
+            log.warning("update to version %d failed in %s: %s", a.version_id, phase, reason,
                         extra={"version_id": a.version_id})
-            return self.report(a, ok=False, reason=str(e), phase=e.phase)
+            return self.report(a, ok=False, reason=reason, phase=phase)
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)

@@ -200,3 +200,31 @@ def test_download_larger_than_manifest_refused(fake: FakeServer, make_agent: Mak
     rep = fake.reports[-1]
     assert not rep["ok"] and rep["phase"] == "download" and "refusing" in rep["reason"]
     assert fake.bytes_sent["model.onnx"] > 0 and rep["bytes_downloaded"] == 0
+
+
+def test_missing_version_is_reported_not_retried(fake: FakeServer, make_agent: MakeAgent
+                                                 ) -> None:
+    a = make_agent()
+    fake.desired = {**fake.desired, "version_id": 77, "number": 1, "rollout_id": 4}
+    cycle(a)
+    a.update()
+    assert fake.requests.count(("GET", "/v1/versions/77/manifest")) == 1
+    rep = fake.reports[-1]
+    assert not rep["ok"] and rep["phase"] == "manifest" and "404" in rep["reason"]
+
+
+def test_transient_errors_are_retried_not_reported(fake: FakeServer, make_agent: MakeAgent,
+                                                   models: dict[str, bytes]) -> None:
+    from edge_agent.errors import NetworkError
+
+    a = make_agent()
+    fake.publish(1, 1, models["v1"])
+    fake.want(1)
+    fake.fail.add("manifest")
+    a.poll()
+    with pytest.raises(NetworkError):
+        a.update()
+    assert fake.reports == [] and list(a.store.staging.iterdir()) == []
+    fake.fail.clear()
+    cycle(a)
+    on_version(a, 1)
