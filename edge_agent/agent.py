@@ -103,8 +103,12 @@ class Agent:
                           op("update", self.update, s.poll_seconds),
                           self.report_op], clock=self.clock)
         if s.serve_port:
-            self.server = InferenceServer(ModelRuntime(self.store, s.threads),
-                                          s.serve_port).start()
+            try:
+                self.server = InferenceServer(ModelRuntime(self.store, s.threads),
+                                              s.serve_port).start()
+            except OSError as e:
+                raise SettingsError(f"cannot serve on 127.0.0.1:{s.serve_port} ({e.strerror});"
+                                    " pass another --serve-port (0 = off)") from e
         self.status = "ok"
 
     def close(self) -> None:

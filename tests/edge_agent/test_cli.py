@@ -62,3 +62,18 @@ def test_python_m_edge_agent_runs_without_traceback(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: not enrolled yet")
+
+
+def test_busy_inference_port_is_one_line(fake: FakeServer, make_agent: Callable[..., Agent],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    a = make_agent()  # enrolled; now a second start with a port that is taken
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["run", "--data-dir", str(a.store.root), "--server", "http://127.0.0.1:9",
+                     "--serve-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot serve on 127.0.0.1:") and "\n" not in err
