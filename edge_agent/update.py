@@ -117,7 +117,7 @@ class Updater:
             for name in [f.path for f in signed.manifest.files] + [PROBE_FILE]:
                 if (held / name).exists():
                     shutil.copyfile(held / name, staged / name)
-        elif self.state.active is not None and not a.rollback:
+        elif self.state.active is not None:
             try:
                 self._delta(a, signed, staged)
             except (ServerError, BaseMismatchError) as e:
