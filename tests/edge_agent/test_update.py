@@ -228,3 +228,19 @@ def test_transient_errors_are_retried_not_reported(fake: FakeServer, make_agent:
     fake.fail.clear()
     cycle(a)
     on_version(a, 1)
+
+
+def test_rollback_to_a_version_no_longer_held_goes_by_delta(
+        fake: FakeServer, make_agent: MakeAgent, models: dict[str, bytes]) -> None:
+    a = make_agent()
+    for vid in (1, 2, 3):
+        fake.publish(vid, vid, models[f"v{vid}"])
+        fake.want(vid)
+        cycle(a)
+    assert a.store.held() == [2, 3]
+    fake.want(1, rollback_order=fake.rollback_order(1))
+    cycle(a)
+    on_version(a, 1)
+    assert fake.reports[-1]["ok"] and fake.reports[-1]["phase"] == "rollback"
+    assert ("GET", "/v1/versions/1/delta?from=3") in fake.requests
+    assert a.state.highest == {"model-1": 3} and a.store.held() == [1, 3]
