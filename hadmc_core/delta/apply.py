@@ -57,7 +57,7 @@ def apply_delta(old_path: Path, delta_path: Path, out_path: Path,
         with ExitStack() as stack:
             temps = [_temp(stack, p) for p in outs]
             try:
-                with Files(old_path, base) as files:
+                with Files(old_path, base, release=True) as files:
                     if ops[0] == codec.FULL:
                         _write_full(f, codec.OP.unpack(ops)[2], m, temps)
                     else:
@@ -153,10 +153,10 @@ class _Out:
 
 
 def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
-    """The most bytes each group frame may decompress to (what its chunks can take), by
-    the index of the op that carries it."""
+    """The most bytes each group frame may decompress to (what its chunks can take, at
+    most ``codec.group_limit``), by the index of the op that carries it."""
     sizes: dict[int, int] = {}
-    cur, cap = -1, max(codec.MAX_GROUP, 2 * m.chunk_size)
+    cur, limit = -1, codec.group_limit(m.chunk_size)
     for j, (fi, seg, i, _h, _start, n) in enumerate(chunks(m)):
         kind, _off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
         if kind & ~(codec.CONT | codec.GATHER) not in codec.GROUPED:
@@ -166,9 +166,8 @@ def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
         elif cur < 0 or length:
             raise FormatError(f"chunk {label(m, fi, seg, i)}: continues no group; the delta "
                               "is corrupt")
-        sizes[cur] += codec.max_size(kind, n, ITEMSIZE.get(seg.dtype, 1))
-        if sizes[cur] > cap:
-            raise FormatError(f"chunk {label(m, fi, seg, i)}: group frame over its cap")
+        sizes[cur] = min(limit, sizes[cur] + codec.max_size(kind, n, ITEMSIZE.get(seg.dtype,
+                                                                                 1)))
     return sizes
 
 

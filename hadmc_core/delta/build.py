@@ -25,8 +25,8 @@ from hadmc_core.delta.manifest import (
 )
 from hadmc_core.delta.onnxwire import onnx_tensors
 
-MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # pre-fault: fewer page faults
-PARALLEL_MIN = 8 << 20   # files at least this large are hashed on several threads
+WINDOW = 4 << 20  # bytes read and hashed at a time
+PARALLEL_MIN = 2 << 20   # windows at least this large are hashed on several threads
 PARALLEL_MAX = 8
 
 
@@ -66,7 +66,7 @@ def _digests(view: memoryview, bounds: list[tuple[int, int]]) -> list[bytes]:
         return [blake3.blake3(view[o:o + n]).digest() for o, n in part]
 
     threads = min(PARALLEL_MAX, os.cpu_count() or 1)
-    if threads < 2 or len(view) < PARALLEL_MIN:
+    if threads < 2 or sum(n for _, n in bounds) < PARALLEL_MIN:
         return work(bounds)
     step = -(-len(bounds) // (4 * threads))
     with ThreadPoolExecutor(threads) as pool:
@@ -76,22 +76,29 @@ def _digests(view: memoryview, bounds: list[tuple[int, int]]) -> list[bytes]:
 
 def _hash_entry(path: Path, name: str, fmt: str, segs: list[Segment],
                 chunk_size: int) -> FileEntry:
-    """Hash every chunk and the whole file (a tree over the chunk digests) in one pass over
-    a pre-faulted read-only map of the file."""
+    """Hash every chunk and the whole file (a tree over the chunk digests) in one read
+    pass, a window of whole chunks at a time (memory bounded by ``WINDOW``)."""
     bounds = [(o, min(chunk_size, s.offset + s.length - o)) for s in segs
               for o in range(s.offset, s.offset + s.length, chunk_size)]
     size = sum(s.length for s in segs)
     digests: list[bytes] = []
-    if size:
-        with path.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size != size:
+    buf = bytearray(min(size, max(WINDOW, chunk_size)))
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as fh:
+        k = 0
+        while k < len(bounds):
+            start = bounds[k][0]
+            j = k
+            while j < len(bounds) and bounds[j][0] + bounds[j][1] - start <= len(buf):
+                j += 1
+            n = bounds[j - 1][0] + bounds[j - 1][1] - start
+            if fh.readinto(view[:n]) != n:
                 raise FormatError(f"{path} changed while it was being hashed")
-            with mmap.mmap(fh.fileno(), size, flags=MAP_FLAGS, prot=mmap.PROT_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    digests = _digests(view, bounds)
-                finally:
-                    view.release()
+            digests += _digests(view, [(o - start, m) for o, m in bounds[k:j]])
+            k = j
+        if fh.read(1):
+            raise FormatError(f"{path} changed while it was being hashed")
+    view.release()
     whole, it, entries = FileHasher(), iter(digests), []
     for s in segs:
         hashes = []

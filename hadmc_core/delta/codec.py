@@ -40,7 +40,7 @@ KIND_NAMES = {REF: "ref", XOR: "xor", SUB: "sub", RAW: "raw", RAWP: "raw-planes"
               DICT: "dict", SPARSE: "sub-sparse", FULL: "full", XOR | GATHER: "xor-gather",
               SUB | GATHER: "sub-gather", SPARSE | GATHER: "sub-sparse-gather"}
 BASED = (XOR, SUB, SPARSE)  # coded against base words
-MAX_GROUP = 4 << 20  # decompressed bytes of one group frame (apply holds one in memory)
+MAX_GROUP = 2 << 20  # decompressed bytes of one group frame (apply holds one in memory)
 XZ_MAGIC, XZ_DICT, XZ_MEMLIMIT = b"\xfd7zXZ\x00", 8 << 20, 64 << 20
 MAX_DICT = 1 << 20
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -141,6 +141,12 @@ def transform(kind: int, chunk: bytes, base: bytes | None, itemsize: int) -> byt
     if k == SPARSE:
         return sparse.pack(sub(chunk, base, itemsize), itemsize)
     raise ValueError(f"kind {kind} has no transform")
+
+
+def group_limit(chunk_size: int) -> int:
+    """The most bytes a group frame may decompress to: ``MAX_GROUP``, or one chunk in its
+    largest layout when chunks are larger."""
+    return max(MAX_GROUP, sparse.max_size(chunk_size, 1))
 
 
 def max_size(kind: int, n: int, itemsize: int) -> int:

@@ -143,8 +143,8 @@ class _Encoder:
         return kind, off, data
 
     def run(self) -> list[list]:
-        """One ``[kind, offset, data, most transformed bytes]`` per target chunk (data: None
-        for REF, the payload for DICT, the transformed bytes for grouped kinds)."""
+        """One ``[kind, offset, data]`` per target chunk (data: None for REF, the payload
+        for DICT, the transformed bytes for grouped kinds)."""
         ops: list[list] = []
         current: tuple[int, str] | None = None
         tbase: tuple[int, object] | None = None
@@ -160,7 +160,7 @@ class _Encoder:
                 kind, off, data = self._changed(fi, seg, start, n, tbase, gap)
             if kind in RELATIVE:
                 off -= self.new.start(fi) + start
-            ops.append([kind, off, data, codec.max_size(kind, n, ITEMSIZE.get(seg.dtype, 1))])
+            ops.append([kind, off, data])
         return ops
 
 
@@ -182,13 +182,13 @@ def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
     for j, op in enumerate(ops):
         if op[0] & ~codec.GATHER not in codec.GROUPED:
             continue
-        if not groups or size + op[3] > codec.MAX_GROUP:
+        if not groups or size + len(op[2]) > codec.MAX_GROUP:
             groups.append((j, []))
             size = 0
         else:
             op[0] |= codec.CONT
         groups[-1][1].append(op[2])
-        size += op[3]  # the most the device must allow for it
+        size += len(op[2])
     total = sum(len(p) for _, parts in groups for p in parts)
     levels, xz = group_levels(total, level)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -196,7 +196,7 @@ def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
                                groups))
     blobs = {j: f for (j, _), f in zip(groups, frames, strict=True)}
     table, payload, lengths = bytearray(), [], []
-    for j, (kind, off, data, _cap) in enumerate(ops):
+    for j, (kind, off, data) in enumerate(ops):
         blob = blobs.get(j, data if kind & ~codec.GATHER == codec.DICT else b"")
         table += codec.OP.pack(kind, off, len(blob))
         payload.append(blob)

@@ -21,7 +21,10 @@ def artifact_paths(main: Path, names: list[str]) -> list[Path]:
 class Files:
     """The files of a manifest, addressed by global offset (file i starts where i-1 ends)."""
 
-    def __init__(self, main: Path, m: Manifest) -> None:
+    def __init__(self, main: Path, m: Manifest, release: bool = False) -> None:
+        """``release``: drop pages from this process's memory once read (apply reads the
+        base once, front to back; its resident size then stays flat)."""
+        self.release = release and hasattr(mmap, "MADV_DONTNEED")
         self.paths = artifact_paths(Path(main), [f.path for f in m.files])
         self.sizes = [f.size for f in m.files]
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
@@ -63,7 +66,12 @@ class Files:
         if n == 0:
             return b""
         fi, rel = self._locate(off, n)
-        return bytes(self._maps[fi][rel:rel + n])
+        mm = self._maps[fi]
+        data = bytes(mm[rel:rel + n])
+        if self.release and isinstance(mm, mmap.mmap):
+            lo = rel - rel % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, lo, rel + n - lo)
+        return data
 
     def array(self, off: int, count: int, dtype: np.dtype) -> np.ndarray:
         """A read-only array view of ``count`` items at global offset ``off``."""
