@@ -6,6 +6,8 @@ Instead, a heartbeat whose credential was checked against the database in the la
 ``auth_ttl`` seconds is answered from memory: the latest heartbeat of each device waits in a
 dict, and a flusher thread writes all of them in one ``executemany`` every ``flush_seconds``.
 
+A batched beat never overwrites the version that a later update report set (the flush
+checks ``update_reports``), so a beat sent just before an update cannot move the device back.
 What that trades, on purpose: ``last_seen_at`` in the database lags by up to
 ``flush_seconds`` (reads through this process flush first, so one process reads its own
 writes); a device revoked while its credential is cached keeps heartbeating for at most
@@ -23,13 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_service import security
 from cloud_service.db import utcnow
 from cloud_service.errors import InvalidInputError
-from cloud_service.models import Device, ModelVersion
+from cloud_service.models import Device, ModelVersion, UpdateReport
 
 log = logging.getLogger(__name__)
 _devices = Device.__table__
@@ -120,8 +122,14 @@ class HeartbeatRecorder:
 
     @staticmethod
     def _statement(with_status: bool) -> Any:
-        values: dict[str, Any] = {"last_seen_at": bindparam("last_seen_at"),
-                                  "current_version_id": bindparam("current_version_id")}
+        # A beat that waited here must not undo a newer update report (which moved the
+        # device to another version): the report's version wins when it came in later.
+        newer_report = exists().where(UpdateReport.device_id == _devices.c.id,
+                                      UpdateReport.created_at > bindparam("last_seen_at"))
+        values: dict[str, Any] = {
+            "last_seen_at": bindparam("last_seen_at"),
+            "current_version_id": case((newer_report, _devices.c.current_version_id),
+                                       else_=bindparam("current_version_id"))}
         if with_status:
             values["status"] = bindparam("status")
         return (update(_devices).where(_devices.c.id == bindparam("b_id"),

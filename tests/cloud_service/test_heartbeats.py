@@ -99,3 +99,32 @@ def test_a_failed_flush_keeps_the_beats_for_the_next(settings: Settings, auth: d
     assert rec.flush() == 1
     row = _row(settings, d["device_id"])
     assert row.status == "first" and row.last_seen_at is not None
+
+
+def test_a_waiting_beat_does_not_undo_a_later_update_report(
+        slow_flush: Settings, auth: dict, tmp_path: Path, tiny_model: dict) -> None:
+    import numpy as np
+
+    from tests.cloud_service.conftest import make_onnx, publish_onnx
+
+    app = create_app(slow_flush)
+    with TestClient(app) as c:
+        w = np.random.default_rng(5).standard_normal((64, 64)).astype(np.float32)
+        v1, v2 = (publish_onnx(c, auth, tiny_model["id"],
+                               make_onnx(tmp_path / f"{i}.onnx", w + i).read_bytes())
+                  for i in (1, 2))
+        d = enroll(c, auth, "race")
+        me = {"Authorization": f"Bearer {d['credential']}"}
+        base = f"/v1/devices/{d['device_id']}"
+        assert c.post(f"{base}/heartbeat", json={"current_version_id": v1["id"]},
+                      headers=me).status_code == 200  # waits in memory
+        r = c.post(f"{base}/updates", headers=me,
+                   json={"version_id": v2["id"], "ok": True, "phase": "done"})
+        assert r.status_code == 201, r.text
+        app.state.heartbeats.flush()  # the older beat is written after the report
+        row = _row(slow_flush, d["device_id"])
+        assert row.current_version_id == v2["id"] and row.last_seen_at is not None
+        assert c.post(f"{base}/heartbeat", json={"current_version_id": v2["id"]},
+                      headers=me).status_code == 200
+        app.state.heartbeats.flush()  # a newer beat still writes as usual
+        assert _row(slow_flush, d["device_id"]).current_version_id == v2["id"]
