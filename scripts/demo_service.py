@@ -1,0 +1,172 @@
+"""The main job end to end on embedded defaults (SQLite, local artifacts, in-process worker):
+
+    python scripts/demo_service.py --weights runs/base.safetensors --width 0.25
+
+1. `hadmc serve` (no Postgres, no Redis) and a user token;
+2. upload the trained baseline and name the Fashion-MNIST dataset;
+3. a compression job for this machine's profile, its progress printed as it runs;
+4. an edge agent (`hadmc-agent run`) enrolls with a one-time token;
+5. a rollout of the compressed version to every device; the agent downloads it, verifies
+   the signed manifest and every hash, smoke-tests it and switches;
+6. one Fashion-MNIST test image is classified through the agent's loopback endpoint.
+
+Everything lives under --workdir (default runs/service); both processes are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0) -> Any:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"error: {what} did not happen within {timeout:.0f} s")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run_job(api: httpx.Client, args: argparse.Namespace) -> dict:
+    model = api.post("/v1/models", params={"name": "demo-resnet18", "arch": "resnet18",
+                                           "stem": "small", "width": args.width},
+                     content=args.weights.read_bytes(),
+                     headers={"Content-Type": "application/octet-stream"})
+    model.raise_for_status()
+    data = api.post("/v1/datasets", json={"builtin": args.data})
+    data.raise_for_status()
+    r = api.post("/v1/jobs", json={
+        "model_id": model.json()["id"], "dataset_id": data.json()["id"], "profile": args.profile,
+        "constraints": {"max_accuracy_drop": args.max_accuracy_drop}})
+    if r.status_code != 202:
+        raise SystemExit(f"error: job refused: {r.json().get('detail')}")
+    job = r.json()
+    print(f"job {job['id']} queued", flush=True)
+    last = None
+    while True:
+        job = api.get(f"/v1/jobs/{job['id']}").json()
+        line = f"  {job['state']:<9} {job['stage'] or '':<14} {job['percent'] or 0:5.1f}%"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(2)
+    if job["state"] != "succeeded":
+        raise SystemExit(f"error: the job {job['state']}: {job['error']}")
+    return api.get(f"/v1/versions/{job['version_id']}").json()
+
+
+def roll_out(api: httpx.Client, version: dict) -> None:
+    r = api.post("/v1/rollouts", json={"version_id": version["id"], "selector": {"all": True},
+                                       "waves": [100], "max_latency_regression": 10.0})
+    r.raise_for_status()
+    rid = r.json()["id"]
+    done = wait_for("the rollout", lambda: (lambda x: x if x["state"] != "active" else None)(
+        api.get(f"/v1/rollouts/{rid}").json()), 600)
+    for e in api.get(f"/v1/rollouts/{rid}/events").json()["data"]:
+        print(f"  rollout {rid}: {e['kind']}: {e['reason']}")
+    if done["state"] != "completed":
+        raise SystemExit(f"error: the rollout ended {done['state']}")
+
+
+def classify(port: int, data: str) -> None:
+    from hadmc_core.data import load_dataset
+
+    test = load_dataset(data).test
+    x, y = test.x[:1], int(test.y[0])
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/infer", json={"input": x.tolist()}, timeout=30)
+    r.raise_for_status()
+    logits = next(iter(r.json()["outputs"].values()))[0]
+    pred = max(range(len(logits)), key=logits.__getitem__)
+    print(f"agent on version {r.json()['version_id']}: test image 0 -> class {pred} "
+          f"(label {y})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--profile", default="x86-avx2", help="built-in target profile")
+    ap.add_argument("--max-accuracy-drop", type=float, default=1.0)
+    ap.add_argument("--workdir", type=Path, default=Path("runs/service"))
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    port, agent_port = free_port(), free_port()
+    env = {**os.environ, "HADMC_DATABASE_URL": f"sqlite:///{work}/hadmc.db",
+           "HADMC_ARTIFACT_DIR": str(work / "artifacts"),
+           "HADMC_SIGNING_KEY_FILE": str(work / "signing.key"),
+           "HADMC_ROLLOUT_INTERVAL_SECONDS": "2"}
+    env.pop("HADMC_BROKER_URL", None)
+    subprocess.run([BIN / "hadmc", "db", "upgrade"], env=env, check=True, capture_output=True)
+    token = subprocess.run([BIN / "hadmc", "token", "create"], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()[-1]
+    procs = [start([str(BIN / "hadmc"), "serve", "--port", str(port)], env, work / "serve.log")]
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                           headers={"Authorization": f"Bearer {token}"})
+        wait_for("hadmc serve", lambda: _ok(api, "/readyz"), 60, 0.3)
+        print(f"hadmc serve on :{port} (SQLite, in-process worker; log {work}/serve.log)")
+        version = run_job(api, args)
+        s = version["summary"]
+        print(f"version {version['id']}: top-1 {s.get('accuracy', 0):.2f}%, latency "
+              f"{s.get('latency_ms', 0):.3f} ms, {version['onnx_size'] / 1e6:.2f} MB "
+              f"(constraints met: {version['constraints_met']})")
+        enroll = api.post("/v1/enrollment-tokens", json={"name": "demo"}).json()["token"]
+        procs.append(start([str(BIN / "hadmc-agent"), "run", "--server", str(api.base_url),
+                            "--enroll-token", enroll, "--data-dir", str(work / "agent"),
+                            "--serve-port", str(agent_port), "--name", "demo-agent"],
+                           {**env, "HADMC_AGENT_POLL_SECONDS": "2"}, work / "agent.log"))
+        wait_for("agent enrollment", lambda: api.get("/v1/devices").json()["count"], 60)
+        print(f"hadmc-agent enrolled (data dir {work}/agent; log {work}/agent.log)")
+        roll_out(api, version)
+        wait_for("the agent's switch", lambda: _ok_port(agent_port), 60, 0.5)
+        classify(agent_port, args.data)
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(30)
+
+
+def _ok(api: httpx.Client, path: str) -> bool:
+    try:
+        return api.get(path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _ok_port(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
