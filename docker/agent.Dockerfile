@@ -1,6 +1,6 @@
 # HAD-MC edge agent (torch-free). Build from the repository root:
 #   docker build -f docker/agent.Dockerfile -t hadmc-agent .
-# The agent's daemon arrives with issue #5; this image installs the `edge` extra only.
+# `hadmc-agent` with the `edge` extra only (no torch); state in the /var/lib/hadmc volume.
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
