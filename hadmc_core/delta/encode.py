@@ -173,9 +173,10 @@ def group_levels(total: int, level: int) -> tuple[tuple[int, ...], bool]:
     return (1, max(level, 3)), False
 
 
-def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
-    """Op table, payload and each op's payload length: grouped kinds are cut into frames of
-    at most ``codec.MAX_GROUP`` transformed bytes; the first op of a frame carries it, the
+def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[float]]:
+    """Op table, payload and each op's share of the payload (a group frame's bytes shared
+    in proportion to its ops' transformed bytes): grouped kinds are cut into frames of at
+    most ``codec.MAX_GROUP`` transformed bytes; the first op of a frame carries it, the
     others carry CONT."""
     groups: list[tuple[int, list[bytes]]] = []  # (opener op index, parts)
     size = 0
@@ -195,13 +196,17 @@ def assemble(ops: list[list], level: int) -> tuple[bytes, bytes, list[int]]:
         frames = list(pool.map(lambda g: codec.compress_group(b"".join(g[1]), levels, xz),
                                groups))
     blobs = {j: f for (j, _), f in zip(groups, frames, strict=True)}
-    table, payload, lengths = bytearray(), [], []
+    ratio = {j: len(f) / max(1, sum(map(len, parts)))
+             for (j, parts), f in zip(groups, frames, strict=True)}
+    table, payload, shares, r = bytearray(), [], [], 0.0
     for j, (kind, off, data) in enumerate(ops):
         blob = blobs.get(j, data if kind & ~codec.GATHER == codec.DICT else b"")
         table += codec.OP.pack(kind, off, len(blob))
         payload.append(blob)
-        lengths.append(len(blob))
-    return bytes(table), b"".join(payload), lengths
+        r = ratio.get(j, r)
+        grouped = kind & ~(codec.GATHER | codec.CONT) in codec.GROUPED
+        shares.append(r * len(data) if grouped else len(blob))
+    return bytes(table), b"".join(payload), shares
 
 
 def encode(target: SignedManifest, new_path: Path, base: Manifest,
@@ -224,7 +229,7 @@ def encode(target: SignedManifest, new_path: Path, base: Manifest,
     ops, payload, lengths = assemble(raw_ops, level)
     stats = enc.stats
     for (kind, *_rest), n in zip(raw_ops, lengths, strict=True):
-        stats.count(kind, n)
+        stats.count(kind, round(n))
     stats.full_zstd_bytes = len(full)
     header = Header(target, [BaseFile(f.path, f.size, f.blake3) for f in base.files], enc.maps)
     dict_bytes = base.normalized()
