@@ -1,9 +1,11 @@
-"""End to end: a real ``hadmc serve`` (PostgreSQL + Redis, free loopback port) and three
-``hadmc-agent`` processes. Versions are published with ``POST /v1/models/{id}/versions``
-and rolled out; a delta costs far less than the full file; an agent killed with SIGKILL in
-the middle of an update converges after a restart; a rollback (signed orders) brings every
-device back; a version whose probe fails the smoke test aborts its rollout and every device
-stays where it was.
+"""End to end: a real ``hadmc serve`` (PostgreSQL + Redis, free loopback port), a real
+``hadmc worker --beat`` (the Celery beat task is the only rollout scheduler here: the API's
+scheduler thread is off) and three ``hadmc-agent`` processes. Versions are published with
+``POST /v1/models/{id}/versions`` and rolled out; a chunk corrupted in the server's store is
+refused by every agent, which reports the mismatch and keeps v1; a delta costs far less
+than the full file; an agent killed with SIGKILL in the middle of an update converges after
+a restart; a rollback (signed orders) brings every device back; a version whose probe fails
+the smoke test aborts its rollout and every device stays where it was.
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379, as
 the cloud tests do; about 40-60 s.
@@ -92,6 +94,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     octet: dict[str, str]
+    artifacts: Path
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +104,8 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env = {**os.environ, "HADMC_ENVIRONMENT": "dev", "HADMC_DATABASE_URL": database,
            "HADMC_BROKER_URL": REDIS, "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
            "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"), "HADMC_ADMIN_TOKEN": token,
-           "HADMC_ROLLOUT_INTERVAL_SECONDS": "0.5", "HADMC_RECONCILE_INTERVAL_SECONDS": "0",
-           "PYTHONPATH": str(ROOT)}
+           "HADMC_ROLLOUT_INTERVAL_SECONDS": "0", "HADMC_RECONCILE_INTERVAL_SECONDS": "0",
+           "HADMC_QUEUE": f"e2e_{uuid.uuid4().hex[:8]}", "PYTHONPATH": str(ROOT)}
     hadmc = [sys.executable, "-m", "hadmc_core.cli"]
     subprocess.run([*hadmc, "db", "upgrade"], env=env, check=True, cwd=ROOT,
                    capture_output=True, timeout=120)
@@ -111,6 +114,10 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with log.open("wb") as out:
         proc = subprocess.Popen([*hadmc, "serve", "--port", str(port)], env=env, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
+    with (tmp / "worker.log").open("wb") as out:  # the rollout scheduler (beat)
+        worker = subprocess.Popen([*hadmc, "worker", "--beat"], cwd=ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT,
+                                  env={**env, "HADMC_ROLLOUT_INTERVAL_SECONDS": "0.5"})
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -124,13 +131,14 @@ def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
                          timeout=120)
     octet = {"Content-Type": "application/octet-stream"}
-    yield Server(url, admin, proc, log, octet)
+    yield Server(url, admin, proc, log, octet, tmp / "artifacts")
     admin.close()
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    for p in (worker, proc):
+        p.terminate()
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 class Agent:
@@ -189,7 +197,7 @@ def rollout_state(s: Server, rid: int) -> str:
 
 def test_fleet(server: Server, tmp_path: Path) -> None:
     s = server
-    versions = {n: model(head) for n, head in ((1, 1), (2, 2), (3, 3))}
+    versions = {n: model(head) for n, head in ((1, 1), (2, 2), (3, 3), (4, 4))}
     profile = ok(s.admin.get("/v1/profiles"))["data"][0]
     profile = profile["name"] if isinstance(profile, dict) else profile
     mid = ok(s.admin.post("/v1/models", params={"name": "mlp", "format": "onnx"},
@@ -215,6 +223,25 @@ def test_fleet(server: Server, tmp_path: Path) -> None:
         # v1 everywhere (full downloads), in one wave
         r1 = rollout(s, vids[1], [100])
         wait_for(lambda: rollout_state(s, r1) == "completed", "rollout 1 to complete")
+        assert [a.current() for a in agents] == [vids[1]] * 3
+
+        # v4's delta is computed and stored, then one of its chunks is altered on the server
+        delta = s.admin.get(f"/v1/versions/{vids[4]}/delta", params={"from": vids[1]})
+        stored = s.artifacts / "objects" / delta.headers["ETag"].strip('"')[:2] / \
+            delta.headers["ETag"].strip('"')
+        assert stored.read_bytes() == delta.content
+        stored.chmod(0o644)
+        with stored.open("r+b") as f:  # a byte in the payload (the last bytes of the file)
+            f.seek(-100, os.SEEK_END)
+            byte = f.read(1)
+            f.seek(-100, os.SEEK_END)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        r4 = rollout(s, vids[4], [100])
+        wait_for(lambda: rollout_state(s, r4) == "aborted", "the corrupt rollout to abort", 60)
+        rows = ok(s.admin.get(f"/v1/rollouts/{r4}/devices"))["data"]
+        assert [r["status"] for r in rows] == ["failed"] * 3, rows
+        assert all("chunk w3#" in (r["reason"] or "") and "corrupt" in (r["reason"] or "")
+                   for r in rows), rows  # the first failing chunk is named
         assert [a.current() for a in agents] == [vids[1]] * 3
 
         # v2 in two waves; SIGKILL the first agent seen mid-update, then restart it
