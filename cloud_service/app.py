@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cloud_service import security
-from cloud_service.api import problems
+from cloud_service.api import openapi, problems
 from cloud_service.api.routes import (
     datasets,
     deltas,
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics.registry.register(JobStates(app))
     app.state.enroll_limiter = devices.RateLimiter()
     problems.install(app)
+    openapi.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     for module in (models, datasets, jobs, versions, deltas, devices, rollouts):

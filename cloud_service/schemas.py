@@ -7,6 +7,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from cloud_service import schemas_examples as ex
+
 T = TypeVar("T")
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the database
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -23,6 +25,7 @@ class Page(BaseModel, Generic[T]):
 
 
 class ModelPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.MODEL))
     id: int
     name: str
     format: Literal["safetensors", "onnx"]
@@ -34,12 +37,13 @@ class ModelPublic(Public):
 
 
 class DatasetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DATASET_CREATE))
     builtin: Literal["fashion-mnist", "digits"] = Field(description="A built-in dataset.")
     name: str | None = Field(default=None, max_length=200)
 
 
 class DatasetPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DATASET))
     id: int
     name: str
     builtin: str | None
@@ -50,7 +54,7 @@ class DatasetPublic(Public):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.JOB_CREATE))
     model_id: DbId = Field(description="A safetensors model uploaded to /v1/models.")
     dataset_id: DbId = Field(description="A dataset from /v1/datasets.")
     profile: str = Field(description="Target hardware profile name (GET /v1/profiles).",
@@ -65,6 +69,7 @@ class JobCreate(BaseModel):
 
 
 class JobPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.JOB))
     id: int
     model_id: int
     dataset_id: int
@@ -91,6 +96,7 @@ class JobPublic(Public):
 
 
 class VersionPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.VERSION))
     id: int
     model_id: int
     number: int
@@ -104,13 +110,14 @@ class VersionPublic(Public):
 
 
 class EnrollmentTokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.TOKEN_CREATE))
     name: str = Field(default="", max_length=100)
     expires_in_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
     max_uses: int = Field(default=1, gt=0, le=1_000_000)
 
 
 class EnrollmentTokenPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.TOKEN))
     id: int
     name: str
     max_uses: int
@@ -121,35 +128,38 @@ class EnrollmentTokenPublic(Public):
 
 
 class EnrollmentTokenCreated(EnrollmentTokenPublic):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.TOKEN_CREATED))
     token: str = Field(description="Shown once; give it to the devices to enroll.")
 
 
 class DeviceRegister(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DEVICE_REGISTER))
     enrollment_token: str = Field(max_length=200)
     name: str = Field(min_length=1, max_length=200)
     profile: dict[str, Any] | None = Field(default=None, description="A hardware profile.")
 
 
 class DeviceRegistered(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DEVICE_REGISTERED))
     device_id: int
     credential: str = Field(description="Bearer credential for this device's endpoints.")
     manifest_public_key: str = Field(description="PEM of the server's Ed25519 public key.")
 
 
 class Heartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.HEARTBEAT))
     current_version_id: DbId | None = None
     status: str | None = Field(default=None, max_length=100)
 
 
 class HeartbeatAck(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.HEARTBEAT_ACK))
     device_id: int
     last_seen_at: datetime
 
 
 class LatencyReportCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.LATENCY))
     version_id: DbId | None = None
     p50_ms: float | None = Field(default=None, ge=0)
     p99_ms: float | None = Field(default=None, ge=0)
@@ -158,6 +168,7 @@ class LatencyReportCreate(BaseModel):
 
 
 class DevicePublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DEVICE))
     id: int
     name: str
     profile: dict[str, Any] | None
@@ -175,11 +186,17 @@ Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:
 
 
 class DeviceUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DEVICE_UPDATE))
     tags: list[Tag] = Field(max_length=100, description="Replaces the device's tags.")
 
 
+class ProfilesPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.PROFILES))
+    data: list[str] = Field(description="Built-in hardware profile names.")
+
+
 class Problem(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.PROBLEM))
     type: str = "about:blank"
     title: str
     status: int

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud_service import schemas_examples as ex
 from cloud_service.schemas import DbId, Public, Tag
 
 RolloutState = Literal["active", "paused", "completed", "aborted", "rolled_back"]
@@ -18,7 +19,7 @@ class Selector(BaseModel):
     """Exactly one of: ``{"all": true}``, ``{"device_ids": [...]}``, ``{"tags": [...]}``
     (devices with any of the tags). Revoked devices are never selected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.SELECTOR))
     all: Literal[True] | None = None
     device_ids: list[DbId] | None = Field(default=None, min_length=1, max_length=100_000)
     tags: list[Tag] | None = Field(default=None, min_length=1, max_length=100)
@@ -32,7 +33,7 @@ class Selector(BaseModel):
 
 
 class RolloutCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.ROLLOUT_CREATE))
     version_id: DbId
     selector: Selector
     waves: list[float] = Field(default=[5, 25, 100], min_length=1, max_length=20,
@@ -55,6 +56,7 @@ class RolloutCreate(BaseModel):
 
 
 class RolloutPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLOUT))
     id: int
     version_id: int
     selector: dict[str, Any]
@@ -81,6 +83,7 @@ class RolloutsPublic(BaseModel):
 
 
 class RolloutDevicePublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLOUT_DEVICE))
     device_id: int
     wave: int
     status: DeviceStatus
@@ -98,6 +101,7 @@ class RolloutDevicesPublic(BaseModel):
 
 
 class RolloutEventPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLOUT_EVENT))
     id: int
     at: datetime
     kind: str
@@ -111,7 +115,7 @@ class RolloutEventsPublic(BaseModel):
 
 
 class UpdateReportCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.UPDATE_REPORT))
     version_id: DbId
     rollout_id: DbId | None = None
     ok: bool
@@ -123,6 +127,7 @@ class UpdateReportCreate(BaseModel):
 
 
 class UpdateReportPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.UPDATE_REPORT_PUBLIC))
     id: int
     device_id: int
     version_id: int | None
@@ -134,12 +139,14 @@ class UpdateReportPublic(Public):
 
 
 class RollbackOrder(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLBACK_ORDER))
     order: dict[str, Any] = Field(description="kind, device_id, model, version, version_id, "
                                               "issued, expires")
     signature: str = Field(description="Hex Ed25519 over the canonical JSON of `order`.")
 
 
 class DesiredPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DESIRED))
     version_id: int | None
     model_id: int | None
     number: int | None
