@@ -92,10 +92,15 @@ async def get_current_device(principal: AnyPrincipal) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 CurrentDevice = Annotated[Principal, Depends(get_current_device)]
-DeviceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Device id.")]
-PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
-QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
-Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+DeviceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Device id.", examples=[5])]
+PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="Row id.", examples=[7])]
+QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only rows of this id.",
+                                      examples=[1])]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip.", examples=[0])]
+
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).", examples=[50])]
+WideLimit = Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).",
+                                 examples=[100])]
 
 
 async def get_own_device(device_id: DeviceId, device: CurrentDevice) -> Principal:

@@ -14,9 +14,41 @@ from cloud_service.services.auth import Principal
 from cloud_service.services.devices import record_download
 from cloud_service.storage import ArtifactStore
 
-OCTET: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}},
-    206: {"description": "Partial content (HTTP Range)"}}
+_ETAG = {"ETag": {"description": "The file's BLAKE3 hash, quoted.",
+                  "schema": {"type": "string"},
+                  "example": '"a6aeb1a4f5371758043c41e5a587b99a3a53798bbfa2f7b689233aca4fb52374"'}}
+
+
+# ``openapi_extra`` of a download: the optional Range request header.
+RANGE: dict[str, Any] = {"parameters": [{
+    "name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "One or more byte ranges (`bytes=START-END`, `bytes=START-`, `bytes=-N`) "
+                   "to resume a download.", "example": "bytes=65536-"}]}
+
+
+def octet(what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a file download with HTTP Range support (Starlette's
+    FileResponse answers a bad Range itself, in plain text)."""
+    def body(part: str) -> dict[str, Any]:
+        return {"schema": {"type": "string", "format": "binary"},
+                "example": f"({part} of {what})"}
+
+    def text(description: str, example: str) -> dict[str, Any]:
+        return {"description": description, "content": {"text/plain": {
+            "schema": {"type": "string"}, "example": example}}}
+
+    return {200: {"description": f"The whole file ({what}).",
+                  "content": {"application/octet-stream": body("the bytes")},
+                  "headers": _ETAG},
+            206: {"description": "Partial content: the requested `Range` (several ranges "
+                                 "come as `multipart/byteranges`).",
+                  "content": {"application/octet-stream": body("a byte range"),
+                              "multipart/byteranges": body("several byte ranges")},
+                  "headers": {**_ETAG, "Content-Range": {
+                      "description": "The range sent and the file's size.",
+                      "schema": {"type": "string"}, "example": "bytes 0-65535/11240512"}}},
+            400: text("A malformed `Range` header.", "Range header: range must be requested"),
+            416: text("The `Range` is outside the file.", "")}
 
 
 class CountedFileResponse(FileResponse):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,9 +12,47 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_service.errors import ServiceError
+from cloud_service.schemas import Problem
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+
+# Documented error statuses: (title, when, an example detail).
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("Bad Request", "A JSON body that cannot be decoded at all (e.g. not UTF-8); JSON "
+          "that does not parse or validate gets 422.", "There was an error parsing the body"),
+    401: ("Unauthorized", "No bearer token, or an unknown or revoked one.",
+          "missing bearer token: send `Authorization: Bearer <token>`"),
+    403: ("Forbidden", "A token of the wrong kind (user vs device), or another device's "
+          "credential.", "a device credential is valid only for its own device"),
+    404: ("Not found", "An id that does not exist.", "model version 99 does not exist"),
+    409: ("Conflict", "The row's state does not allow it.",
+          "job 3 is already succeeded; only queued or running jobs can be cancelled"),
+    413: ("Payload too large", "The upload is over HADMC_MAX_UPLOAD_MB.",
+          "upload of 600000000 bytes is over the limit of 536870912 bytes "
+          "(HADMC_MAX_UPLOAD_MB)"),
+    415: ("Unsupported media type", "The body is not `application/octet-stream`.",
+          "send the file as the raw body with Content-Type: application/octet-stream "
+          "(got application/json)"),
+    422: ("Invalid input", "Malformed or invalid parameters, body or file.",
+          "query.limit: Input should be less than or equal to 500"),
+    429: ("Too many requests", "Rate limit; retry in a minute.",
+          "too many device registrations from this address; retry in a minute"),
+}
+_SCHEMA = Problem.model_json_schema()
+_SCHEMA.pop("examples", None)
+_SCHEMA["additionalProperties"] = True  # 422 adds `errors`: [{loc, msg}]
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (``application/problem+json``)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        title, when, detail = _ERRORS[status]
+        example = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        out[status] = {"description": when, "content": {MEDIA_TYPE: {
+            "schema": _SCHEMA, "example": example}}}
+    return out
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> JSONResponse:

@@ -14,10 +14,15 @@ from cloud_service.errors import (
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 
-RAW_BODY: dict[str, Any] = {"requestBody": {
-    "required": True, "description": "The file itself, streamed as the request body.",
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-}}
+
+def raw_body(what: str) -> dict[str, Any]:
+    """``openapi_extra`` for an upload streamed as the raw body."""
+    return {"requestBody": {
+        "required": True, "description": f"The file itself ({what}), streamed as the body.",
+        "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": f"({what}: the file's bytes)"}},
+    }}
 
 
 async def receive(request: Request, settings: Settings, store: ArtifactStore) -> tuple[str, int]:

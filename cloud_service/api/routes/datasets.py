@@ -8,17 +8,28 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from cloud_service.api import uploads
-from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, SettingsDep, StoreDep
+from cloud_service.api.deps import (
+    CurrentUser,
+    Limit,
+    Offset,
+    PathId,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.schemas import DatasetCreate, DatasetPublic, Page
 from cloud_service.services import datasets as svc
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problems(401, 403, 422))
 
 
 @router.post("", status_code=201, response_model=DatasetPublic,
-             summary="Register a built-in dataset",
-             description="`fashion-mnist` or `digits`, with fixed documented splits.")
+             summary="Register a built-in dataset", responses=problems(400),
+             description="Names a built-in dataset (`fashion-mnist` or `digits`, with fixed "
+                         "documented splits) so jobs can use it. Users only. 422 for an "
+                         "unknown name or extra fields.")
 def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) -> DatasetPublic:
     row = svc.create_dataset(session=session, name=body.name or body.builtin,
                              builtin=body.builtin, owner_id=user.id)
@@ -27,13 +38,17 @@ def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) 
 
 
 @router.post("/upload", status_code=201, response_model=DatasetPublic,
-             openapi_extra=uploads.RAW_BODY, summary="Upload an .npz dataset",
+             openapi_extra=uploads.raw_body("an .npz file"), summary="Upload an .npz dataset",
+             responses=problems(413, 415),
              description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), "
-                         "streamed as the raw body; loaded without pickle and split "
-                         "80/10/10.")
+                         "streamed as the raw body (`application/octet-stream`); loaded "
+                         "without pickle and split 80/10/10. Users only. 413 over the upload "
+                         "limit, 415 for another content type, 422 for a file that is not a "
+                         "valid dataset.")
 async def upload_dataset(request: Request, session: SessionDep, user: CurrentUser,
                          settings: SettingsDep, store: StoreDep,
-                         name: Annotated[str, Query(min_length=1, max_length=200)]
+                         name: Annotated[str, Query(min_length=1, max_length=200,
+                                                    examples=["line-3 defects"])]
                          ) -> DatasetPublic:
     digest, size = await uploads.receive(request, settings, store)
     details = await run_in_threadpool(svc.describe_npz, store, digest)
@@ -43,15 +58,19 @@ async def upload_dataset(request: Request, session: SessionDep, user: CurrentUse
     return DatasetPublic.model_validate(row)
 
 
-@router.get("", response_model=Page[DatasetPublic], summary="List datasets")
+@router.get("", response_model=Page[DatasetPublic], summary="List datasets",
+            description="Datasets, newest first, a page at a time with the total count. "
+                        "Users only.")
 def list_datasets(session: SessionDep, user: CurrentUser,
                   offset: Offset = 0,
-                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[DatasetPublic]:
+                  limit: Limit = 50) -> Page[DatasetPublic]:
     rows, count = svc.list_datasets(session=session, offset=offset, limit=limit)
     return Page[DatasetPublic](data=[DatasetPublic.model_validate(r) for r in rows], count=count)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a dataset")
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a dataset",
+            description="One dataset with its details. Users only. 404 for an unknown id.",
+            responses=problems(404))
 def get_dataset(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> DatasetPublic:
     row = svc.get_dataset(session=session, dataset_id=dataset_id)
     if row is None:

@@ -8,23 +8,27 @@ import time
 from collections import defaultdict, deque
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from cloud_service import schemas_examples as ex
 from cloud_service.api.deps import (
     BearerDep,
     CurrentUser,
     DeviceId,
+    Limit,
     Offset,
     OwnDevice,
     PathId,
     SessionDep,
     SettingsDep,
     UserOrOwnDevice,
+    WideLimit,
     bearer_token,
     check_own_device,
 )
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError, RateLimitedError
 from cloud_service.schemas import (
     DevicePublic,
@@ -44,7 +48,9 @@ from cloud_service.services import desired as desired_svc
 from cloud_service.services import devices as svc
 from cloud_service.services.auth import resolve
 
-router = APIRouter(prefix="/v1", tags=["devices"])
+router = APIRouter(prefix="/v1", tags=["devices"], responses=problems(401, 403, 422))
+DEVICE_ONLY = ("The device itself only (its credential): 401 without one, 403 for a user "
+               "token or another device's credential, 404 for an unknown device.")
 
 
 class RateLimiter:
@@ -67,7 +73,10 @@ class RateLimiter:
 
 
 @router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreated,
-             summary="Create an enrollment token", tags=["enrollment"])
+             summary="Create an enrollment token", tags=["enrollment"],
+             responses=problems(400),
+             description="A token that enrolls up to `max_uses` devices until it expires; the "
+                         "token itself is in this answer only (stored hashed). Users only.")
 def create_token(body: EnrollmentTokenCreate, session: SessionDep,
                  user: CurrentUser) -> EnrollmentTokenCreated:
     row, token = svc.create_enrollment_token(session=session, name=body.name,
@@ -79,16 +88,22 @@ def create_token(body: EnrollmentTokenCreate, session: SessionDep,
 
 
 @router.get("/enrollment-tokens", response_model=Page[EnrollmentTokenPublic],
-            summary="List enrollment tokens", tags=["enrollment"])
+            summary="List enrollment tokens", tags=["enrollment"],
+            description="Tokens (never the secrets), newest first, with uses and expiry. "
+                        "Users only.")
 def list_tokens(session: SessionDep, user: CurrentUser, offset: Offset = 0,
-                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[EnrollmentTokenPublic]:
+                limit: Limit = 50) -> Page[EnrollmentTokenPublic]:
     rows, count = svc.list_enrollment_tokens(session=session, offset=offset, limit=limit)
     return Page[EnrollmentTokenPublic](
         data=[EnrollmentTokenPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.delete("/enrollment-tokens/{token_id}", response_model=EnrollmentTokenPublic,
-               summary="Revoke an enrollment token", tags=["enrollment"])
+               summary="Revoke an enrollment token", tags=["enrollment"],
+               responses=problems(404, 409),
+               description="No more devices enroll with it; devices that did keep their "
+                           "credentials. Users only. 404 for an unknown id, 409 when already "
+                           "revoked.")
 def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> EnrollmentTokenPublic:
     row = svc.revoke_enrollment_token(session=session, token_id=token_id)
     if row is None:
@@ -99,8 +114,12 @@ def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> En
 
 @router.post("/devices/register", status_code=201, response_model=DeviceRegistered,
              summary="Enroll a device",
+             responses=problems(400, 429),
              description="Spends one use of an enrollment token; returns the device's "
-                         "credential and the server's manifest-signing public key (pin it).")
+                         "credential and the server's manifest-signing public key (pin it). "
+                         "Needs no bearer token. 401 for an unknown, expired, revoked or "
+                         "used-up enrollment token, 422 for an invalid profile, 429 when "
+                         "this address registers too often.")
 def register(body: DeviceRegister, request: Request, session: SessionDep,
              settings: SettingsDep) -> DeviceRegistered:
     request.app.state.enroll_limiter.check(request.client.host if request.client else "?",
@@ -113,9 +132,11 @@ def register(body: DeviceRegister, request: Request, session: SessionDep,
                             manifest_public_key=request.app.state.public_key_pem)
 
 
-@router.get("/devices", response_model=Page[DevicePublic], summary="List devices")
+@router.get("/devices", response_model=Page[DevicePublic], summary="List devices",
+            description="Devices by id with current version, tags and last seen. Users "
+                        "only.")
 def list_devices(request: Request, session: SessionDep, user: CurrentUser, offset: Offset = 0,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Page[DevicePublic]:
+                 limit: WideLimit = 100) -> Page[DevicePublic]:
     _flush_heartbeats(request)
     rows, count = svc.list_devices(session=session, offset=offset, limit=limit)
     return Page[DevicePublic](data=[DevicePublic.model_validate(r) for r in rows], count=count)
@@ -134,7 +155,10 @@ def _found(dev: Any, device_id: int) -> DevicePublic:
 
 
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="Get a device",
-            description="Users, or the device itself.")
+            responses=problems(404),
+            description="Profile, latency table, tags, current and previous version, bytes "
+                        "downloaded, last seen. Users, or the device itself (403 for another "
+                        "device's credential). 404 for an unknown id.")
 def get_device(device_id: PathId, request: Request, session: SessionDep,
                who: UserOrOwnDevice) -> DevicePublic:
     _flush_heartbeats(request)
@@ -142,7 +166,12 @@ def get_device(device_id: PathId, request: Request, session: SessionDep,
 
 
 @router.put("/devices/{device_id}/profile", response_model=DevicePublic,
-            summary="Upload the device's hardware profile (device only)")
+            summary="Upload the device's hardware profile (device only)",
+            responses=problems(400, 404),
+            description="Replaces the device's hardware profile (the hadmc_core.hal profile "
+                        "schema; 422 when it does not validate). " + DEVICE_ONLY,
+            openapi_extra={"requestBody": {"content": {"application/json": {
+                "example": ex.PROFILE}}}})
 def put_profile(device_id: PathId, session: SessionDep, me: OwnDevice,
                 profile: Annotated[dict[str, Any], Body()]) -> DevicePublic:
     dev = svc.set_profile(session=session, device_id=device_id, profile=profile)
@@ -173,7 +202,8 @@ def _heartbeat(request: Request, device_id: int, token: str, body: Heartbeat) ->
              summary="Heartbeat (device only)",
              description="Records last seen, current version and status. Written in batches "
                          "(HADMC_HEARTBEAT_FLUSH_SECONDS); reads through the same API process "
-                         "see it at once.")
+                         "see it at once. 422 for a version that does not exist. "
+                         + DEVICE_ONLY, responses=problems(400, 404))
 async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
                     creds: BearerDep) -> HeartbeatAck:
     # The hottest endpoint. A credential checked in the last minute is answered from memory
@@ -189,7 +219,11 @@ async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
 
 
 @router.post("/devices/{device_id}/latency", response_model=DevicePublic,
-             summary="Report measured latency (device only)")
+             summary="Report measured latency (device only)",
+             responses=problems(400, 404),
+             description="The per-operator latency table (at start) and the p50/p99 of a "
+                         "version (after an update). 422 for a version that does not exist. "
+                         + DEVICE_ONLY)
 def report_latency(device_id: PathId, body: LatencyReportCreate, session: SessionDep,
                    me: OwnDevice) -> DevicePublic:
     dev = svc.report_latency(session=session, device_id=device_id, version_id=body.version_id,
@@ -199,7 +233,9 @@ def report_latency(device_id: PathId, body: LatencyReportCreate, session: Sessio
 
 
 @router.patch("/devices/{device_id}", response_model=DevicePublic,
-              summary="Set a device's tags (user)")
+              summary="Set a device's tags (user)", responses=problems(400, 404),
+              description="Replaces the device's tags (rollouts select by tag). Users only. "
+                          "404 for an unknown id, 422 for an invalid tag.")
 def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
                   user: CurrentUser) -> DevicePublic:
     dev = svc.set_tags(session=session, device_id=device_id, tags=body.tags)
@@ -218,10 +254,15 @@ def _etag_matches(header: str | None, etag: str) -> bool:
             summary="The version this device should run (device only)",
             description="Conditional: send the last ETag as If-None-Match to get 304 when "
                         "nothing changed. `rollback_order` (signed) is present when the "
-                        "version is lower than one the device accepted.",
-            responses={304: {"description": "Not modified"}})
+                        "version is lower than one the device accepted. " + DEVICE_ONLY,
+            responses={304: {"description": "Not modified: the ETag still matches."},
+                       200: {"headers": {"ETag": {"schema": {"type": "string"},
+                                                  "example": '"3f1c0e9a5b7d2c4e8f6a1b3d5c7e9f01"',
+                                                  "description": "Send as If-None-Match."}}},
+                       **problems(404)})
 def get_desired(device_id: PathId, request: Request, session: SessionDep, me: OwnDevice,
-                if_none_match: Annotated[str | None, Header()] = None) -> Response:
+                if_none_match: Annotated[str | None, Header(
+                    examples=['"3f1c0e9a5b7d2c4e8f6a1b3d5c7e9f01"'])] = None) -> Response:
     body = desired_svc.desired_state(session=session, device_id=device_id,
                                      key=request.app.state.signing_key)
     if body is None:
@@ -235,7 +276,11 @@ def get_desired(device_id: PathId, request: Request, session: SessionDep, me: Ow
 
 @router.post("/devices/{device_id}/updates", status_code=201,
              response_model=UpdateReportPublic,
-             summary="Report an update or rollback attempt (device only)")
+             summary="Report an update or rollback attempt (device only)",
+             responses=problems(400, 404),
+             description="The outcome of one update or rollback (phase, reason, measured "
+                         "latency); it moves the device's row in the rollout (succeeded or "
+                         "failed). 422 for an unknown version or rollout. " + DEVICE_ONLY)
 def report_update(device_id: PathId, body: UpdateReportCreate, session: SessionDep,
                   me: OwnDevice) -> UpdateReportPublic:
     row = desired_svc.report_update(session=session, device_id=device_id,

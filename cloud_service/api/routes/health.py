@@ -8,13 +8,23 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from cloud_service import schemas_examples as ex
 from cloud_service.api.deps import AnyPrincipal, SettingsDep
+from cloud_service.api.problems import problems
 from cloud_service.metrics import render
+from cloud_service.schemas import ProfilesPublic
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+def _json(description: str, example: object) -> dict:
+    return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+@router.get("/healthz", summary="Liveness: the process answers",
+            description="Always `{\"status\": \"ok\"}` while the process serves requests; "
+                        "checks nothing else (see /readyz). Anyone, no token.",
+            responses={200: _json("The process is alive.", ex.HEALTH)})
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -29,7 +39,11 @@ def _check_broker(url: str | None) -> str:
 
 
 @router.get("/readyz", summary="Readiness: database and broker reachable",
-            responses={503: {"description": "A dependency is down"}})
+            description="Runs `SELECT 1` on the database and pings the broker (`embedded` "
+                        "without one). Anyone, no token. 503 with the failing check when a "
+                        "dependency is down.",
+            responses={200: _json("Ready.", ex.READY),
+                       503: _json("A dependency is down.", ex.UNREADY)})
 def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -47,13 +61,22 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            description="Prometheus text format: `hadmc_http_requests_total`, "
+                        "`hadmc_http_request_seconds`, `hadmc_jobs{state}` (this API process). "
+                        "Anyone, no token.",
+            responses={200: {"description": "Prometheus exposition format.", "content": {
+                "text/plain": {
+                    "schema": {"type": "string"}, "example": ex.METRICS}}}})
 def metrics(request: Request) -> Response:
     body, ctype = render(request.app)
     return Response(body, media_type=ctype)
 
 
-@router.get("/v1/profiles", summary="Built-in hardware profile names", tags=["profiles"])
+@router.get("/v1/profiles", summary="Built-in hardware profile names", tags=["profiles"],
+            response_model=ProfilesPublic, responses=problems(401),
+            description="Names that jobs and published versions accept as `profile`. Users "
+                        "and devices. 401 without a valid token.")
 def profiles(who: AnyPrincipal) -> dict[str, Any]:
     from hadmc_core.hal import list_profiles
 

@@ -6,17 +6,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from cloud_service.api.deps import CurrentUser, Offset, PathId, QueryId, SessionDep, SettingsDep
+from cloud_service.api.deps import (
+    CurrentUser,
+    Limit,
+    Offset,
+    PathId,
+    QueryId,
+    SessionDep,
+    SettingsDep,
+)
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.schemas import JobCreate, JobPublic, JobState, Page
 from cloud_service.services import jobs as svc
 from cloud_service.tasks.dispatch import enqueue_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403, 422))
 
 
 @router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
-             description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}.")
+             responses=problems(400, 404),
+             description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}. "
+                         "Users only. 404 when the model or dataset does not exist; 422 for "
+                         "an ONNX base model, an unknown profile or an invalid config.")
 def submit_job(body: JobCreate, session: SessionDep, user: CurrentUser,
                settings: SettingsDep) -> JobPublic:
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
@@ -30,18 +42,23 @@ def submit_job(body: JobCreate, session: SessionDep, user: CurrentUser,
     return JobPublic.model_validate(job)
 
 
-@router.get("", response_model=Page[JobPublic], summary="List jobs")
+@router.get("", response_model=Page[JobPublic], summary="List jobs",
+            description="Jobs, newest first, optionally only one state or one base model. "
+                        "Users only.")
 def list_jobs(session: SessionDep, user: CurrentUser,
-              state: Annotated[JobState | None, Query()] = None,
+              state: Annotated[JobState | None, Query(examples=["running"])] = None,
               model_id: QueryId = None,
               offset: Offset = 0,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[JobPublic]:
+              limit: Limit = 50) -> Page[JobPublic]:
     rows, count = svc.list_jobs(session=session, offset=offset, limit=limit, state=state,
                                 model_id=model_id)
     return Page[JobPublic](data=[JobPublic.model_validate(r) for r in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic, summary="Get a job's state and progress")
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job's state and progress",
+            description="State, stage, percent, per-stage timings, log tail, error and the "
+                        "version it produced. Users only. 404 for an unknown id.",
+            responses=problems(404))
 def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
     job = svc.get_job(session=session, job_id=job_id)
     if job is None:
@@ -50,7 +67,10 @@ def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job",
-             description="409 if the job already finished.")
+             responses=problems(404, 409),
+             description="Asks the worker to stop at its next progress report (a queued job "
+                         "is cancelled at once). Users only. 404 for an unknown id, 409 if "
+                         "the job already finished.")
 def cancel_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
     job = svc.cancel_job(session=session, job_id=job_id)
     if job is None:

@@ -11,12 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from cloud_service.api import uploads
 from cloud_service.api.deps import (
     CurrentUser,
+    Limit,
     Offset,
     PathId,
     SessionDep,
     SettingsDep,
     StoreDep,
 )
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.schemas import ModelPublic, Page, VersionPublic
 from cloud_service.services import models as svc
@@ -25,24 +27,30 @@ from cloud_service.services.jobs import check_profile
 from cloud_service.services.versions import create_version
 from cloud_service.storage import ArtifactStore
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401, 403, 422))
 
 
-@router.post("", status_code=201, response_model=ModelPublic, openapi_extra=uploads.RAW_BODY,
-             summary="Upload a base model",
+@router.post("", status_code=201, response_model=ModelPublic,
+             openapi_extra=uploads.raw_body("safetensors or ONNX"),
+             summary="Upload a base model", responses=problems(413, 415),
              description="Stream safetensors weights (with `arch`, or architecture metadata "
-                         "in the file) or an ONNX file as the raw body. Files are validated "
-                         "(never unpickled) and stored by BLAKE3 hash.")
+                         "in the file) or an ONNX file as the raw body "
+                         "(`application/octet-stream`). Files are validated (never "
+                         "unpickled) and stored by BLAKE3 hash. Users only. 413 over the "
+                         "upload limit, 415 for another content type, 422 for a file that "
+                         "does not parse or does not match the architecture.")
 async def upload_model(
     request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep,
     store: StoreDep,
-    name: Annotated[str, Query(min_length=1, max_length=200)],
-    format: Annotated[Literal["safetensors", "onnx"], Query()] = "safetensors",
-    arch: Annotated[str | None, Query(description="Zoo architecture name.")] = None,
-    in_channels: Annotated[int, Query(ge=1, le=64)] = 1,
-    num_classes: Annotated[int, Query(ge=2, le=100000)] = 10,
-    stem: Annotated[Literal["small", "imagenet"], Query()] = "small",
-    width: Annotated[float, Query(gt=0, le=8)] = 1.0,
+    name: Annotated[str, Query(min_length=1, max_length=200, examples=["resnet18-fashion"])],
+    format: Annotated[Literal["safetensors", "onnx"], Query(examples=["safetensors"])
+                      ] = "safetensors",
+    arch: Annotated[str | None, Query(description="Zoo architecture name.",
+                                      examples=["resnet18"])] = None,
+    in_channels: Annotated[int, Query(ge=1, le=64, examples=[1])] = 1,
+    num_classes: Annotated[int, Query(ge=2, le=100000, examples=[10])] = 10,
+    stem: Annotated[Literal["small", "imagenet"], Query(examples=["small"])] = "small",
+    width: Annotated[float, Query(gt=0, le=8, examples=[1.0])] = 1.0,
 ) -> ModelPublic:
     digest, size = await uploads.receive(request, settings, store)
     spec = ({"arch": arch, "in_channels": in_channels, "num_classes": num_classes,
@@ -55,15 +63,19 @@ async def upload_model(
     return ModelPublic.model_validate(row)
 
 
-@router.get("", response_model=Page[ModelPublic], summary="List base models")
+@router.get("", response_model=Page[ModelPublic], summary="List base models",
+            description="Base models, newest first, a page at a time with the total count. "
+                        "Users only.")
 def list_models(session: SessionDep, user: CurrentUser,
                 offset: Offset = 0,
-                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[ModelPublic]:
+                limit: Limit = 50) -> Page[ModelPublic]:
     rows, count = svc.list_models(session=session, offset=offset, limit=limit)
     return Page[ModelPublic](data=[ModelPublic.model_validate(r) for r in rows], count=count)
 
 
-@router.get("/{model_id}", response_model=ModelPublic, summary="Get a base model")
+@router.get("/{model_id}", response_model=ModelPublic, summary="Get a base model",
+            description="One base model with its architecture and details. Users only. 404 "
+                        "for an unknown id.", responses=problems(404))
 def get_model(model_id: PathId, session: SessionDep, user: CurrentUser) -> ModelPublic:
     row = svc.get_model(session=session, model_id=model_id)
     if row is None:
@@ -89,12 +101,18 @@ def _publish(session: SessionDep, store: ArtifactStore, request: Request, model_
 
 
 @router.post("/{model_id}/versions", status_code=201, response_model=VersionPublic,
-             openapi_extra=uploads.RAW_BODY, summary="Publish a ready ONNX model as a version",
+             openapi_extra=uploads.raw_body("ONNX"),
+             summary="Publish a ready ONNX model as a version",
+             responses=problems(404, 413, 415),
              description="The raw ONNX body becomes the model's next numbered version (no "
-                         "compression job); its signed manifest and probe are computed now.")
+                         "compression job); its signed manifest and probe are computed now. "
+                         "Users only. 404 for an unknown model, 413/415 as for uploads, 422 "
+                         "for an unknown profile or a file that is not valid ONNX.")
 async def publish_version(model_id: PathId, request: Request, session: SessionDep,
                           user: CurrentUser, settings: SettingsDep, store: StoreDep,
-                          profile: Annotated[str, Query(min_length=1, max_length=100)]
+                          profile: Annotated[str, Query(min_length=1, max_length=100,
+                                                        description="Hardware profile name.",
+                                                        examples=["x86-avx2"])]
                           ) -> VersionPublic:
     digest, size = await uploads.receive(request, settings, store)
     return await run_in_threadpool(_publish, session, store, request, model_id, profile,

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep
+from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, WideLimit
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.models import Rollout
 from cloud_service.schemas_rollouts import (
@@ -21,8 +22,8 @@ from cloud_service.schemas_rollouts import (
 )
 from cloud_service.services import rollouts as svc
 
-router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
-Limit = Annotated[int, Query(ge=1, le=1000)]
+router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"],
+                   responses=problems(401, 403, 422))
 
 
 def _public(session: SessionDep, rows: list[Rollout]) -> list[RolloutPublic]:
@@ -39,32 +40,39 @@ def _found(session: SessionDep, rollout_id: int) -> Rollout:
 
 
 @router.post("", status_code=201, response_model=RolloutPublic, summary="Create a rollout",
-             description="Selects devices, plans the waves and assigns the first one. 422 for "
-                         "an empty selection or bad waves; 409 when a selected device is "
-                         "already in another active rollout.")
+             responses=problems(400, 409),
+             description="Selects devices, plans the waves and assigns the first one. Users "
+                         "only. 422 for an unknown version, an empty selection or bad waves; "
+                         "409 when a selected device is already in another active rollout.")
 def create_rollout(body: RolloutCreate, session: SessionDep, user: CurrentUser) -> RolloutPublic:
     row = svc.create_rollout(session=session, spec=body.model_dump(), created_by=user.id)
     session.commit()
     return _public(session, [row])[0]
 
 
-@router.get("", response_model=RolloutsPublic, summary="List rollouts")
-def list_rollouts(session: SessionDep, user: CurrentUser, state: RolloutState | None = None,
-                  offset: Offset = 0, limit: Limit = 50) -> RolloutsPublic:
+@router.get("", response_model=RolloutsPublic, summary="List rollouts",
+            description="Rollouts, newest first, optionally in one state, with per-wave "
+                        "counts. Users only.")
+def list_rollouts(session: SessionDep, user: CurrentUser,
+                  state: Annotated[RolloutState | None, Query(examples=["active"])] = None,
+                  offset: Offset = 0, limit: WideLimit = 50) -> RolloutsPublic:
     rows, count = svc.list_rollouts(session=session, offset=offset, limit=limit, state=state)
     return RolloutsPublic(data=_public(session, rows), count=count)
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic,
-            summary="A rollout: state, current wave, per-wave counts")
+            summary="A rollout: state, current wave, per-wave counts",
+            description="Users only. 404 for an unknown id.", responses=problems(404))
 def get_rollout(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
     return _public(session, [_found(session, rollout_id)])[0]
 
 
 @router.get("/{rollout_id}/devices", response_model=RolloutDevicesPublic,
-            summary="Per device: status, versions, bytes sent, latency, reason")
+            summary="Per device: status, versions, bytes sent, latency, reason",
+            description="The rollout's devices by id (also wave order). Users only. 404 for an "
+                        "unknown rollout.", responses=problems(404))
 def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
-                 offset: Offset = 0, limit: Limit = 100) -> RolloutDevicesPublic:
+                 offset: Offset = 0, limit: WideLimit = 100) -> RolloutDevicesPublic:
     _found(session, rollout_id)
     rows, count = svc.list_rollout_devices(session=session, rollout_id=rollout_id,
                                            offset=offset, limit=limit)
@@ -73,9 +81,12 @@ def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
 
 
 @router.get("/{rollout_id}/events", response_model=RolloutEventsPublic,
-            summary="Decisions (scheduler and user) with their reasons")
+            summary="Decisions (scheduler and user) with their reasons",
+            description="Every decision (create, advance, complete, abort, pause, resume, "
+                        "rollback) in order, with its reason and numbers. Users only. 404 for "
+                        "an unknown rollout.", responses=problems(404))
 def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
-                offset: Offset = 0, limit: Limit = 100) -> RolloutEventsPublic:
+                offset: Offset = 0, limit: WideLimit = 100) -> RolloutEventsPublic:
     _found(session, rollout_id)
     rows, count = svc.list_events(session=session, rollout_id=rollout_id, offset=offset,
                                   limit=limit)
@@ -85,7 +96,9 @@ def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
 
 def _transition(action: Literal["pause", "resume", "abort", "rollback"], summary: str) -> None:
     @router.post(f"/{{rollout_id}}/{action}", response_model=RolloutPublic, summary=summary,
-                 description="409 when the rollout's state does not allow it.",
+                 description=f"{summary}. Users only. 404 for an unknown id, 409 when the "
+                             "rollout's state does not allow it.",
+                 responses=problems(404, 409),
                  operation_id=f"{action}_rollout")
     def handler(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
         row = svc.transition(session=session, rollout_id=rollout_id, action=action, by=user.id)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from cloud_service import schemas_examples as ex
 from cloud_service.api import uploads
 from cloud_service.api.deps import (
     AnyPrincipal,
     CurrentUser,
+    Limit,
     Offset,
     PathId,
     QueryId,
@@ -20,14 +22,16 @@ from cloud_service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from cloud_service.api.downloads import OCTET, CountedFileResponse, serve_artifact
+from cloud_service.api.downloads import RANGE, CountedFileResponse, octet, serve_artifact
+from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.models import ModelVersion
 from cloud_service.schemas import Page, VersionPublic
 from cloud_service.services import publish
 from cloud_service.services import versions as svc
 
-router = APIRouter(prefix="/v1/versions", tags=["versions"])
+router = APIRouter(prefix="/v1/versions", tags=["versions"],
+                   responses=problems(401, 403, 404, 422))
 
 
 def _get(session: SessionDep, version_id: int) -> ModelVersion:
@@ -37,23 +41,32 @@ def _get(session: SessionDep, version_id: int) -> ModelVersion:
     return row
 
 
-@router.get("", response_model=Page[VersionPublic], summary="List model versions")
+@router.get("", response_model=Page[VersionPublic], summary="List model versions",
+            description="Versions, newest first, optionally of one base model. Users only.")
 def list_versions(session: SessionDep, user: CurrentUser,
                   model_id: QueryId = None,
                   offset: Offset = 0,
-                  limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Page[VersionPublic]:
+                  limit: Limit = 50) -> Page[VersionPublic]:
     rows, count = svc.list_versions(session=session, offset=offset, limit=limit,
                                     model_id=model_id)
     return Page[VersionPublic](data=[VersionPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.get("/{version_id}", response_model=VersionPublic, summary="Get a version's metadata",
-            description="Users and enrolled devices may read versions.")
+            description="Hashes, size, summary and whether the constraints were met. Users "
+                        "and enrolled devices may read versions. 404 for an unknown id.")
 def get_version(version_id: PathId, session: SessionDep, who: AnyPrincipal) -> VersionPublic:
     return VersionPublic.model_validate(_get(session, version_id))
 
 
-@router.get("/{version_id}/report", summary="The compression report (report.json)")
+@router.get("/{version_id}/report", summary="The compression report (report.json)",
+            description="The report the compression job wrote (docs/report.md): baseline and "
+                        "compressed metrics, constraints, candidates, per-layer decisions, "
+                        "timings. A published upload has a short one. Users only. 404 for an "
+                        "unknown id.",
+            responses={200: {"description": "The report (JSON object).", "content": {
+                "application/json": {"schema": {"type": "object"},
+                                     "example": ex.REPORT}}}})
 def get_report(version_id: PathId, session: SessionDep, user: CurrentUser,
                store: StoreDep) -> dict[str, Any]:
     row = _get(session, version_id)
@@ -62,8 +75,10 @@ def get_report(version_id: PathId, session: SessionDep, user: CurrentUser,
 
 @router.get("/{version_id}/model.onnx", response_class=FileResponse,
             summary="Download the ONNX file",
-            description="Supports HTTP Range requests; the ETag is the file's BLAKE3 hash.",
-            responses=OCTET)
+            description="The version's ONNX file. Supports HTTP Range requests (206); the "
+                        "ETag is the file's BLAKE3 hash. Users and devices; bytes sent to a "
+                        "device count for it and its rollout. 404 for an unknown id.",
+            responses=octet("the ONNX model"), openapi_extra=RANGE)
 def download_onnx(version_id: PathId, request: Request, session: SessionDep,
                   who: AnyPrincipal, store: StoreDep) -> CountedFileResponse:
     row = _get(session, version_id)
@@ -71,11 +86,14 @@ def download_onnx(version_id: PathId, request: Request, session: SessionDep,
                           f"model-{row.model_id}-v{row.number}.onnx", who, row.id)
 
 
-@router.get("/{version_id}/probe", response_class=FileResponse, responses=OCTET,
+@router.get("/{version_id}/probe", response_class=FileResponse,
+            responses={**octet("the .npz probe"), **problems(409)}, openapi_extra=RANGE,
             summary="The version's probe (.npz)",
             description="Arrays `inputs` (float32, batch first), `outputs` (expected), "
                         "`atol`, `rtol`; stored without pickles. Computed with ONNX Runtime "
-                        "on first request when the version has none.")
+                        "on first request when the version has none. Users and devices. 404 "
+                        "for an unknown id, 409 when the server cannot make one (several or "
+                        "non-float inputs; upload one with PUT).")
 def get_probe(version_id: PathId, session: SessionDep, who: AnyPrincipal,
               store: StoreDep) -> FileResponse:
     row = _get(session, version_id)
@@ -87,9 +105,12 @@ def get_probe(version_id: PathId, session: SessionDep, who: AnyPrincipal,
 
 
 @router.put("/{version_id}/probe", response_model=VersionPublic,
-            openapi_extra=uploads.RAW_BODY, summary="Replace the version's probe (user)",
-            description="A raw `.npz` body with `inputs`, `outputs`, `atol`, `rtol` (no "
-                        "pickles). 409 once the version is in any rollout.")
+            openapi_extra=uploads.raw_body("an .npz probe"),
+            summary="Replace the version's probe (user)", responses=problems(409, 413, 415),
+            description="A raw `.npz` body (`application/octet-stream`) with `inputs`, "
+                        "`outputs`, `atol`, `rtol` (no pickles). Users only. 409 once the "
+                        "version is in any rollout, 413/415 as for uploads, 422 for an "
+                        "invalid probe.")
 async def put_probe(version_id: PathId, request: Request, session: SessionDep,
                     user: CurrentUser, settings: SettingsDep, store: StoreDep) -> VersionPublic:
     row = await run_in_threadpool(_get, session, version_id)
