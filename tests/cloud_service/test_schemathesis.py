@@ -28,9 +28,13 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    ignored_auth,
     not_a_server_error,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
+    use_after_free,
 )
 
 from cloud_service import migrate
@@ -53,7 +57,9 @@ DEVICE_READS = re.compile(r"^/v1/(profiles|versions/\{version_id\}"
 # Per operation; HADMC_SCHEMATHESIS_EXAMPLES=200 for a longer hunt.
 MAX_EXAMPLES = int(os.environ.get("HADMC_SCHEMATHESIS_EXAMPLES", "20"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+          response_schema_conformance, response_headers_conformance,
+          ignored_auth,  # the operation answers 401 without or with a bad token
+          use_after_free, unsupported_method]
 
 
 @pytest.fixture(scope="module")
