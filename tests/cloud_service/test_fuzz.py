@@ -1,5 +1,8 @@
 """Property test: random path ids, query values and JSON bodies on every operation of
-the OpenAPI document never give a 5xx (a stand-in for schemathesis, built on hypothesis)."""
+the OpenAPI document never give a 5xx. It complements test_schemathesis.py (which generates
+from the document's schemas and checks the answers against it) with inputs the document does
+not describe: undeclared query names, ids past 32 bits, raw bodies on JSON operations, every
+operation with no token, a user token and a device credential."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator, FormatChecker
+from openapi_spec_validator import validate as validate_openapi
 from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -61,6 +62,10 @@ def _has_example(doc: dict[str, Any], node: Any, seen: set[str] | None = None) -
     return any(_has_example(doc, v, seen) for k, v in node.items()
                if k != "properties") or any(
         _has_example(doc, v, seen) for v in node.get("properties", {}).values())
+
+
+def test_document_is_valid_openapi(doc: dict[str, Any]) -> None:
+    validate_openapi(doc)
 
 
 def test_every_operation_has_summary_description_and_an_example(doc: dict[str, Any]) -> None:
