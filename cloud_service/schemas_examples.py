@@ -75,8 +75,9 @@ ROLLOUT_DEVICE = {"device_id": 5, "wave": 0, "status": "succeeded", "from_versio
                   "bytes_sent": 81_234, "p50_ms": 3.2, "p95_ms": 4.8, "reason": None,
                   "updated_at": NOW}
 ROLLOUT_EVENT = {"id": 11, "at": NOW, "kind": "advance",
-                 "reason": "wave 0: 1/1 succeeded (>= 0.95); next wave 1",
-                 "details": {"wave": 0, "succeeded": 1, "failed": 0}}
+                 "reason": "wave 0: 1 of 1 devices succeeded (100% >= success_threshold 95%)",
+                 "details": {"wave": 0, "devices": 1, "succeeded": 1, "failed": 0,
+                             "timed_out": 0, "median_latency_regression": -0.04}}
 UPDATE_REPORT = {"version_id": 7, "rollout_id": 3, "ok": False, "phase": "verify",
                  "reason": "chunk layer2.weight#3 (xor): hash mismatch", "p50_ms": None,
                  "p95_ms": None, "bytes_downloaded": 81_234}

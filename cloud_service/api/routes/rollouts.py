@@ -62,7 +62,9 @@ def list_rollouts(session: SessionDep, user: CurrentUser,
 
 @router.get("/{rollout_id}", response_model=RolloutPublic,
             summary="A rollout: state, current wave, per-wave counts",
-            description="Users only. 404 for an unknown id.", responses=problems(404))
+            description="Settings, state, current wave and, per wave, the devices in each "
+                        "status. Users only. 404 for an unknown id.",
+            responses=problems(404))
 def get_rollout(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
     return _public(session, [_found(session, rollout_id)])[0]
 
@@ -82,9 +84,9 @@ def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
 
 @router.get("/{rollout_id}/events", response_model=RolloutEventsPublic,
             summary="Decisions (scheduler and user) with their reasons",
-            description="Every decision (create, advance, complete, abort, pause, resume, "
-                        "rollback) in order, with its reason and numbers. Users only. 404 for "
-                        "an unknown rollout.", responses=problems(404))
+            description="Every decision (created, assigned, advance, complete, abort, pause, "
+                        "resume, rollback) in order, with its reason and numbers. Users only. "
+                        "404 for an unknown rollout.", responses=problems(404))
 def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
                 offset: Offset = 0, limit: WideLimit = 100) -> RolloutEventsPublic:
     _found(session, rollout_id)
