@@ -16,11 +16,10 @@ from cloud_service.schemas import Problem
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
+_UNDECODABLE = "There was an error parsing the body"  # FastAPI's 400 for a body it can't read
 
 # Documented error statuses: (title, when, an example detail).
 _ERRORS: dict[int, tuple[str, str, str]] = {
-    400: ("Bad Request", "A JSON body that cannot be decoded at all (e.g. not UTF-8); JSON "
-          "that does not parse or validate gets 422.", "There was an error parsing the body"),
     401: ("Unauthorized", "No bearer token, or an unknown or revoked one.",
           "missing bearer token: send `Authorization: Bearer <token>`"),
     403: ("Forbidden", "A token of the wrong kind (user vs device), or another device's "
@@ -34,7 +33,8 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     415: ("Unsupported media type", "The body is not `application/octet-stream`.",
           "send the file as the raw body with Content-Type: application/octet-stream "
           "(got application/json)"),
-    422: ("Invalid input", "Malformed or invalid parameters, body or file.",
+    422: ("Invalid input", "Malformed or invalid parameters, body or file (a JSON body that "
+          "does not decode, parse or validate).",
           "query.limit: Input should be less than or equal to 500"),
     429: ("Too many requests", "Rate limit; retry in a minute.",
           "too many device registrations from this address; retry in a minute"),
@@ -89,6 +89,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _UNDECODABLE:  # malformed JSON is a 422
+            return problem(422, "Invalid input", "the body is not JSON: it does not decode "
+                           "(send UTF-8 JSON with Content-Type: application/json)")
         return problem(exc.status_code, _error_title(exc.status_code), str(exc.detail))
 
     @app.exception_handler(SQLAlchemyTimeoutError)

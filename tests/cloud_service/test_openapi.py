@@ -178,16 +178,17 @@ def test_errors_are_documented_as_problem_json(doc: dict[str, Any], client: Test
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
 
 
-def test_undecodable_json_body_is_a_documented_400(doc: dict[str, Any], client: TestClient,
-                                                  auth: dict) -> None:
-    """A JSON body that is not UTF-8 gets FastAPI's 400 (not 422); it was undocumented."""
+def test_undecodable_json_body_is_a_422(doc: dict[str, Any], client: TestClient,
+                                        auth: dict) -> None:
+    """A JSON body that is not UTF-8 is malformed JSON: 422 (FastAPI alone answers 400)."""
     r = client.post("/v1/datasets", content=b"\xff\xfe{", headers={
         **auth, "Content-Type": "application/json"})
-    assert r.status_code == 400, r.text
+    assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
+    assert "does not decode" in r.json()["detail"]
     for label, op in _operations(doc):
         if "application/json" in op.get("requestBody", {}).get("content", {}):
-            assert "400" in op["responses"], label
+            assert "422" in op["responses"] and "400" not in op["responses"], label
 
 
 def test_download_range_errors_are_documented(doc: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problems(
 
 
 @router.post("", status_code=201, response_model=DatasetPublic,
-             summary="Register a built-in dataset", responses=problems(400),
+             summary="Register a built-in dataset",
              description="Names a built-in dataset (`fashion-mnist` or `digits`, with fixed "
                          "documented splits) so jobs can use it. Users only. 422 for an "
                          "unknown name or extra fields.")

@@ -74,7 +74,6 @@ class RateLimiter:
 
 @router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreated,
              summary="Create an enrollment token", tags=["enrollment"],
-             responses=problems(400),
              description="A token that enrolls up to `max_uses` devices until it expires; the "
                          "token itself is in this answer only (stored hashed). Users only.")
 def create_token(body: EnrollmentTokenCreate, session: SessionDep,
@@ -114,7 +113,7 @@ def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> En
 
 @router.post("/devices/register", status_code=201, response_model=DeviceRegistered,
              summary="Enroll a device",
-             responses=problems(400, 429),
+             responses=problems(429),
              description="Spends one use of an enrollment token; returns the device's "
                          "credential and the server's manifest-signing public key (pin it). "
                          "Needs no bearer token. 401 for an unknown, expired, revoked or "
@@ -167,7 +166,7 @@ def get_device(device_id: PathId, request: Request, session: SessionDep,
 
 @router.put("/devices/{device_id}/profile", response_model=DevicePublic,
             summary="Upload the device's hardware profile (device only)",
-            responses=problems(400, 404),
+            responses=problems(404),
             description="Replaces the device's hardware profile (the hadmc_core.hal profile "
                         "schema; 422 when it does not validate). " + DEVICE_ONLY,
             openapi_extra={"requestBody": {"content": {"application/json": {
@@ -203,7 +202,7 @@ def _heartbeat(request: Request, device_id: int, token: str, body: Heartbeat) ->
              description="Records last seen, current version and status. Written in batches "
                          "(HADMC_HEARTBEAT_FLUSH_SECONDS); reads through the same API process "
                          "see it at once. 422 for a version that does not exist. "
-                         + DEVICE_ONLY, responses=problems(400, 404))
+                         + DEVICE_ONLY, responses=problems(404))
 async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
                     creds: BearerDep) -> HeartbeatAck:
     # The hottest endpoint. A credential checked in the last minute is answered from memory
@@ -220,7 +219,7 @@ async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
 
 @router.post("/devices/{device_id}/latency", response_model=DevicePublic,
              summary="Report measured latency (device only)",
-             responses=problems(400, 404),
+             responses=problems(404),
              description="The per-operator latency table (at start) and the p50/p99 of a "
                          "version (after an update). 422 for a version that does not exist. "
                          + DEVICE_ONLY)
@@ -233,7 +232,7 @@ def report_latency(device_id: PathId, body: LatencyReportCreate, session: Sessio
 
 
 @router.patch("/devices/{device_id}", response_model=DevicePublic,
-              summary="Set a device's tags (user)", responses=problems(400, 404),
+              summary="Set a device's tags (user)", responses=problems(404),
               description="Replaces the device's tags (rollouts select by tag). Users only. "
                           "404 for an unknown id, 422 for an invalid tag.")
 def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
@@ -277,7 +276,7 @@ def get_desired(device_id: PathId, request: Request, session: SessionDep, me: Ow
 @router.post("/devices/{device_id}/updates", status_code=201,
              response_model=UpdateReportPublic,
              summary="Report an update or rollback attempt (device only)",
-             responses=problems(400, 404),
+             responses=problems(404),
              description="The outcome of one update or rollback (phase, reason, measured "
                          "latency); it moves the device's row in the rollout (succeeded or "
                          "failed). 422 for an unknown version or rollout. " + DEVICE_ONLY)

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403
 
 
 @router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
-             responses=problems(400, 404),
+             responses=problems(404),
              description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}. "
                          "Users only. 404 when the model or dataset does not exist; 422 for "
                          "an ONNX base model, an unknown profile or an invalid config.")

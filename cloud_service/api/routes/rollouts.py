@@ -40,7 +40,7 @@ def _found(session: SessionDep, rollout_id: int) -> Rollout:
 
 
 @router.post("", status_code=201, response_model=RolloutPublic, summary="Create a rollout",
-             responses=problems(400, 409),
+             responses=problems(409),
              description="Selects devices, plans the waves and assigns the first one. Users "
                          "only. 422 for an unknown version, an empty selection or bad waves; "
                          "409 when a selected device is already in another active rollout.")
