@@ -221,7 +221,7 @@ def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
             raise FormatError(f"chunk {what}: {e}; the delta is corrupt") from e
         out.write(fi, data, hsh, f"{what} ({codec.name(kind)})")
     group.close()
-    gathers.clear()
+    _release(gathers, base, h)
     out.close()
 
 
@@ -263,11 +263,18 @@ def _gather_base(h: Header, cache: dict[int, np.ndarray], base: Files, fi: int, 
     if ITEMSIZE[tm.dtype] != ITEMSIZE.get(seg.dtype, 0):  # type: ignore[attr-defined]
         raise FormatError(f"chunk {what}: tensor map dtype differs from the tensor's")
     if idx not in cache:
-        cache.clear()  # one base tensor view at a time
+        _release(cache, base, h)  # one base tensor view at a time
         dt = np.dtype(codec.UINT[ITEMSIZE[tm.dtype]])
         count = int(np.prod(tm.base_shape, dtype=np.int64))
         cache[idx] = base.array(tm.base_offset, count, dt)
     return cache[idx]
+
+
+def _release(cache: dict[int, np.ndarray], base: Files, h: Header) -> None:
+    """Forget the cached base tensor view and drop its pages from memory."""
+    for idx, arr in cache.items():
+        base.release_range(h.maps[idx][2].base_offset, arr.nbytes)
+    cache.clear()
 
 
 def _write_full(f: BinaryIO, length: int, m: Manifest,

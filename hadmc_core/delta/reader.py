@@ -66,12 +66,17 @@ class Files:
         if n == 0:
             return b""
         fi, rel = self._locate(off, n)
+        data = bytes(self._maps[fi][rel:rel + n])
+        self.release_range(off, n)
+        return data
+
+    def release_range(self, off: int, n: int) -> None:
+        """Drop the pages of a range from this process's memory (when ``release``)."""
+        fi, rel = self._locate(off, n)
         mm = self._maps[fi]
-        data = bytes(mm[rel:rel + n])
-        if self.release and isinstance(mm, mmap.mmap):
+        if self.release and isinstance(mm, mmap.mmap) and n:
             lo = rel - rel % mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, lo, rel + n - lo)
-        return data
 
     def array(self, off: int, count: int, dtype: np.dtype) -> np.ndarray:
         """A read-only array view of ``count`` items at global offset ``off``."""
