@@ -53,6 +53,9 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
+    if not zipfile.is_zipfile(path):  # else numpy guesses "pickle" for any other bytes
+        raise DatasetError(f"{path} is truncated or not a valid .npz file (a zip archive of "
+                           ".npy arrays 'x' and 'y', as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:

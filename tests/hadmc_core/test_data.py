@@ -76,3 +76,11 @@ def test_image_folder(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(UnknownNameError, match="fashion-mnist"):
         load_dataset("imagenet")
+
+
+def test_random_bytes_are_not_called_pickle(tmp_path) -> None:
+    bad = tmp_path / "noise.npz"
+    bad.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(DatasetError, match="not a valid .npz file") as e:
+        load_dataset(str(bad))
+    assert "pickle" not in str(e.value)
