@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import mmap
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -26,8 +24,6 @@ from hadmc_core.delta.manifest import (
 from hadmc_core.delta.onnxwire import onnx_tensors
 
 WINDOW = 4 << 20  # bytes read and hashed at a time
-PARALLEL_MIN = 2 << 20   # windows at least this large are hashed on several threads
-PARALLEL_MAX = 8
 
 
 def hash_file(path: Path) -> str:
@@ -60,18 +56,10 @@ def _layout(path: Path, name: str) -> tuple[str, list[Segment], dict[str, list[S
 
 
 def _digests(view: memoryview, bounds: list[tuple[int, int]]) -> list[bytes]:
-    """BLAKE3 of each (offset, length) range; large files in batches on threads (BLAKE3
-    releases the GIL), so hashing runs at memory speed rather than Python's."""
-    def work(part: list[tuple[int, int]]) -> list[bytes]:
-        return [blake3.blake3(view[o:o + n]).digest() for o, n in part]
-
-    threads = min(PARALLEL_MAX, os.cpu_count() or 1)
-    if threads < 2 or sum(n for _, n in bounds) < PARALLEL_MIN:
-        return work(bounds)
-    step = -(-len(bounds) // (4 * threads))
-    with ThreadPoolExecutor(threads) as pool:
-        parts = pool.map(work, [bounds[k:k + step] for k in range(0, len(bounds), step)])
-        return [d for part in parts for d in part]
+    """BLAKE3 of each (offset, length) range of the window, on this thread: BLAKE3's SIMD
+    code hashes a 64 KiB chunk in microseconds, and a thread pool measured slower here (2
+    shared cores: 1.6-1.9 GB/s against 3.3-3.4 GB/s single-threaded)."""
+    return [blake3.blake3(view[o:o + n]).digest() for o, n in bounds]
 
 
 def _hash_entry(path: Path, name: str, fmt: str, segs: list[Segment],
