@@ -160,11 +160,15 @@ def main() -> None:
                  "rows": []}
     out = ROOT / "bench" / "results" / f"delta-w{args.width:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and out.exists():  # a partial run replaces its rows, keeps the others
+        res["rows"] = [r for r in json.loads(out.read_text())["rows"]
+                       if r["scenario"].split()[0] not in args.only.split(",")]
     for name, (old, new) in scenarios.items():
         if args.only and name.split()[0] not in args.only.split(","):
             continue
         print(f"scenario {name} ...", flush=True)
         res["rows"].append(run_scenario(name, old, new, tmp, key, args.repeat))
+        res["rows"].sort(key=lambda r: r["scenario"])
         out.write_text(json.dumps(res, indent=2))
     res["hashing"] = hash_rates(scenarios["1 head"][0])
     res["load_after"] = os.getloadavg()
