@@ -23,9 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, case, exists, select, update
+from sqlalchemy import Table, bindparam, case, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud_service import security
@@ -34,7 +34,7 @@ from cloud_service.errors import InvalidInputError
 from cloud_service.models import Device, ModelVersion, UpdateReport
 
 log = logging.getLogger(__name__)
-_devices = Device.__table__
+_devices = cast(Table, Device.__table__)
 
 
 @dataclass
