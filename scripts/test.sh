@@ -8,4 +8,5 @@ python -m pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build; satisfies every torch requirement
 pip install -q -e ".[core,cloud,dev]"
 ruff check .
+mypy cloud_service edge_agent
 python -m pytest "$@"
