@@ -30,6 +30,7 @@ from hadmc_core.delta.errors import (
     TruncatedDeltaError,
 )
 from hadmc_core.delta.formats import ITEMSIZE
+from hadmc_core.delta.groups import Group, group_sizes
 from hadmc_core.delta.manifest import FileHasher, Manifest, SegmentEntry, chunks, label
 from hadmc_core.delta.reader import Files, artifact_paths
 
@@ -152,49 +153,12 @@ class _Out:
         self._advance(len(self.m.files))
 
 
-def _group_sizes(ops: bytes, m: Manifest) -> dict[int, int]:
-    """The most bytes each group frame may decompress to (what its chunks can take, at
-    most ``codec.group_limit``), by the index of the op that carries it."""
-    sizes: dict[int, int] = {}
-    cur, limit = -1, codec.group_limit(m.chunk_size)
-    for j, (fi, seg, i, _h, _start, n) in enumerate(chunks(m)):
-        kind, _off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
-        if kind & ~(codec.CONT | codec.GATHER) not in codec.GROUPED:
-            continue
-        if not kind & codec.CONT:
-            cur, sizes[j] = j, 0
-        elif cur < 0 or length:
-            raise FormatError(f"chunk {label(m, fi, seg, i)}: continues no group; the delta "
-                              "is corrupt")
-        sizes[cur] = min(limit, sizes[cur] + codec.max_size(kind, n, ITEMSIZE.get(seg.dtype,
-                                                                                 1)))
-    return sizes
-
-
-class _Group:
-    """The group frame being consumed: every byte of it must be used, none more."""
-
-    def __init__(self) -> None:
-        self.view, self.pos, self.opener = memoryview(b""), 0, ""
-
-    def open(self, blob: bytes, cap: int, what: str) -> None:
-        self.close()
-        self.view = memoryview(codec.decompress_group(blob, cap, what))
-        self.pos, self.opener = 0, what
-
-    def close(self) -> None:
-        if self.pos != len(self.view):
-            raise ChunkMismatchError(f"chunk {self.opener}: group frame has "
-                                     f"{len(self.view) - self.pos} unused bytes; the delta "
-                                     "is corrupt: download it again")
-
-
 def _write_ops(payload: BinaryIO, ops: bytes, h: Header, base: Files,
                temps: list[tuple[BinaryIO, str]]) -> None:
     m, out = h.target.manifest, _Out(h.target.manifest, temps)
-    sizes = _group_sizes(ops, m)
+    sizes = group_sizes(ops, m)
     gathers: dict[int, np.ndarray] = {}
-    group = _Group()
+    group = Group()
     for j, (fi, seg, i, hsh, start, n) in enumerate(chunks(m)):
         what = label(m, fi, seg, i)
         kind, off, length = codec.OP.unpack_from(ops, j * codec.OP.size)
