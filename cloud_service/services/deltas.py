@@ -43,18 +43,29 @@ def _row(session: Session, base_id: int, target_id: int) -> Delta | None:
                                               Delta.target_version_id == target_id))
 
 
+def _current_format(store: ArtifactStore, digest: str) -> bool:
+    """The stored delta exists and is in the container format this code writes (a delta
+    cached by an older release is encoded again, not served to agents that refuse it)."""
+    from hadmc_core.delta.codec import MAGIC
+
+    if not store.exists(digest):
+        return False
+    with open(store.path(digest), "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def get_delta(*, session: Session, store: ArtifactStore, base: ModelVersion,
               target: ModelVersion, key: Ed25519PrivateKey) -> Delta:
     """The cached delta from ``base`` to ``target``, computed on first request."""
     manifest = ensure_manifest(session=session, store=store, version=target, key=key)
     row = _row(session, base.id, target.id)
     if row is not None and row.manifest_hash == target.manifest_hash \
-            and store.exists(row.artifact_hash):
+            and _current_format(store, row.artifact_hash):
         return row
     blob = encode_delta(store=store, base=base, target=target, signed_manifest=manifest)
     digest, size = store.put_bytes(blob)  # content-addressed: a concurrent twin dedups
     assert target.manifest_hash is not None
-    if row is not None:  # stale (manifest signed again) or its file is gone
+    if row is not None:  # stale (manifest signed again, older format) or its file is gone
         row.artifact_hash, row.size, row.manifest_hash = digest, size, target.manifest_hash
         row.created_at = utcnow()
         session.flush()

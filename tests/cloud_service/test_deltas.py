@@ -125,3 +125,21 @@ def test_concurrent_first_requests_store_one_delta(settings: Settings, pair: tup
     with session_scope(settings.database_url) as s:
         rows = s.scalars(select(Delta).where(Delta.target_version_id == v3)).all()
         assert len(rows) == 1 and store.exists(rows[0].artifact_hash)
+
+
+def test_a_delta_cached_in_an_older_format_is_encoded_again(
+        client: TestClient, auth: dict, pair: tuple, settings: Settings) -> None:
+    from cloud_service.models import Delta
+    from hadmc_core.delta.codec import MAGIC
+
+    v1, v2, _ = pair
+    url = f"/v1/versions/{v2}/delta"
+    first = client.get(url, params={"from": v1}, headers=auth)
+    assert first.status_code == 200 and first.content.startswith(MAGIC)
+    old = b"HDMCDLT2" + first.content[8:]  # what an older release cached
+    digest, size = ArtifactStore(settings.artifact_dir).put_bytes(old)
+    with session_scope(settings.database_url) as s:
+        row = s.query(Delta).filter_by(base_version_id=v1, target_version_id=v2).one()
+        row.artifact_hash, row.size = digest, size
+    again = client.get(url, params={"from": v1}, headers=auth)
+    assert again.status_code == 200 and again.content == first.content
