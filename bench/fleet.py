@@ -103,7 +103,9 @@ def _no_smoke_updater():  # type: ignore[no-untyped-def]
 def _timed_transport(samples: list, errors: dict):  # type: ignore[no-untyped-def]
     import httpx
 
-    class Timed(httpx.HTTPTransport):
+    from edge_agent.client import KEEPALIVE_EXPIRY_SECONDS
+
+    class Timed(httpx.HTTPTransport):  # the agent's own transport settings, timed
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             t0 = time.perf_counter()
             try:
@@ -119,7 +121,7 @@ def _timed_transport(samples: list, errors: dict):  # type: ignore[no-untyped-de
                 errors[key] = errors.get(key, 0) + 1
             return resp
 
-    return Timed()
+    return Timed(limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS))
 
 
 def agent_worker(idx: int, count: int, server: str, token: str, root: str, threads: int,

@@ -47,6 +47,16 @@ def _detail(resp: httpx.Response) -> str:
     return str(body)[:300]
 
 
+#: Idle pooled connections are dropped after this long: below the server's keep-alive
+#: timeout (uvicorn: 5 s), so the agent never sends on a connection that the server is
+#: closing at that moment (that race surfaces as ReadError / RemoteProtocolError).
+KEEPALIVE_EXPIRY_SECONDS = 2.0
+
+
+def default_transport() -> httpx.HTTPTransport:
+    return httpx.HTTPTransport(limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS))
+
+
 class ServerClient:
     """One device's connection to the server. ``credential`` is sent as a bearer token."""
 
@@ -56,7 +66,8 @@ class ServerClient:
                  sleep: Callable[[float], Any] = time.sleep) -> None:
         self.http = httpx.Client(base_url=base_url,
                                  timeout=httpx.Timeout(io_timeout, connect=connect_timeout),
-                                 transport=transport, follow_redirects=False,
+                                 transport=transport or default_transport(),
+                                 follow_redirects=False,
                                  headers={"User-Agent": "hadmc-agent"})
         self.credential = credential
         self.sleep = sleep
