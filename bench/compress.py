@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hadmc_core.settings import get_settings
+
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".hadmc-cache" / "bench"
+# Trained models outlive the checkout (HADMC_CACHE_DIR, default ~/.cache/hadmc).
+CACHE = get_settings().cache_dir / "bench"
 
 
 def baseline_weights(epochs: float) -> Path:

@@ -1,7 +1,7 @@
 """The delta benchmark's five scenarios, made from a ResNet-18 trained by ``hadmc train``.
 
 The base is ``hadmc train --arch resnet18 --stem small --width W --epochs 0.2 --lr 0.05`` on
-Fashion-MNIST (cached under .hadmc-cache/bench/delta-w<W>/):
+Fashion-MNIST (cached under ~/.cache/hadmc/bench/delta-w<W>/, HADMC_CACHE_DIR):
 1. head: retrain only the classifier head (train mode, so BatchNorm statistics drift);
 2. last-stage: fine-tune layer4 + head;
 3. all: fine-tune every layer on 4k samples at a low learning rate (0.002);
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hadmc_core.settings import get_settings
+
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".hadmc-cache" / "bench"
+# Trained models outlive the checkout (HADMC_CACHE_DIR, default ~/.cache/hadmc).
+CACHE = get_settings().cache_dir / "bench"
 BASE_EPOCHS = 0.2
 
 
