@@ -10,16 +10,7 @@ from fastapi import FastAPI
 
 from cloud_service import security
 from cloud_service.api import openapi, problems
-from cloud_service.api.routes import (
-    datasets,
-    deltas,
-    devices,
-    health,
-    jobs,
-    models,
-    rollouts,
-    versions,
-)
+from cloud_service.api.routes import ROUTERS, devices
 from cloud_service.db import get_engine, get_sessionmaker, session_scope
 from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
 from cloud_service.migrate import check_schema
@@ -94,7 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     openapi.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.include_router(health.router)
-    for module in (models, datasets, jobs, versions, deltas, devices, rollouts):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

@@ -123,21 +123,10 @@ def _labels() -> list[tuple[str, str]]:
     below checks this list against the app's OpenAPI document)."""
     from fastapi.routing import APIRoute
 
-    from cloud_service.api.routes import (
-        datasets,
-        deltas,
-        devices,
-        health,
-        jobs,
-        models,
-        rollouts,
-        versions,
-    )
+    from cloud_service.api.routes import ROUTERS
 
-    return sorted((m, r.path) for mod in (health, models, datasets, jobs, versions, deltas,
-                                          devices, rollouts)
-                  for r in mod.router.routes if isinstance(r, APIRoute)
-                  for m in r.methods if r.include_in_schema)
+    return sorted((m, r.path) for router in ROUTERS for r in router.routes
+                  if isinstance(r, APIRoute) for m in r.methods if r.include_in_schema)
 
 
 OPERATIONS = _labels()
