@@ -22,20 +22,18 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
-import psycopg
 
 from cloud_service import migrate, security
 from cloud_service.db import make_engine, utcnow
 from cloud_service.models import Device
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.service import create_database, drop_database, serve  # noqa: E402
+
 
 def setup_database(admin_dsn: str, devices: int) -> tuple[str, str, list[tuple[int, str]]]:
-    name = f"hadmc_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin_dsn.replace("postgresql://", "postgresql+psycopg://") + "/" + name
+    name, url = create_database(admin_dsn, "hadmc_bench")
     migrate.upgrade(url)
     creds = [security.new_token(security.DEVICE_PREFIX) for _ in range(devices)]
     engine = make_engine(url)
@@ -55,17 +53,7 @@ def start_server(url: str, redis_url: str, port: int, workers: int, tmp: Path
            "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
            "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"),
            "HADMC_QUEUE": f"bench_{uuid.uuid4().hex[:6]}"}
-    hadmc = str(Path(sys.executable).parent / "hadmc")
-    proc = subprocess.Popen([hadmc, "serve", "--port", str(port), "--workers", str(workers)],
-                            env=env, stdout=(tmp / "serve.log").open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("hadmc serve did not become ready; see " + str(tmp / "serve.log"))
+    return serve(env, port, workers, tmp / "serve.log")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -192,8 +180,7 @@ def main() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        with psycopg.connect(args.postgres + "/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(args.postgres, name)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 

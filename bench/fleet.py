@@ -54,14 +54,10 @@ def model_pair(width: float) -> tuple[Path, Path]:
 # -- the server ----------------------------------------------------------------------------
 def start_server(tmp: Path, pg: str, redis_url: str, port: int, workers: int
                  ) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    import psycopg
+    from bench.service import create_database, serve
 
-    name = f"hadmc_fleet_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    env = {**os.environ,
-           "HADMC_DATABASE_URL": pg.replace("postgresql://", "postgresql+psycopg://")
-           + "/" + name,
+    name, url = create_database(pg, "hadmc_fleet")
+    env = {**os.environ, "HADMC_DATABASE_URL": url,
            "HADMC_BROKER_URL": redis_url, "HADMC_QUEUE": f"fleet_{uuid.uuid4().hex[:6]}",
            "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
            "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"),
@@ -70,19 +66,8 @@ def start_server(tmp: Path, pg: str, redis_url: str, port: int, workers: int
     subprocess.run([hadmc, "db", "upgrade"], env=env, check=True, capture_output=True)
     token = subprocess.run([hadmc, "token", "create"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    proc = subprocess.Popen([hadmc, "serve", "--port", str(port), "--workers", str(workers)],
-                            env=env, stdout=(tmp / "serve.log").open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    import httpx
-
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc, name, {"Authorization": f"Bearer {token}"}
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"hadmc serve did not become ready; see {tmp / 'serve.log'}")
+    proc = serve(env, port, workers, tmp / "serve.log")
+    return proc, name, {"Authorization": f"Bearer {token}"}
 
 
 # -- the agents (run in worker processes) ---------------------------------------------------
@@ -226,10 +211,9 @@ def main() -> None:
             w.join(120)
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-        import psycopg
+        from bench.service import drop_database
 
-        with psycopg.connect(args.postgres + "/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        drop_database(args.postgres, dbname)
         shutil.rmtree(tmp, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
