@@ -180,6 +180,9 @@ class DevicePublic(Public):
     bytes_downloaded: int = Field(description="Bytes the server sent it (ONNX and deltas).")
     last_seen_at: datetime | None
     created_at: datetime
+    revoked_at: datetime | None = Field(
+        default=None, description="Set by DELETE /v1/devices/{id}; its credential no longer "
+                                  "works.")
 
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]

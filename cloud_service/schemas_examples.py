@@ -58,7 +58,8 @@ LATENCY = {"version_id": 7, "p50_ms": 3.2, "p99_ms": 5.9,
            "operators": {"Conv": [0.41, 0.39], "Gemm": [0.05]}}
 DEVICE = {"id": 5, "name": "camera-17", "profile": PROFILE, "latency": None, "status": "ok",
           "current_version_id": 7, "previous_version_id": 6, "tags": ["line-3"],
-          "bytes_downloaded": 2_310_144, "last_seen_at": NOW, "created_at": NOW}
+          "bytes_downloaded": 2_310_144, "last_seen_at": NOW, "created_at": NOW,
+          "revoked_at": None}
 DEVICE_UPDATE = {"tags": ["line-3", "canary"]}
 PROBLEM = {"type": "about:blank", "title": "Not found", "status": 404,
            "detail": "model version 99 does not exist"}

@@ -163,3 +163,15 @@ def set_tags(*, session: Session, device_id: int, tags: list[str]) -> Device | N
     dev.tags = sorted(set(tags))
     session.flush()
     return dev
+
+
+def revoke_device(*, session: Session, device_id: int) -> Device | None:
+    """Revoke a device: its credential stops working and rollouts no longer select it."""
+    dev = session.get(Device, device_id)
+    if dev is None:
+        return None
+    if dev.revoked_at is not None:
+        raise ConflictError(f"device {device_id} is already revoked")
+    dev.revoked_at = utcnow()
+    session.flush()
+    return dev

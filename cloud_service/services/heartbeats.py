@@ -135,6 +135,12 @@ class HeartbeatRecorder:
         return (update(_devices).where(_devices.c.id == bindparam("b_id"),
                                        _devices.c.revoked_at.is_(None)).values(**values))
 
+    def forget(self, device_id: int) -> None:
+        """Drop a device's cached credentials (it was revoked through this process)."""
+        with self._lock:
+            for key in [k for k in self._auth if k[0] == device_id]:
+                del self._auth[key]
+
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             try:

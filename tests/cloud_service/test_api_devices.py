@@ -96,3 +96,20 @@ def test_enrollment_is_rate_limited(tmp_path: Path, settings: Settings, auth: di
     with TestClient(create_app(limited)) as c:
         codes = [_register(c, "hadmc_e_nope").status_code for _ in range(5)]
     assert codes == [401, 401, 401, 429, 429]
+
+
+def test_a_revoked_device_is_locked_out(client: TestClient, auth: dict) -> None:
+    dev = enroll(client, auth, "stolen")
+    me = {"Authorization": f"Bearer {dev['credential']}"}
+    base = f"/v1/devices/{dev['device_id']}"
+    assert client.post(f"{base}/heartbeat", json={}, headers=me).status_code == 200  # cached
+    r = client.delete(base, headers=auth)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    for method, path in (("POST", "/heartbeat"), ("GET", "/desired"), ("GET", "")):
+        r = client.request(method, base + path, headers=me,
+                           json={} if method == "POST" else None)
+        assert r.status_code == 401, (path, r.text)
+    assert client.delete(base, headers=auth).status_code == 409
+    assert client.delete("/v1/devices/999999", headers=auth).status_code == 404
+    listed = client.get(base, headers=auth).json()
+    assert listed["revoked_at"] is not None

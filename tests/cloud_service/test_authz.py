@@ -40,6 +40,7 @@ ACCESS = {
     ("DELETE", "/v1/enrollment-tokens/{token_id}"): "user",
     ("POST", "/v1/devices/register"): "public",
     ("GET", "/v1/devices"): "user",
+    ("DELETE", "/v1/devices/{device_id}"): "user",
     ("GET", "/v1/devices/{device_id}"): "user_or_own",
     ("PUT", "/v1/devices/{device_id}/profile"): "own",
     ("POST", "/v1/devices/{device_id}/heartbeat"): "own",
@@ -82,7 +83,10 @@ def test_table_covers_every_route(app: FastAPI) -> None:
 @pytest.mark.parametrize("who", list(ALLOWED))
 @pytest.mark.parametrize("method,path", list(ACCESS), ids=[f"{m} {p}" for m, p in ACCESS])
 def test_access(client: TestClient, principals: dict, who: str, method: str, path: str) -> None:
-    url = path.replace("{device_id}", str(principals["own_id"]))
+    target = principals["own_id"]
+    if (method, path) == ("DELETE", "/v1/devices/{device_id}"):  # revokes: not "own"
+        target = enroll(client, principals["user"], "victim")["device_id"]
+    url = path.replace("{device_id}", str(target))
     for name in ("model_id", "dataset_id", "job_id", "version_id", "token_id", "rollout_id"):
         url = url.replace("{" + name + "}", "999999")
     kw: dict = {"headers": dict(principals[who])}

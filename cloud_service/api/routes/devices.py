@@ -242,6 +242,22 @@ def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
     return _found(dev, device_id)
 
 
+@router.delete("/devices/{device_id}", response_model=DevicePublic,
+               summary="Revoke a device (user)", responses=problems(404, 409),
+               description="Its credential stops working at once (a heartbeat answered from "
+                           "another API process's memory may still be accepted for up to a "
+                           "minute; nothing is written for it) and rollouts no longer select "
+                           "it. To use the device again, enroll it anew. Users only. 404 for "
+                           "an unknown id, 409 when already revoked.")
+def revoke_device(device_id: PathId, request: Request, session: SessionDep,
+                  user: CurrentUser) -> DevicePublic:
+    dev = svc.revoke_device(session=session, device_id=device_id)
+    session.commit()
+    if dev is not None and request.app.state.heartbeats is not None:
+        request.app.state.heartbeats.forget(device_id)
+    return _found(dev, device_id)
+
+
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
