@@ -29,7 +29,46 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
+    inline_shared_initializers(path)
     return path
+
+
+def inline_shared_initializers(path: Path) -> int:
+    """Give every consumer of a shared constant its own initializer; returns how many.
+
+    ``torch.onnx.export`` stores identical tensors once (e.g. the all-zero biases that
+    Conv+BN folding leaves) and feeds the other users through ``Identity`` nodes. ONNX
+    Runtime's quantizer cannot quantize a bias that is not an initializer, so such a Conv
+    is not fused into an integer kernel and runs in FP32 between DequantizeLinear and
+    QuantizeLinear: measured on ResNet-18 (small stem, batch 1, AVX-512 VNNI), INT8 8.7 ms
+    vs FP32 5.4 ms with the Identity nodes, 1.6 ms once inlined.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    kept, added = [], 0
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in inits \
+                and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            g.initializer.append(copy)
+            added += 1
+        else:
+            kept.append(node)
+    if added:
+        used = {i for n in kept for i in n.input} | outputs
+        unused = [t for t in g.initializer if t.name not in used]
+        for t in unused:
+            g.initializer.remove(t)
+        del g.node[:]
+        g.node.extend(kept)
+        onnx.save(m, str(path))
+    return added
 
 
 def session(path: Path, threads: int | None = None):

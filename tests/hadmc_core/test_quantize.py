@@ -88,3 +88,27 @@ def test_reduce_range_follows_the_profile():
     assert not quantize.use_reduce_range(cfg, load_profile("x86-avx512-vnni"))
     assert not quantize.use_reduce_range(QuantizeConfig(reduce_range="off"),
                                          load_profile("x86-avx2"))
+
+
+def test_every_conv_bias_is_quantized_so_ort_can_fuse_it(fp32_model, tmp_path):
+    """Biases shared through Identity nodes (torch.onnx.export deduplicates equal tensors)
+    are not quantized, and ONNX Runtime then runs those Conv layers in FP32 between
+    Dequantize/Quantize pairs (INT8 slower than FP32)."""
+    import onnx
+
+    fused, fp32, calib = fp32_model
+    g = onnx.load(str(fp32)).graph
+    inits = {t.name for t in g.initializer}
+    assert not [n for n in g.node if n.op_type == "Identity" and n.input[0] in inits]
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert convs and all(len(c.input) < 3 or c.input[2] in inits for c in convs)
+
+    q = quantize.quantize_qdq(fp32, tmp_path / "int8.onnx", calib,
+                              QuantizeConfig(calib_samples=64), reduce_range=False)
+    g = onnx.load(str(q)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    int32 = {t.name for t in g.initializer if t.data_type == onnx.TensorProto.INT32}
+    for c in (n for n in g.node if n.op_type == "Conv" and len(n.input) > 2):
+        dq = producer.get(c.input[2])
+        assert dq is not None and dq.op_type == "DequantizeLinear", c.name
+        assert dq.input[0] in int32, c.name
