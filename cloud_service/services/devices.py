@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -19,6 +19,8 @@ from cloud_service.models import (
     Rollout,
     RolloutDevice,
 )
+
+R = TypeVar("R", Device, EnrollmentToken)
 
 
 def create_enrollment_token(*, session: Session, name: str, expires_in_seconds: int,
@@ -40,15 +42,20 @@ def list_enrollment_tokens(*, session: Session, offset: int, limit: int
     return list(rows), session.scalar(select(func.count(EnrollmentToken.id))) or 0
 
 
-def revoke_enrollment_token(*, session: Session, token_id: int) -> EnrollmentToken | None:
-    row = session.get(EnrollmentToken, token_id)
+def _revoke(session: Session, row: R | None, what: str) -> R | None:
+    """Set ``revoked_at`` once (409 the second time); None for a missing row."""
     if row is None:
         return None
     if row.revoked_at is not None:
-        raise ConflictError(f"enrollment token {token_id} is already revoked")
+        raise ConflictError(f"{what} is already revoked")
     row.revoked_at = utcnow()
     session.flush()
     return row
+
+
+def revoke_enrollment_token(*, session: Session, token_id: int) -> EnrollmentToken | None:
+    return _revoke(session, session.get(EnrollmentToken, token_id),
+                   f"enrollment token {token_id}")
 
 
 def parse_profile_dict(profile: dict[str, Any]) -> dict[str, Any]:
@@ -167,11 +174,4 @@ def set_tags(*, session: Session, device_id: int, tags: list[str]) -> Device | N
 
 def revoke_device(*, session: Session, device_id: int) -> Device | None:
     """Revoke a device: its credential stops working and rollouts no longer select it."""
-    dev = session.get(Device, device_id)
-    if dev is None:
-        return None
-    if dev.revoked_at is not None:
-        raise ConflictError(f"device {device_id} is already revoked")
-    dev.revoked_at = utcnow()
-    session.flush()
-    return dev
+    return _revoke(session, session.get(Device, device_id), f"device {device_id}")
