@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -114,14 +113,10 @@ def _apply(session: Session, rollout: Rollout, rows: list[RolloutDevice], d: Dec
         rollout.finished_at = now
 
 
-def tick(session: Session, now: datetime,
-         signing_key: Ed25519PrivateKey | None = None) -> list[Decision]:
+def tick(session: Session, now: datetime) -> list[Decision]:
     """One scheduler pass over the active rollouts; returns the decisions taken (waits
-    excluded). The caller commits.
-
-    ``signing_key`` is accepted but unused: rollback orders are signed when a device reads
-    its desired state (``services.desired``), so none is signed ahead of need or goes
-    stale, and the scheduler itself signs nothing."""
+    excluded). The caller commits. It signs nothing: rollback orders are signed when a
+    device reads its desired state (``services.desired``), so none goes stale."""
     taken = []
     rollouts = session.scalars(select(Rollout).where(Rollout.state == "active")
                                .order_by(Rollout.id).with_for_update(skip_locked=True)).all()
