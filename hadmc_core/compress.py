@@ -16,14 +16,15 @@ from typing import Any
 
 from torch import nn
 
+from hadmc_core import calibrate, prune, quantize, report, search
 from hadmc_core import pipeline as pl
-from hadmc_core import prune, report, search
 from hadmc_core.config import PipelineConfig
 from hadmc_core.data import DataSplits
 from hadmc_core.errors import HadmcError
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.models import ArchSpec
 from hadmc_core.progress import ProgressFn, no_progress
+from hadmc_core.train import pick_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,21 @@ def _run(ctx: pl.Context) -> dict[str, Any]:
         with ctx.stage("sensitivity"):
             groups, layers = prune.analyze(ctx.model, ctx.data.train, ctx.cfg.prune,
                                            ctx.example, ctx.progress)
+        if ctx.lat.measure and not ctx.lat.device_table and ctx.cfg.measure.in_graph:
+            with ctx.stage("latency"):
+                calibrate.fit_latency(
+                    ctx.lat, ctx.model, groups, ctx.example, ctx.data.train,
+                    sorted({"fp32", q_precision}),
+                    quantize.use_reduce_range(ctx.cfg.quantize, ctx.profile), ctx.work,
+                    ctx.cfg.prune.round_to or ctx.profile.channel_multiple, ctx.progress)
+        with ctx.stage("sensitivity"):
             full = {g.root: g.channels for g in groups}
             shapes = search.Shapes(groups, layers)
             ctx.precision_ratio = (search.estimate_ms(ctx.lat, shapes, full, q_precision)
                                    / search.estimate_ms(ctx.lat, shapes, full, "fp32"))
+            ctx.floor_fraction = search.floor_fraction(
+                groups, layers, ctx.lat, q_precision,
+                ctx.cfg.prune.round_to or ctx.profile.channel_multiple, ctx.cfg.prune.min_keep)
     fusion = None
     rungs, tried = pl.ladder(ctx), 0
     budget = ctx.cfg.constraints.latency_budget_ms
@@ -145,6 +157,9 @@ def _report(ctx: pl.Context, base, final, best: pl.Candidate, why: list[str],
         "int4_weight_only": ("not applied: ONNX Runtime's INT4 weight-only kernel "
                              "(MatMulNBits) covers MatMul, and these models' compute is "
                              "in Conv layers"),
+        "distill_precision": ("bf16" if use_bf16(ctx.cfg.distill.precision,
+                                                 pick_device(ctx.cfg.distill.device))
+                              else "fp32"),
         "stages_seconds": ctx.timings, "config": ctx.cfg.to_dict(),
         "versions": report.library_versions(),
     }

@@ -58,15 +58,17 @@ class PruneConfig(TechniqueConfig):
     uniform_ratio: float | None = None  # prune every group by this ratio (no search)
     round_to: int | None = None         # channel multiple; None = profile's
     size_weight: float = 1.0            # weight of parameters saved vs latency saved
-    ladder: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.55, 0.75, 1.0])
+    # latency targets tried, most aggressive first: fractions of the latency that pruning
+    # can remove (0 = every group at min_keep, 1 = unpruned)
+    ladder: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.45, 0.65, 1.0])
 
     def validate(self) -> None:
         _check(self.importance in ("taylor", "l1"), "prune.importance: 'taylor' or 'l1'")
         _check(0 < self.min_keep <= 1, "prune.min_keep must be in (0, 1]")
         _check(self.uniform_ratio is None or 0 <= self.uniform_ratio < 1,
                "prune.uniform_ratio must be in [0, 1)")
-        _check(bool(self.ladder) and all(0 < f <= 1 for f in self.ladder),
-               "prune.ladder: latency fractions in (0, 1]")
+        _check(bool(self.ladder) and all(0 <= f <= 1 for f in self.ladder),
+               "prune.ladder: fractions of the removable latency, in [0, 1]")
 
 
 @dataclass
@@ -80,9 +82,11 @@ class DistillConfig(TechniqueConfig):
     beta_feature: float = 1.0           # weight of the feature-alignment term
     feature_stages: int = 2             # align the last N stages of the architecture
     device: str = "auto"
+    precision: str = "auto"             # bf16 autocast where native (auto), or fp32 / bf16
 
     def validate(self) -> None:
         _check(self.epochs > 0, "distill.epochs must be > 0")
+        _check(self.precision in ("auto", "fp32", "bf16"), "distill.precision: auto|fp32|bf16")
         _check(0 <= self.alpha_kd <= 1, "distill.alpha_kd must be in [0, 1]")
         _check(self.temperature > 0, "distill.temperature must be > 0")
 
@@ -109,6 +113,7 @@ class MeasureConfig(TechniqueConfig):
     runs: int = 50
     warmup: int = 10
     threads: int | None = None
+    in_graph: bool = True               # fit the latency model to in-model layer times
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 from hadmc_core.config import DistillConfig
 from hadmc_core.data import Split
 from hadmc_core.progress import ProgressFn, no_progress
-from hadmc_core.train import TrainConfig, batches, fit, pick_device
+from hadmc_core.train import TrainConfig, batches, fit, pick_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
     hooks = _Features(teacher, names)
     logits, feats = [], {k: [] for k in names}
     total = (n + 255) // 256
+    bf16 = use_bf16(cfg.precision, device)
     for i, (x, _y) in enumerate(batches(subset, 256, shuffle=False)):
-        logits.append(teacher(x.to(device)).float().cpu().numpy())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = teacher(x.to(device))
+        logits.append(out.float().cpu().numpy())
         for k in names:
             feats[k].append(hooks.out[k].half().cpu().numpy())
         progress("teacher", i + 1, total)
@@ -127,7 +130,8 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
         return loss
 
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                            weight_decay=5e-4, device=str(device))
+                            weight_decay=5e-4, device=str(device),
+                            bf16=use_bf16(cfg.precision, device))
     try:
         return fit(student, ids, train_cfg, loss_fn=loss_fn,
                    extra_params=list(adapters.parameters()), progress=progress, stage=stage)

@@ -34,7 +34,7 @@ from hadmc_core.models import ArchSpec
 from hadmc_core.onnx_io import export_onnx, measure_latency, onnx_accuracy
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.report import ModelStats
-from hadmc_core.train import TrainConfig, fit
+from hadmc_core.train import TrainConfig, fit, pick_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Context:
     baseline: ModelStats | None = None
     #: estimated latency of the unpruned model at the search precision / at FP32
     precision_ratio: float = 1.0
+    #: estimated latency with every group at its floor / of the unpruned model
+    floor_fraction: float = 0.0
 
     @contextmanager
     def stage(self, name: str):
@@ -139,7 +141,9 @@ def build_student(ctx: Context, fraction: float, groups, layers, precision: str
         with ctx.stage("finetune"):  # plain cross-entropy: no teacher needed
             fit(student, kd.finetune_subset(ctx.data.train, dc),
                 TrainConfig(epochs=dc.epochs, batch_size=dc.batch_size, lr=dc.lr,
-                            device=dc.device), progress=ctx.progress, stage="finetune")
+                            device=dc.device,
+                            bf16=use_bf16(dc.precision, pick_device(dc.device))),
+                progress=ctx.progress, stage="finetune")
     elif dc.enabled:
         with ctx.stage("distill"):
             if ctx.teacher is None:
@@ -250,7 +254,10 @@ def ladder(ctx: Context) -> list[float]:
     pc, cons = ctx.cfg.prune, ctx.cfg.constraints
     if not pc.enabled or pc.uniform_ratio is not None:
         return [1.0]
-    steps = sorted(set(pc.ladder))
+    # Rungs are fractions of the latency pruning can remove (above the floor estimate),
+    # so a rung never asks for less than the floor and crushes every layer to it.
+    floor = ctx.floor_fraction
+    steps = sorted({round(floor + r * (1 - floor), 4) for r in pc.ladder})
     if cons.latency_budget_ms and ctx.baseline:
         # The ladder's fractions are of the unpruned model at the search precision; the
         # budget is measured wall-clock, so scale by the model's FP32-to-INT8 ratio.

@@ -84,11 +84,11 @@ def allocate(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
     full = {g.root: g.channels for g in groups}
     full_ms = estimate_ms(lat, shapes, full, precision)
     if uniform_ratio is not None:
-        keep = {g.root: _round(g.channels * (1 - uniform_ratio), round_to, g.channels)
+        keep = {g.root: round_channels(g.channels * (1 - uniform_ratio), round_to, g.channels)
                 for g in groups}
         return Allocation(keep, estimate_ms(lat, shapes, keep, precision), full_ms)
-    keep = {g.root: _round(g.channels, round_to, g.channels) for g in groups}
-    floor = {g.root: max(round_to, math.ceil(g.channels * min_keep)) for g in groups}
+    keep = {g.root: round_channels(g.channels, round_to, g.channels) for g in groups}
+    floor = {g.root: _floor(g, round_to, min_keep) for g in groups}
     current = estimate_ms(lat, shapes, keep, precision)
     full_params = max(1, params_of(shapes, full))
     target = target_fraction * full_ms
@@ -119,7 +119,23 @@ def allocate(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
     return Allocation(keep, estimate_ms(lat, shapes, keep, precision), full_ms)
 
 
-def _round(n: float, multiple: int, full: int) -> int:
+def floor_fraction(groups: list[Group], layers: dict[str, Layer], lat: LatencyModel,
+                   precision: str, round_to: int = 8, min_keep: float = 0.1) -> float:
+    """Estimated latency with every group at its floor, as a fraction of the full model's:
+    what pruning cannot remove (per-op overheads, layers with no prunable channels)."""
+    shapes = Shapes(groups, layers)
+    full = {g.root: g.channels for g in groups}
+    floor = {g.root: _floor(g, round_to, min_keep) for g in groups}
+    total = estimate_ms(lat, shapes, full, precision)
+    return estimate_ms(lat, shapes, floor, precision) / total if total > 0 else 0.0
+
+
+def _floor(g: Group, round_to: int, min_keep: float) -> int:
+    """Fewest channels a group may keep: ``min_keep`` of them, up to a whole multiple."""
+    return min(g.channels, round_to * max(1, math.ceil(g.channels * min_keep / round_to)))
+
+
+def round_channels(n: float, multiple: int, full: int) -> int:
     """Round a channel count down to the multiple (never to zero, never above full)."""
     if full <= multiple:
         return full

@@ -24,6 +24,22 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+#: CPU flags of native bfloat16 arithmetic (x86 AVX-512 BF16 / AMX, ARMv8.6 BF16).
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def use_bf16(requested: str, device: torch.device) -> bool:
+    """Whether to train/infer under bfloat16 autocast. ``auto``: where the hardware has
+    native bfloat16 (there it is about twice as fast; elsewhere it would be emulated)."""
+    if requested != "auto":
+        return requested == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from hadmc_core.hal.latency import cpu_flags
+
+    return bool(BF16_FLAGS & cpu_flags())
+
+
 def batches(split: Split, batch_size: int, shuffle: bool, seed: int = 0,
             limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(split)
@@ -55,6 +71,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
+    bf16: bool = False          # bfloat16 autocast (weights and optimizer stay FP32)
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,7 +102,8 @@ def fit(model: nn.Module, split: Split, cfg: TrainConfig, loss_fn: LossFn = ce_l
     epoch = 0
     while step < total:
         for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
-            loss = loss_fn(model, x.to(device), y.to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = loss_fn(model, x.to(device), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MEASURE_PRECISIONS = ("fp32", "int8")
+#: Version of the timing graphs; part of the cache key, so a changed graph re-measures.
+TABLE_FORMAT = 2
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 
 
@@ -75,7 +77,7 @@ def _machine_id(threads: int) -> str:
         pass
     import onnxruntime as ort
 
-    raw = f"{cpu}|{ort.__version__}|{threads}"
+    raw = f"{cpu}|{ort.__version__}|{threads}|{TABLE_FORMAT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -96,6 +98,7 @@ class LatencyModel:
         self.threads = threads or profile.threads or os.cpu_count() or 1
         self.device_table = dict(table or {})
         self._fits: dict[str, list[float]] = {}
+        self._graph_fits: dict[str, list[float]] = {}
         self._cache_path: Path | None = None
         if measure:
             from hadmc_core.settings import get_settings
@@ -112,6 +115,8 @@ class LatencyModel:
     def source(self) -> str:
         if self.device_table:
             return "device-table"
+        if self._graph_fits:
+            return "measured-onnxruntime-in-graph"
         return "measured-onnxruntime" if self.measure else "roofline"
 
     def layer_ms(self, geom: LayerGeom, cin: int, cout: int, precision: str,
@@ -121,6 +126,9 @@ class LatencyModel:
         if key in self.device_table:
             a, b = self.device_table[key]
             return a + b * mmacs
+        if key in self._graph_fits:
+            a, b = self._graph_fits[key]
+            return a + b * mmacs
         if self.measure and precision in MEASURE_PRECISIONS:
             if key not in self._fits:
                 self._fits[key] = self._fit(geom, precision, ref or (cin, cout))
@@ -128,6 +136,18 @@ class LatencyModel:
             a, b = self._fits[key]
             return a + b * mmacs
         return self._roofline(geom, cin, cout, precision)
+
+    def fit_in_graph(self, samples: list[tuple[LayerGeom, int, int, str, float]]) -> int:
+        """Fit ``ms = a + b * MMACs`` per geometry and precision to layer times measured
+        inside whole models (``profile_nodes``); these fits then take precedence over the
+        single-layer ones. Returns how many geometry/precision keys were fitted."""
+        by_key: dict[str, list[tuple[float, float]]] = {}
+        for geom, cin, cout, precision, ms in samples:
+            by_key.setdefault(f"{geom.key}|{precision}", []).append(
+                (geom.macs(cin, cout) / 1e6, ms))
+        for key, pts in by_key.items():
+            self._graph_fits[key] = _fit_line([x for x, _ in pts], [y for _, y in pts])
+        return len(by_key)
 
     def _roofline(self, geom: LayerGeom, cin: int, cout: int, precision: str) -> float:
         peaks = self.profile.peak_gops
@@ -171,8 +191,15 @@ def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],
             ci = co
         xs.append(geom.macs(ci, co) / 1e6)
         ys.append(time_layer(geom, ci, co, precision, threads))
-    b, a = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (0.0, float(np.median(ys)))
-    b = max(0.0, float(b))
+    return _fit_line(xs, ys)
+
+
+def _fit_line(xs: list[float], ys: list[float]) -> list[float]:
+    """``[a, b]`` of ``y = a + b * x`` with a, b >= 0 (robust intercept: median residual)."""
+    if len(set(xs)) > 1:
+        b = max(0.0, float(np.polyfit(xs, ys, 1)[0]))
+    else:  # one size only: a line through the origin
+        b = float(np.median(ys)) / max(xs[0], 1e-9)
     a = max(0.0, float(np.median([y - b * x for x, y in zip(xs, ys, strict=True)])))
     return [a, b]
 
@@ -182,7 +209,12 @@ def describe(geom: LayerGeom, cin: int, cout: int) -> dict:
 
 
 def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
-    """A one-layer ONNX model; INT8 as QDQ so ORT runs QLinearConv / integer MatMul.
+    """A one-layer ONNX model as the pipeline's exported graphs run it.
+
+    FP32: Conv (or MatMul) + Relu, which ORT fuses. INT8: the QDQ pattern ORT's static
+    quantizer writes for a folded Conv+ReLU, i.e. uint8 input, int8 weights, an int32
+    bias and an output QuantizeLinear with zero point 0 that absorbs the ReLU, so ORT
+    fuses it into one QLinearConv (MatMul: an integer MatMul) exactly as in the model.
     Written as protobuf bytes directly (no ``onnx`` package), so a device can build it."""
     from hadmc_core.hal import onnxwrite as ow
 
@@ -195,31 +227,41 @@ def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
         xshape, op = [1, cin, geom.h, geom.w], "Conv"
     w = rng.standard_normal(wshape).astype(np.float32) * 0.05
     inits, nodes = [], []
-    x_name, w_name = "x", "w"
+    x_name, w_name, b_name = "x", "w", "b"
     if precision == "int8":
-        inits += [ow.tensor("sx", np.array(0.05, np.float32)),
+        sx, sw = 0.05, 0.002
+        inits += [ow.tensor("sx", np.array(sx, np.float32)),
                   ow.tensor("zx", np.array(128, np.uint8)),
-                  ow.tensor("wq", (w / 0.002).clip(-127, 127).astype(np.int8)),
-                  ow.tensor("sw", np.array(0.002, np.float32)),
+                  ow.tensor("zy", np.array(0, np.uint8)),
+                  ow.tensor("wq", (w / sw).clip(-127, 127).astype(np.int8)),
+                  ow.tensor("sw", np.array(sw, np.float32)),
                   ow.tensor("zw", np.array(0, np.int8))]
         nodes += [ow.node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
                   ow.node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
                   ow.node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"])]
         x_name, w_name = "xd", "wd"
+        if op == "Conv":
+            inits += [ow.tensor("bq", np.zeros(cout, np.int32)),
+                      ow.tensor("sb", np.array(sx * sw, np.float32)),
+                      ow.tensor("zb", np.array(0, np.int32))]
+            nodes.append(ow.node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"]))
+            b_name = "bd"
     else:
         inits.append(ow.tensor("w", w))
+        if op == "Conv":
+            inits.append(ow.tensor("b", np.zeros(cout, np.float32)))
     if op == "Conv":
-        inits.append(ow.tensor("b", np.zeros(cout, np.float32)))
-        nodes.append(ow.node("Conv", [x_name, w_name, "b"], ["y"], kernel_shape=[geom.k] * 2,
-                             strides=[geom.stride] * 2, pads=[geom.k // 2] * 4,
-                             group=cin if dw else 1))
+        nodes.append(ow.node("Conv", [x_name, w_name, b_name], ["y"],
+                             kernel_shape=[geom.k] * 2, strides=[geom.stride] * 2,
+                             pads=[geom.k // 2] * 4, group=cin if dw else 1))
     else:
         nodes.append(ow.node("MatMul", [x_name, w_name], ["y"]))
-    nodes.append(ow.node("Relu", ["y"], ["r"]))
-    out = "r"
     if precision == "int8":
-        nodes += [ow.node("QuantizeLinear", ["r", "sx", "zx"], ["rq"]),
-                  ow.node("DequantizeLinear", ["rq", "sx", "zx"], ["out"])]
+        nodes += [ow.node("QuantizeLinear", ["y", "sx", "zy"], ["yq"]),
+                  ow.node("DequantizeLinear", ["yq", "sx", "zy"], ["out"])]
+        out = "out"
+    else:
+        nodes.append(ow.node("Relu", ["y"], ["out"]))
         out = "out"
     return ow.model(nodes, [ow.value_info("x", xshape)], [ow.value_info(out)], inits,
                     name="layer")
@@ -249,6 +291,60 @@ def time_layer(geom: LayerGeom, cin: int, cout: int, precision: str, threads: in
         if len(times) > 200:
             break
     return statistics.median(times)
+
+
+def profile_nodes(path: Path, threads: int, runs: int = 150, warmup: int = 20
+                  ) -> dict[str, float]:
+    """Median kernel time in ms of every Conv/Gemm/MatMul of an ONNX model as ONNX Runtime
+    really runs it (fused, in its own layout), from ORT's profiler at batch 1.
+
+    Keys are the names of the nodes of ``path``'s graph: ORT's fused kernels are traced
+    back to the node they replaced (``<name>_token_N`` for integer kernels, the output
+    tensor plus ``_nchwc`` for blocked-layout FP32 convolutions, through a fused Relu).
+    """
+    import json
+    import re
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    names = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+
+    def origin(event_name: str) -> str | None:
+        name = re.sub(r"_token_\d+$", "", event_name)
+        if name in names:
+            return name
+        node = producer.get(event_name.removesuffix("_nchwc"))
+        while node is not None and node.name not in names and node.op_type in (
+                "Relu", "Clip", "Add", "BatchNormalization"):
+            node = producer.get(node.input[0])
+        return node.name if node is not None and node.name in names else None
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="hadmc-prof-") as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "p")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        for _ in range(warmup + runs):
+            sess.run(None, {inp.name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    times: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        name = origin(e["name"][: -len("_kernel_time")])
+        if name is not None:
+            times.setdefault(name, []).append(e["dur"] / 1e3)
+    return {n: statistics.median(v[warmup:] or v) for n, v in times.items()}
 
 
 def cpu_flags() -> set[str]:

@@ -52,13 +52,13 @@ def test_report_matches_an_independent_evaluation(compressed, digits):
         assert key in rep["baseline"] and key in rep["compressed"]
     assert rep["compressed"]["params"] < rep["baseline"]["params"]
     assert rep["compressed"]["size_bytes"] < rep["baseline"]["size_bytes"] / 4
-    assert rep["latency_model"] == "measured-onnxruntime"
+    assert rep["latency_model"] == "measured-onnxruntime-in-graph"
     assert rep["fusion"]["fused_conv_bn"] > 0 and rep["fusion"]["max_abs_diff"] < 1e-4
     chosen = [c for c in rep["candidates"] if c["chosen"]]
     assert len(chosen) == 1
     precisions = {layer["precision"] for layer in rep["layers"]}
     assert "int8" in precisions
-    assert set(rep["stages_seconds"]) >= {"baseline", "sensitivity", "prune", "distill",
+    assert set(rep["stages_seconds"]) >= {"baseline", "sensitivity", "latency", "prune", "distill",
                                           "fuse", "quantize", "measure"}
     assert rep["versions"]["onnxruntime"] == ort.__version__
     if rep["constraints"]["met"]:
