@@ -24,7 +24,7 @@ from hadmc_core.errors import HadmcError
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.models import ArchSpec
 from hadmc_core.progress import ProgressFn, no_progress
-from hadmc_core.train import pick_device, use_bf16
+from hadmc_core.train import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,15 @@ def _run(ctx: pl.Context) -> dict[str, Any]:
                     ctx.lat, ctx.model, groups, ctx.example, ctx.data.train,
                     sorted({"fp32", q_precision}),
                     quantize.use_reduce_range(ctx.cfg.quantize, ctx.profile), ctx.work,
-                    ctx.cfg.prune.round_to or ctx.profile.channel_multiple, ctx.progress)
+                    ctx.channel_multiple, ctx.progress)
         with ctx.stage("sensitivity"):
             full = {g.root: g.channels for g in groups}
             shapes = search.Shapes(groups, layers)
             ctx.precision_ratio = (search.estimate_ms(ctx.lat, shapes, full, q_precision)
                                    / search.estimate_ms(ctx.lat, shapes, full, "fp32"))
             ctx.floor_fraction = search.floor_fraction(
-                groups, layers, ctx.lat, q_precision,
-                ctx.cfg.prune.round_to or ctx.profile.channel_multiple, ctx.cfg.prune.min_keep)
+                groups, layers, ctx.lat, q_precision, ctx.channel_multiple,
+                ctx.cfg.prune.min_keep)
     fusion = None
     rungs, tried = pl.ladder(ctx), 0
     budget = ctx.cfg.constraints.latency_budget_ms
@@ -158,8 +158,7 @@ def _report(ctx: pl.Context, base, final, best: pl.Candidate, why: list[str],
                              "(MatMulNBits) covers MatMul, and these models' compute is "
                              "in Conv layers"),
         "distill_precision": ("bf16" if use_bf16(ctx.cfg.distill.precision,
-                                                 pick_device(ctx.cfg.distill.device))
-                              else "fp32"),
+                                                 ctx.cfg.distill.device) else "fp32"),
         "stages_seconds": ctx.timings, "config": ctx.cfg.to_dict(),
         "versions": report.library_versions(),
     }

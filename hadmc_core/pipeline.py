@@ -34,7 +34,7 @@ from hadmc_core.models import ArchSpec
 from hadmc_core.onnx_io import export_onnx, measure_latency, onnx_accuracy
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.report import ModelStats
-from hadmc_core.train import TrainConfig, fit, pick_device, use_bf16
+from hadmc_core.train import TrainConfig, fit, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class Context:
     precision_ratio: float = 1.0
     #: estimated latency with every group at its floor / of the unpruned model
     floor_fraction: float = 0.0
+
+    @property
+    def channel_multiple(self) -> int:
+        """Channel counts round to this: the config's ``prune.round_to`` or the profile's."""
+        return self.cfg.prune.round_to or self.profile.channel_multiple
 
     @contextmanager
     def stage(self, name: str):
@@ -131,7 +136,7 @@ def build_student(ctx: Context, fraction: float, groups, layers, precision: str
         return ctx.model, None
     with ctx.stage("search"):
         alloc = search.allocate(groups, layers, ctx.lat, fraction, precision,
-                                round_to=pc.round_to or ctx.profile.channel_multiple,
+                                round_to=ctx.channel_multiple,
                                 min_keep=pc.min_keep, uniform_ratio=pc.uniform_ratio,
                                 size_weight=pc.size_weight)
     with ctx.stage("prune"):
@@ -142,7 +147,7 @@ def build_student(ctx: Context, fraction: float, groups, layers, precision: str
             fit(student, kd.finetune_subset(ctx.data.train, dc),
                 TrainConfig(epochs=dc.epochs, batch_size=dc.batch_size, lr=dc.lr,
                             device=dc.device,
-                            bf16=use_bf16(dc.precision, pick_device(dc.device))),
+                            bf16=use_bf16(dc.precision, dc.device)),
                 progress=ctx.progress, stage="finetune")
     elif dc.enabled:
         with ctx.stage("distill"):

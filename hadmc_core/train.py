@@ -28,9 +28,11 @@ def pick_device(requested: str = "auto") -> torch.device:
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-def use_bf16(requested: str, device: torch.device) -> bool:
+def use_bf16(requested: str, device: torch.device | str) -> bool:
     """Whether to train/infer under bfloat16 autocast. ``auto``: where the hardware has
     native bfloat16 (there it is about twice as fast; elsewhere it would be emulated)."""
+    if isinstance(device, str):
+        device = pick_device(device)
     if requested != "auto":
         return requested == "bf16"
     if device.type == "cuda":
