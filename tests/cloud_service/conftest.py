@@ -6,6 +6,7 @@ when they are not, the tests fail with a message saying so (they never skip).
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -174,10 +175,13 @@ def insert_version(settings: Settings, model_id: int, number: int, path: Path) -
     from cloud_service.models import ModelVersion
     from cloud_service.storage import ArtifactStore
 
-    digest, size = ArtifactStore(settings.artifact_dir).ingest_file(path)
+    store = ArtifactStore(settings.artifact_dir)
+    digest, size = store.ingest_file(path)
+    report_hash, _ = store.put_bytes(json.dumps({"schema": "test"}).encode())
     with session_scope(settings.database_url) as s:
         row = ModelVersion(model_id=model_id, number=number, profile="x86-avx2",
-                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={})
+                           onnx_hash=digest, onnx_size=size, report_hash=report_hash,
+                           summary={})
         s.add(row)
         s.flush()
         return row.id

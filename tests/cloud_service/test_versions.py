@@ -69,3 +69,23 @@ def test_device_may_download(client: TestClient, auth: dict, version: dict) -> N
 def test_artifact_files_are_hash_named(settings: Settings, version: dict) -> None:
     path = ArtifactStore(settings.artifact_dir).path(version["hash"])
     assert path.name == version["hash"] and Path(path).read_bytes() == version["onnx"]
+
+
+def test_unreadable_stored_report_is_a_clear_problem(client: TestClient, auth: dict,
+                                                     settings: Settings, tiny_model: dict
+                                                     ) -> None:
+    """A report that is not JSON (here: the ONNX bytes) answers a problem naming the
+    version, not an unhandled error."""
+    store = ArtifactStore(settings.artifact_dir)
+    digest, size = store.put_bytes(bytes(range(256)) * 4)
+    with session_scope(settings.database_url) as s:
+        row = ModelVersion(model_id=tiny_model["id"], number=101, profile="x86-avx2",
+                           onnx_hash=digest, onnx_size=size, report_hash=digest, summary={},
+                           constraints_met=True)
+        s.add(row)
+        s.flush()
+        vid = row.id
+    r = client.get(f"/v1/versions/{vid}/report", headers=auth)
+    assert r.status_code == 500 and r.headers["content-type"].startswith("application/problem")
+    assert r.json()["title"] == "Stored data is corrupt"
+    assert f"version {vid}" in r.json()["detail"]
