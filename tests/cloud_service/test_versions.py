@@ -89,3 +89,5 @@ def test_unreadable_stored_report_is_a_clear_problem(client: TestClient, auth: d
     assert r.status_code == 500 and r.headers["content-type"].startswith("application/problem")
     assert r.json()["title"] == "Stored data is corrupt"
     assert f"version {vid}" in r.json()["detail"]
+    with session_scope(settings.database_url) as s:  # leave no corrupt row for later tests
+        s.delete(s.get(ModelVersion, vid))
