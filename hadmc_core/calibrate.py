@@ -57,8 +57,8 @@ def in_graph_samples(model: nn.Module, groups: list[prune.Group], example: torch
                 layer = table.get(tname)
                 if layer is not None and oname in times:
                     samples.append((layer.geom, layer.cin, layer.cout, precision, times[oname]))
-            path.unlink() if path != fp32 else None
-        fp32.unlink()
+        for leftover in work.glob(f"latency-{i}-*.onnx"):
+            leftover.unlink()
         progress("latency", i + 1, len(ratios))
     return samples
 

@@ -267,15 +267,23 @@ def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
                     name="layer")
 
 
-def time_layer(geom: LayerGeom, cin: int, cout: int, precision: str, threads: int,
-               min_runs: int = 15, min_seconds: float = 0.02) -> float:
-    """Median wall-clock ms of one layer at batch 1 in ONNX Runtime."""
+def _session_options(threads: int):
+    """ORT options for timing: ``threads`` intra-op threads, one inter-op, quiet."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    return opts
+
+
+def time_layer(geom: LayerGeom, cin: int, cout: int, precision: str, threads: int,
+               min_runs: int = 15, min_seconds: float = 0.02) -> float:
+    """Median wall-clock ms of one layer at batch 1 in ONNX Runtime."""
+    import onnxruntime as ort
+
+    opts = _session_options(threads)
     sess = ort.InferenceSession(_layer_onnx(geom, cin, cout, precision), opts,
                                 providers=["CPUExecutionProvider"])
     shape = [1, cin] if geom.kind == "linear" else [1, cin, geom.h, geom.w]
@@ -323,10 +331,7 @@ def profile_nodes(path: Path, threads: int, runs: int = 150, warmup: int = 20
             node = producer.get(node.input[0])
         return node.name if node is not None and node.name in names else None
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = _session_options(threads)
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="hadmc-prof-") as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "p")
