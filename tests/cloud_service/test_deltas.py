@@ -23,18 +23,9 @@ def pair(settings: Settings, tiny_model: dict, tmp_path_factory: pytest.TempPath
     w1 = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
     w2 = w1.copy()
     w2[:8] += 0.5  # a small change: most chunks are shared
-    store = ArtifactStore(settings.artifact_dir)
-    report_hash, _ = store.put_bytes(b'{"schema": "test"}')
-    ids = []
-    for number, w in ((201, w1), (202, w2)):
-        digest, size = store.ingest_file(make_onnx(tmp / f"v{number}.onnx", w, batch=1))
-        with session_scope(settings.database_url) as s:
-            row = ModelVersion(model_id=tiny_model["id"], number=number, profile="x86-avx2",
-                               onnx_hash=digest, onnx_size=size,
-                               report_hash=report_hash, summary={}, constraints_met=True)
-            s.add(row)
-            s.flush()
-            ids.append(row.id)
+    ids = [insert_version(settings, tiny_model["id"], number,
+                          make_onnx(tmp / f"v{number}.onnx", w, batch=1))
+           for number, w in ((201, w1), (202, w2))]
     return ids[0], ids[1], (tmp / "v202.onnx").read_bytes()
 
 
