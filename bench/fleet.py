@@ -125,7 +125,8 @@ def agent_worker(idx: int, count: int, server: str, token: str, root: str, threa
     for i in range(count):
         s = AgentSettings(server_url=server, enrollment_token=token, name=f"sim-{idx}-{i}",
                           data_dir=Path(root) / f"a{idx}-{i}", serve_port=0,
-                          latency_table=False, smoke_runs=3)
+                          latency_table=False, smoke_runs=3,
+                          health_window_seconds=0)  # delivery is measured, not health
         a = Agent(s, transport=_timed_transport(samples, errors))
         a.start()
         a.updater = updater_cls(settings=s, store=a.store, client=a.client, key=a.key,

@@ -12,6 +12,7 @@ import httpx
 
 from edge_agent.client import Backoff, ServerClient
 from edge_agent.errors import EnrollmentError, ServerError, SettingsError
+from edge_agent.health import HealthWatch
 from edge_agent.loop import Loop, PeriodicOperation, RateLimitedLog
 from edge_agent.optable import operator_table
 from edge_agent.profile import device_profile
@@ -90,6 +91,9 @@ class Agent:
         self.client = self._client(s.server_url or self.creds.server_url, self.creds.credential)
         self.updater = Updater(settings=s, store=self.store, client=self.client, key=self.key,
                                device_id=self.creds.device_id, state=self.state)
+        self.runtime = ModelRuntime(self.store, s.threads)
+        self.health = HealthWatch(settings=s, store=self.store, state=self.state,
+                                  served=self.runtime.served)
 
         def op(name: str, fn: Callable[[], object], period: float) -> PeriodicOperation:
             return PeriodicOperation(name, fn, period,
@@ -101,11 +105,11 @@ class Agent:
         self.loop = Loop([op("profile", self.send_profile, PROFILE_PERIOD), self.heartbeat_op,
                           op("poll", self.poll, s.poll_seconds),
                           op("update", self.update, s.poll_seconds),
+                          op("health", self.check_health, s.health_check_seconds),
                           self.report_op], clock=self.clock)
         if s.serve_port:
             try:
-                self.server = InferenceServer(ModelRuntime(self.store, s.threads),
-                                              s.serve_port).start()
+                self.server = InferenceServer(self.runtime, s.serve_port).start()
             except OSError as e:
                 raise SettingsError(f"cannot serve on 127.0.0.1:{s.serve_port} ({e.strerror});"
                                     " pass another --serve-port (0 = off)") from e
@@ -144,10 +148,11 @@ class Agent:
         self.desired, self.etag = body, etag or None
 
     def pending_version(self) -> int | None:
-        """The desired version id when an attempt is due now, else None."""
+        """The desired version id when an attempt is due now, else None (also while the
+        server says hold: a paused rollout)."""
         d = self.desired
         vid = d.get("version_id") if d else None
-        if not isinstance(vid, int) or vid == self.state.active:
+        if not isinstance(vid, int) or vid == self.state.active or (d or {}).get("hold"):
             return None
         at = self.failed.get(vid)
         if at is not None and self.clock() - at < self.settings.retry_failed_seconds:
@@ -161,7 +166,7 @@ class Agent:
         self.status = f"updating to {vid}"
         report = self.updater.run(self.desired)
         if report["ok"]:
-            self.status = "ok"
+            self.status = "probation" if self.state.probation else "ok"
             self.failed.pop(vid, None)
         else:
             self.status = f"update to {vid} failed ({report['phase']})"
@@ -169,6 +174,21 @@ class Agent:
             self.state.pending_reports.append({"kind": "updates", "body": report})
             self.store.save_state(self.state)
         # on the next turn: a heartbeat with the new current version, then the report
+        self.heartbeat_op.next_run = self.report_op.next_run = 0.0
+
+    def check_health(self) -> None:
+        """One health check of a version on probation; a failure rolls back (and the
+        version is not tried again before ``retry_failed_seconds``)."""
+        p = self.state.probation
+        outcome = self.health.check()
+        if outcome is None or p is None:
+            return
+        vid = int(p["version_id"])
+        if outcome == "failed":
+            self.failed[vid] = self.clock()
+            self.status = f"version {vid} failed its health window"
+        else:
+            self.status = "ok"
         self.heartbeat_op.next_run = self.report_op.next_run = 0.0
 
     def send_reports(self) -> None:

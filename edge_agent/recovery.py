@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent import verify
 from edge_agent.errors import AgentError
+from edge_agent.health import roll_back
 from edge_agent.store import MANIFEST_FILE, AgentState, Store
 from edge_agent.update import finish_switch
 from hadmc_core.delta import SignedManifest
@@ -47,6 +48,25 @@ class _Checked:
         return self.seen[vid]
 
 
+def _resume_probation(store: Store, st: AgentState, checked: _Checked) -> None:
+    """A probation survives a restart while its version is still the active one; a
+    decided failure finishes its rollback; a version that no longer verifies fails it."""
+    p = st.probation
+    if not p:
+        return
+    vid = int(p["version_id"])
+    if p.get("failed"):
+        roll_back(store, st, lambda v: checked(v) is not None)
+    elif st.active != vid:
+        st.pending_reports.append({"kind": "updates", "body": {
+            **p["report"], "ok": False, "phase": "health", "p50_ms": None, "p95_ms": None,
+            "reason": "the version on probation did not verify after a restart"}})
+        st.probation = None
+    else:
+        log.info("version %d is still on probation until %s", vid, p.get("until"),
+                 extra={"version_id": vid})
+
+
 def recover(store: Store, key: Ed25519PublicKey) -> AgentState:
     """Empty staging, finish or forget an interrupted switch, make ``current`` name a
     verified version (the newest of current / active / previous that verifies), and keep
@@ -75,9 +95,10 @@ def recover(store: Store, key: Ed25519PublicKey) -> AgentState:
         st.active = active
     if st.previous == st.active or not checked(st.previous):
         st.previous = None
+    _resume_probation(store, st, checked)
     signed = checked(active)
-    if signed is not None:
-        m = signed.manifest
+    if signed is not None and st.probation is None:  # a version on probation is not
+        m = signed.manifest  # committed yet: the floor waits for its commit
         st.highest[m.model] = max(st.highest.get(m.model, 0), m.version)
     for vid in store.held():
         if vid not in (st.active, st.previous):

@@ -47,6 +47,14 @@ class ModelRuntime:
         self.lock = threading.Lock()
         self.vid: int | None = None
         self.sess: Any = None
+        #: Per version: [requests run, requests that failed in the runtime] (health checks).
+        self.counts: dict[int, list[int]] = {}
+
+    def served(self, vid: int) -> tuple[int, int]:
+        """(requests, failures) served by version ``vid`` since the agent started."""
+        with self.lock:
+            n, failed = self.counts.get(vid, (0, 0))
+        return n, failed
 
     def session(self) -> tuple[int, Any]:
         vid = self.store.current_vid()
@@ -75,8 +83,16 @@ class ModelRuntime:
         try:
             outs = sess.run(None, feeds)
         except Exception as e:  # noqa: BLE001 - ORT raises its own types
+            self._count(vid, failed=True)
             raise BadRequest(f"inference failed: {str(e)[:300]}") from e
+        self._count(vid, failed=False)
         return vid, dict(zip(names, (np.asarray(o) for o in outs), strict=True))
+
+    def _count(self, vid: int, failed: bool) -> None:
+        with self.lock:
+            c = self.counts.setdefault(vid, [0, 0])
+            c[0] += 1
+            c[1] += int(failed)
 
 
 def _json_feeds(body: bytes, sess_inputs: list[Any]) -> dict[str, np.ndarray]:

@@ -40,6 +40,16 @@ class AgentSettings(BaseSettings):
     max_probe_mb: float = Field(default=64.0, gt=0)
     #: Timed runs (batch 1) of the smoke test for p50 / p95.
     smoke_runs: int = Field(default=30, ge=3)
+    #: Seconds a new version stays on probation after the switch before it is committed
+    #: and reported as a success (0 = commit right after the smoke test).
+    health_window_seconds: float = Field(default=300.0, ge=0)
+    #: Seconds between health checks during the window (probe outputs, latency, errors).
+    health_check_seconds: float = Field(default=15.0, gt=0)
+    #: Most served inference requests that may fail on the new version (fraction).
+    health_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    #: Most p50 latency of the new version against the version before it, timed on this
+    #: device (ratio; 0 = not checked).
+    health_max_latency_ratio: float = Field(default=2.0, ge=0)
     #: Measure and report the per-operator latency table at start.
     latency_table: bool = True
     #: ORT intra-op threads for inference and timing (0 = ONNX Runtime's default).

@@ -45,13 +45,16 @@ class AgentState:
     pending_reports: list[dict[str, Any]] = field(default_factory=list)
     #: Set just before ``current`` is switched; ``recover`` completes or drops it.
     switching: dict[str, Any] | None = None
+    #: The active version while its health window runs (``edge_agent.health``): committed
+    #: at the end of the window, or rolled back to ``previous``.
+    probation: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AgentState:
         return cls(highest={str(k): int(v) for k, v in (d.get("highest") or {}).items()},
                    active=d.get("active"), previous=d.get("previous"),
                    pending_reports=list(d.get("pending_reports") or [])[-50:],
-                   switching=d.get("switching"))
+                   switching=d.get("switching"), probation=d.get("probation"))
 
 
 def fsync_dir(path: Path) -> None:

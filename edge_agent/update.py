@@ -1,5 +1,5 @@
 """One update (or rollback) attempt: signed manifest → files (held, delta or full) →
-verify → smoke test in staging → install → atomic switch → report.
+verify → smoke test in staging → install → atomic switch → probation (``health``) → report.
 
 Every refusal is an UpdateError whose ``phase`` goes into the update report; transient
 network errors (NetworkError) propagate so the loop retries with backoff.
@@ -24,6 +24,7 @@ from edge_agent.errors import (
     UpdateError,
     VerifyError,
 )
+from edge_agent.health import new_probation, time_held
 from edge_agent.settings import AgentSettings
 from edge_agent.smoke import Probe, SmokeResult, load_probe, smoke_test
 from edge_agent.store import MANIFEST_FILE, MODEL_FILE, PROBE_FILE, AgentState, Store
@@ -194,14 +195,27 @@ class Updater:
     # -- switch and report -----------------------------------------------------------------
     def activate(self, a: Attempt, signed: SignedManifest, result: SmokeResult) -> None:
         """Record the intent, switch ``current`` in one rename, then record the outcome.
-        ``recover`` finishes or forgets the intent after a crash in between."""
-        st, m = self.state, signed.manifest
+        ``recover`` finishes or forgets the intent after a crash in between. With a health
+        window the version goes on probation (``edge_agent.health``) and only a
+        ``probation`` report goes out now; the success report waits for the commit."""
+        s, st, m = self.settings, self.state, signed.manifest
         report = self.report(a, ok=True, result=result)
-        latency = {"version_id": a.version_id, "p50_ms": result.p50_ms,
-                   "p99_ms": result.p99_ms}
-        st.switching = {"version_id": a.version_id, "model": m.model, "version": m.version,
-                        "reports": [{"kind": "updates", "body": report},
-                                    {"kind": "latency", "body": latency}]}
+        sw: dict[str, Any] = {"version_id": a.version_id, "model": m.model,
+                              "version": m.version}
+        if s.health_window_seconds > 0:
+            baseline = time_held(self.store, st.active, s.smoke_runs, s.threads) \
+                if s.health_max_latency_ratio > 0 else None
+            sw["probation"] = new_probation(
+                report=report, model=m.model, version=m.version, previous=st.active,
+                window=s.health_window_seconds, baseline_p50=baseline,
+                p95_ms=result.p95_ms, p99_ms=result.p99_ms, rollback=a.rollback)
+            sw["reports"] = [{"kind": "updates", "body": {**report, "phase": "probation"}}]
+        else:
+            sw["reports"] = [{"kind": "updates", "body": report},
+                             {"kind": "latency", "body": {"version_id": a.version_id,
+                                                          "p50_ms": result.p50_ms,
+                                                          "p99_ms": result.p99_ms}}]
+        st.switching = sw
         self.store.save_state(st)
         self.store.switch(a.version_id)
         finish_switch(self.store, st)
@@ -217,8 +231,9 @@ class Updater:
 
 
 def finish_switch(store: Store, st: AgentState) -> None:
-    """After ``current`` names the new version: active/previous, floor, queued reports,
-    and only the two versions kept."""
+    """After ``current`` names the new version: active/previous, probation or floor,
+    queued reports, and only the two versions kept. A version on probation raises the
+    anti-rollback floor only when it is committed."""
     sw = st.switching
     if not sw:
         return
@@ -226,7 +241,9 @@ def finish_switch(store: Store, st: AgentState) -> None:
     if st.active != vid:
         st.previous = st.active
     st.active = vid
-    st.highest[sw["model"]] = max(st.highest.get(sw["model"], 0), int(sw["version"]))
+    st.probation = sw.get("probation")
+    if st.probation is None:
+        st.highest[sw["model"]] = max(st.highest.get(sw["model"], 0), int(sw["version"]))
     st.pending_reports.extend(sw.get("reports", []))
     st.switching = None
     store.save_state(st)

@@ -37,7 +37,8 @@ def settings(tmp_path: Path) -> Callable[..., AgentSettings]:
         base: dict[str, Any] = dict(server_url="http://fake", enrollment_token=TOKEN,
                                     name="dev-1", data_dir=tmp_path / "agent", serve_port=0,
                                     latency_table=False, smoke_runs=5, download_attempts=3,
-                                    backoff_base_seconds=0.01, retry_failed_seconds=3600)
+                                    backoff_base_seconds=0.01, retry_failed_seconds=3600,
+                                    health_window_seconds=0)  # test_health.py: the window
         base.update(kw)
         return AgentSettings(**base)
 

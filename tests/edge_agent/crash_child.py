@@ -62,7 +62,7 @@ def arm(point: str) -> None:
 
 def main() -> int:
     a = Agent(AgentSettings(serve_port=0, latency_table=False, smoke_runs=3,
-                            backoff_base_seconds=0.01))
+                            backoff_base_seconds=0.01, health_window_seconds=0))
     a.start()
     arm(os.environ["CRASH_AT"])
     a.poll()
