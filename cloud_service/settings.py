@@ -43,7 +43,25 @@ class Settings(BaseSettings):
     signing_key_file: Path = Path("./hadmc-signing.key")
     #: Seeds an API token for the user ``admin`` at start (stored hashed).
     admin_token: SecretStr | None = None
+    #: Raw uploads (models, datasets, versions, probes) larger than this get 413.
     max_upload_mb: float = 512.0
+    #: An uploaded ``.npz`` dataset may declare at most this many MiB of arrays once
+    #: inflated (checked from its headers before anything is inflated).
+    max_dataset_decompressed_mb: float = 512.0
+    #: An uploaded dataset may hold at most this many samples.
+    max_dataset_samples: int = 1_000_000
+    #: JSON request bodies larger than this get 413 (from Content-Length, before reading).
+    max_json_body_kb: float = 1024.0
+    #: A JSON body must arrive within this many seconds, and an upload must not pause for
+    #: longer; otherwise 408 and the connection is closed.
+    body_timeout_seconds: float = 30.0
+    #: A connection without a request in progress (headers not complete yet, or idle
+    #: after an answer) is closed after this many seconds.
+    header_timeout_seconds: float = 10.0
+    #: An idle keep-alive connection is closed after this many seconds.
+    keep_alive_seconds: int = 5
+    #: Connections per ``hadmc serve`` worker process; past it new requests get 503.
+    max_connections: int = 1000
     #: Device registrations allowed per client address per minute.
     enroll_rate_per_minute: int = 30
     #: A job is tried at most this many times (a worker that dies counts as a try).
@@ -80,6 +98,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_dataset_decompressed_bytes(self) -> int:
+        return int(self.max_dataset_decompressed_mb * 1024 * 1024)
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        return int(self.max_json_body_kb * 1024)
 
 
 @lru_cache(maxsize=1)

@@ -26,6 +26,14 @@ class DatasetError(HadmcError):
     """A dataset that is missing, malformed, or of the wrong shape or labels."""
 
 
+class DatasetTooLargeError(DatasetError):
+    """A dataset over a size limit; ``limit`` is ``"bytes"`` (decompressed) or ``"samples"``."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class InputFileError(HadmcError):
     """A file that is missing, truncated or corrupt."""
 

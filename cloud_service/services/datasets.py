@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cloud_service.errors import InvalidInputError
+from cloud_service.errors import InvalidInputError, PayloadTooLargeError
 from cloud_service.models import Dataset
+from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 
+#: The setting behind each limit of ``hadmc_core.data.describe_npz``.
+LIMIT_SETTINGS = {"bytes": "HADMC_MAX_DATASET_DECOMPRESSED_MB",
+                  "samples": "HADMC_MAX_DATASET_SAMPLES"}
 
-def describe_npz(store: ArtifactStore, digest: str) -> dict[str, Any]:
-    """Load the stored .npz with hadmc_core (no pickle) and summarize it."""
-    from hadmc_core.data import load_dataset
-    from hadmc_core.errors import HadmcError
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store.link_as(digest, Path(tmp), "data.npz")
-        try:
-            data = load_dataset(str(path))
-        except HadmcError as e:
-            raise InvalidInputError(str(e).replace(str(path), "the upload")) from e
-    return {"num_classes": data.num_classes, "in_channels": data.in_channels,
-            "image_size": list(data.image_size),
-            "samples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+def describe_npz(store: ArtifactStore, digest: str, settings: Settings) -> dict[str, Any]:
+    """Check the stored .npz from its headers (bounded memory, no pickle) and summarize it;
+    PayloadTooLargeError over the dataset limits, InvalidInputError when it is invalid."""
+    from hadmc_core.data import describe_npz
+    from hadmc_core.errors import DatasetTooLargeError, HadmcError
+
+    try:
+        return describe_npz(store.path(digest), max_bytes=settings.max_dataset_decompressed_bytes,
+                            max_samples=settings.max_dataset_samples, source="the upload")
+    except DatasetTooLargeError as e:
+        raise PayloadTooLargeError(f"{e} ({LIMIT_SETTINGS[e.limit]})") from e
+    except HadmcError as e:
+        raise InvalidInputError(str(e)) from e
 
 
 def create_dataset(*, session: Session, name: str, builtin: str | None = None,

@@ -135,15 +135,19 @@ def publish(*, session: Session, store: ArtifactStore, version: ModelVersion,
 
 
 def _member_sizes(path: Path) -> int:
+    """Inflated size of the probe's arrays, from their headers (numpy allocates what a
+    header declares, so each is checked against what its member holds)."""
+    from hadmc_core.data.npzfile import read_headers
+    from hadmc_core.errors import DatasetError
+
     try:
-        with zipfile.ZipFile(path) as z:
-            names = [i.filename for i in z.infolist()]
-            if sorted(names) != sorted(k + ".npy" for k in PROBE_KEYS):
-                raise InvalidInputError(f"a probe holds exactly the arrays "
-                                        f"{', '.join(sorted(PROBE_KEYS))}; got {names[:10]}")
-            return sum(i.file_size for i in z.infolist())
-    except zipfile.BadZipFile as e:
-        raise InvalidInputError(f"not an .npz file: {e}") from e
+        members = read_headers(path, "the probe")
+    except DatasetError as e:
+        raise InvalidInputError(str(e)) from e
+    if set(members) != PROBE_KEYS:
+        raise InvalidInputError(f"a probe holds exactly the arrays "
+                                f"{', '.join(sorted(PROBE_KEYS))}; got {sorted(members)[:10]}")
+    return sum(m.file_size for m in members.values())
 
 
 def validate_probe(path: Path) -> dict[str, Any]:

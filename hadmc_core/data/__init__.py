@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from hadmc_core.errors import DatasetError, UnknownNameError
+from hadmc_core.errors import DatasetError, DatasetTooLargeError, UnknownNameError
 
 BUILTIN = ("fashion-mnist", "digits")
 SPLIT_SEED = 0
+MIN_SAMPLES = 10
+#: Train and validation fractions of a file or folder dataset (test is the rest).
+FILE_SPLIT = (0.80, 0.10)
 
 
 @dataclass
@@ -47,16 +51,25 @@ class DataSplits:
         return int(self.train.x.shape[2]), int(self.train.x.shape[3])
 
 
-def _to_nchw(x: np.ndarray, source: str) -> np.ndarray:
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3, 4) or min(x.shape[2:]) < 4:
+def _nchw_shape(shape: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """The N x C x H x W shape images of ``shape`` take (see ``_to_nchw``)."""
+    out = shape
+    if len(shape) == 3:
+        out = (shape[0], 1, *shape[1:])
+    elif len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        out = (shape[0], shape[3], shape[1], shape[2])
+    if len(out) != 4 or out[1] not in (1, 3, 4) or min(out[2:]) < 4:
         raise DatasetError(
             f"{source}: images must be N x H x W, N x C x H x W or N x H x W x C with C in "
-            f"1, 3, 4 and sides >= 4; got shape {tuple(x.shape)}")
-    return x
+            f"1, 3, 4 and sides >= 4; got shape {tuple(shape)}")
+    return out
+
+
+def _to_nchw(x: np.ndarray, source: str) -> np.ndarray:
+    shape = _nchw_shape(tuple(x.shape), source)
+    if x.ndim == 3:
+        return x[:, None]
+    return x if x.shape == shape else x.transpose(0, 3, 1, 2)
 
 
 def _check_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
@@ -80,13 +93,18 @@ def _normalize(x: np.ndarray, stats_from: np.ndarray) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
+def _split_sizes(n: int, fr: tuple[float, float], name: str) -> tuple[int, int, int]:
+    if n < MIN_SAMPLES:
+        raise DatasetError(f"{name}: need at least {MIN_SAMPLES} samples, got {n}")
+    n_tr, n_va = int(n * fr[0]), int(n * fr[1])
+    return n_tr, n_va, n - n_tr - n_va
+
+
 def _split_by_fraction(x: np.ndarray, y: np.ndarray, fr: tuple[float, float], name: str,
                        num_classes: int | None = None) -> DataSplits:
     n = len(y)
-    if n < 10:
-        raise DatasetError(f"{name}: need at least 10 samples, got {n}")
+    n_tr, n_va, _ = _split_sizes(n, fr, name)
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    n_tr, n_va = int(n * fr[0]), int(n * fr[1])
     idx = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
     classes = num_classes or int(y.max()) + 1
     if y.max() >= classes:
@@ -120,4 +138,43 @@ def load_dataset(name: str, num_classes: int | None = None) -> DataSplits:
         raise UnknownNameError("dataset", name, [*BUILTIN, "<file>.npz", "<image folder>"])
     x = _to_nchw(x, str(path))
     y = _check_labels(y, x.shape[0], str(path))
-    return _split_by_fraction(x, y, (0.80, 0.10), str(path), num_classes)
+    return _split_by_fraction(x, y, FILE_SPLIT, str(path), num_classes)
+
+
+def describe_npz(path: Path, *, max_bytes: int, max_samples: int,
+                 source: str | None = None) -> dict[str, Any]:
+    """What ``load_dataset`` would make of the ``.npz`` at ``path`` (classes, channels, image
+    size, samples per split), with bounded memory: sizes come from the ``.npy`` headers,
+    only the labels are loaded, and the images are read a chunk at a time for their CRCs.
+    DatasetTooLargeError over ``max_bytes`` inflated or ``max_samples``; DatasetError for a
+    file ``load_dataset`` would refuse."""
+    from hadmc_core.data import npzfile
+
+    source = source or str(path)
+    members = npzfile.read_headers(path, source)
+    if "x" not in members or "y" not in members:
+        raise DatasetError(f"{source}: an .npz dataset needs arrays 'x' and 'y', found "
+                           f"{sorted(members)}")
+    inflated = sum(m.file_size for m in members.values())
+    if inflated > max_bytes:
+        raise DatasetTooLargeError(
+            f"{source} inflates to {inflated} bytes, over the limit of {max_bytes} bytes",
+            limit="bytes")
+    x, y = members["x"], members["y"]
+    n = x.shape[0] if x.shape else 0
+    if n > max_samples:
+        raise DatasetTooLargeError(f"{source} holds {n} samples, over the limit of "
+                                   f"{max_samples}", limit="samples")
+    shape = _nchw_shape(x.shape, source)
+    for m in (x, y):
+        if m.dtype.kind not in "biuf":
+            raise DatasetError(f"{source}: array '{m.name}' must be numeric, not {m.dtype}")
+    if y.shape != (n,):
+        raise DatasetError(f"{source}: labels must be a 1-D array of {n} entries, got "
+                           f"{y.shape}")
+    splits = _split_sizes(n, FILE_SPLIT, source)
+    npzfile.verify_members(path, source)
+    labels = _check_labels(npzfile.load_member(path, "y", source), n, source)
+    return {"num_classes": int(labels.max()) + 1, "in_channels": shape[1],
+            "image_size": list(shape[2:]),
+            "samples": dict(zip(("train", "val", "test"), splits, strict=True))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,26 @@ def test_put_probe_rejects_garbage(client: TestClient, auth: dict, published: di
     r = client.put(f"/v1/versions/{published['id']}/probe", content=b"PK\x03\x04nope",
                    headers={**auth, **RAW})
     assert r.status_code == 422, r.text
+
+
+def test_put_probe_refuses_a_header_larger_than_its_data(client: TestClient, auth: dict,
+                                                         published: dict) -> None:
+    """numpy would allocate what `inputs` declares (4 TB) before reading its 64 bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, value in GOOD.items():
+            member = io.BytesIO()
+            if name == "inputs":
+                np.lib.format.write_array_header_1_0(member, {
+                    "descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+                member.write(bytes(64))
+            else:
+                np.lib.format.write_array(member, np.asarray(value))
+            z.writestr(f"{name}.npy", member.getvalue())
+    r = client.put(f"/v1/versions/{published['id']}/probe", content=buf.getvalue(),
+                   headers={**auth, **RAW})
+    assert r.status_code == 422, r.text
+    assert "declares shape (1000000000000,)" in r.json()["detail"]
 
 
 def test_manifest_is_signed_again_only_near_expiry(settings: Settings, published: dict) -> None:

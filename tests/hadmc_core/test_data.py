@@ -84,3 +84,19 @@ def test_random_bytes_are_not_called_pickle(tmp_path) -> None:
     with pytest.raises(DatasetError, match="not a valid .npz file") as e:
         load_dataset(str(bad))
     assert "pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(40, 12, 10), (40, 3, 12, 10), (40, 12, 10, 3)],
+                         ids=["nhw", "nchw", "nhwc"])
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "deflated"])
+def test_describe_npz_agrees_with_load_dataset(tmp_path, shape, save):
+    from hadmc_core.data import describe_npz
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    save(path, x=rng.integers(0, 255, shape, dtype=np.uint8), y=rng.integers(0, 4, 40))
+    d = load_dataset(str(path))
+    assert describe_npz(path, max_bytes=2**20, max_samples=40) == {
+        "num_classes": d.num_classes, "in_channels": d.in_channels,
+        "image_size": list(d.image_size),
+        "samples": {"train": len(d.train), "val": len(d.val), "test": len(d.test)}}

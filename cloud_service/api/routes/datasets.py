@@ -43,15 +43,18 @@ def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) 
              description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), "
                          "streamed as the raw body (`application/octet-stream`); loaded "
                          "without pickle and split 80/10/10. Users only. 413 over the upload "
-                         "limit, 415 for another content type, 422 for a file that is not a "
-                         "valid dataset.")
+                         "limit or over the dataset limits (arrays that inflate past "
+                         "HADMC_MAX_DATASET_DECOMPRESSED_MB, more samples than "
+                         "HADMC_MAX_DATASET_SAMPLES; checked from the headers before "
+                         "anything is inflated), 415 for another content type, 422 for a "
+                         "file that is not a valid dataset.")
 async def upload_dataset(request: Request, session: SessionDep, user: CurrentUser,
                          settings: SettingsDep, store: StoreDep,
                          name: Annotated[str, Query(min_length=1, max_length=200,
                                                     examples=["line-3 defects"])]
                          ) -> DatasetPublic:
     digest, size = await uploads.receive(request, settings, store)
-    details = await run_in_threadpool(svc.describe_npz, store, digest)
+    details = await run_in_threadpool(svc.describe_npz, store, digest, settings)
     row = svc.create_dataset(session=session, name=name, digest=digest, size=size,
                              details=details, owner_id=user.id)
     session.commit()
