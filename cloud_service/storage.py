@@ -25,7 +25,9 @@ CHUNK = 1 << 20
 
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        # Absolute once, so every path handed out (a symlink's target included) works
+        # wherever it is used, whatever the working directory was or becomes.
+        self.root = Path(root).expanduser().resolve()
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 

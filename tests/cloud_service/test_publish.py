@@ -64,6 +64,21 @@ def test_next_publication_gets_the_next_number(client: TestClient, auth: dict,
     assert again["number"] == published["number"] + 1
 
 
+def test_publish_with_a_relative_artifact_dir(settings: Settings, auth: dict, tiny_model: dict,
+                                              onnx_bytes: bytes, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `hadmc serve` in a fresh directory: the default artifact dir is relative."""
+    from cloud_service.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    relative = settings.model_copy(update={"artifact_dir": Path("hadmc-artifacts")})
+    with TestClient(create_app(relative)) as c:
+        version = publish_onnx(c, auth, tiny_model["id"], onnx_bytes)
+        r = c.get(f"/v1/versions/{version['id']}/model.onnx", headers=auth)
+    assert r.status_code == 200 and r.content == onnx_bytes
+    assert (tmp_path / "hadmc-artifacts" / "objects").is_dir()
+
+
 @pytest.mark.parametrize("body,params,status", [
     (b"\x80\x04K\x01.", {"profile": "x86-avx2"}, 422),      # a pickle is not ONNX
     (b"", {"profile": "x86-avx2"}, 422),

@@ -65,3 +65,14 @@ def test_ingest_file_and_bad_digest(tmp_path: Path) -> None:
     assert (digest, size) == (blake3.blake3(b"abc").hexdigest(), 3)
     with pytest.raises(ValueError):
         store.path("../../etc/passwd")
+
+
+def test_relative_root_hands_out_working_paths(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore(Path("artifacts"))
+    digest, _ = store.put_bytes(b"model")
+    (tmp_path / "job").mkdir()
+    assert store.link_as(digest, Path("job"), "model.onnx").read_bytes() == b"model"
+    monkeypatch.chdir(tmp_path / "job")
+    assert store.path(digest).read_bytes() == b"model"
