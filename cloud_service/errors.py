@@ -11,6 +11,10 @@ class ServiceError(HadmcError):
     status = 400
     title = "Bad request"
 
+    def response_headers(self) -> dict[str, str]:
+        """Headers that go with the problem response (none unless a subclass says)."""
+        return {}
+
 
 class NotFoundError(ServiceError):
     status, title = 404, "Not found"
@@ -32,6 +36,28 @@ class PayloadTooLargeError(ServiceError):
 
 class UnsupportedMediaTypeError(ServiceError):
     status, title = 415, "Unsupported media type"
+
+
+class MalformedRangeError(ServiceError):
+    """A download's ``Range`` header that does not parse."""
+
+    def __init__(self, http_range: str, reason: str) -> None:
+        super().__init__(f"{reason.rstrip('.')} (Range: {http_range[:100]!r}); send "
+                         "bytes=START-END, bytes=START- or bytes=-N")
+
+
+class RangeNotSatisfiableError(ServiceError):
+    """A download's ``Range`` that starts beyond the end of the file."""
+
+    status, title = 416, "Range not satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the Range starts beyond the end of the file ({size} bytes); ask "
+                         f"for bytes within 0-{max(size - 1, 0)}")
+        self.size = size
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
 
 
 class AuthenticationError(ServiceError):

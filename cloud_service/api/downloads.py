@@ -8,8 +8,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Message, Receive, Scope, Send
 
+from cloud_service.api.problems import problems
+from cloud_service.errors import MalformedRangeError, RangeNotSatisfiableError
 from cloud_service.services.auth import Principal
 from cloud_service.services.devices import record_download
 from cloud_service.storage import ArtifactStore
@@ -27,16 +30,15 @@ RANGE: dict[str, Any] = {"parameters": [{
 
 
 def octet(what: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for a file download with HTTP Range support (Starlette's
-    FileResponse answers a bad Range itself, in plain text)."""
+    """OpenAPI ``responses`` for a file download with HTTP Range support."""
     def body(part: str) -> dict[str, Any]:
         return {"schema": {"type": "string", "format": "binary"},
                 "example": f"({part} of {what})"}
 
-    def text(description: str, example: str) -> dict[str, Any]:
-        return {"description": description, "content": {"text/plain": {
-            "schema": {"type": "string"}, "example": example}}}
-
+    errors = problems(400, 416)
+    errors[416]["headers"] = {"Content-Range": {
+        "description": "`bytes */SIZE`: the file's size.", "schema": {"type": "string"},
+        "example": "bytes */11240512"}}
     return {200: {"description": f"The whole file ({what}).",
                   "content": {"application/octet-stream": body("the bytes")},
                   "headers": _ETAG},
@@ -47,18 +49,28 @@ def octet(what: str) -> dict[int | str, dict[str, Any]]:
                   "headers": {**_ETAG, "Content-Range": {
                       "description": "The range sent and the file's size.",
                       "schema": {"type": "string"}, "example": "bytes 0-65535/11240512"}}},
-            400: text("A malformed `Range` header.", "Range header: range must be requested"),
-            416: text("The `Range` is outside the file.", "")}
+            **errors}
 
 
 class CountedFileResponse(FileResponse):
     """A FileResponse that reports the body bytes it actually sent (a range's length for
-    206; what got out before a client dropped) to ``on_sent`` once it is done."""
+    206; what got out before a client dropped) to ``on_sent`` once it is done, and whose
+    Range errors are problems (Starlette's own are plain text)."""
 
     def __init__(self, *args: Any, on_sent: Callable[[int], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_sent = on_sent
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        # Raised before anything is sent, so the app's exception handlers answer them.
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as e:
+            raise MalformedRangeError(http_range, e.content) from e
+        except RangeNotSatisfiable as e:
+            raise RangeNotSatisfiableError(e.max_size) from e
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.on_sent is None:

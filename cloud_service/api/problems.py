@@ -20,6 +20,9 @@ _UNDECODABLE = "There was an error parsing the body"  # FastAPI's 400 for a body
 
 # Documented error statuses: (title, when, an example detail).
 _ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("Bad request", "A malformed `Range` header.",
+          "Only support bytes range (Range: 'pages=0-9'); send bytes=START-END, "
+          "bytes=START- or bytes=-N"),
     401: ("Unauthorized", "No bearer token, or an unknown or revoked one.",
           "missing bearer token: send `Authorization: Bearer <token>`"),
     403: ("Forbidden", "A token of the wrong kind (user vs device), or another device's "
@@ -33,6 +36,10 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     415: ("Unsupported media type", "The body is not `application/octet-stream`.",
           "send the file as the raw body with Content-Type: application/octet-stream "
           "(got application/json)"),
+    416: ("Range not satisfiable", "The `Range` starts beyond the end of the file; "
+          "`Content-Range: bytes */SIZE` gives its size.",
+          "the Range starts beyond the end of the file (11240512 bytes); ask for bytes "
+          "within 0-11240511"),
     422: ("Invalid input", "Malformed or invalid parameters, body or file (a JSON body that "
           "does not decode, parse or validate).",
           "query.limit: Input should be less than or equal to 500"),
@@ -77,7 +84,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HadmcError)
     async def _hadmc(request: Request, exc: HadmcError) -> JSONResponse:
         if isinstance(exc, ServiceError):
-            return problem(exc.status, exc.title, str(exc))
+            resp = problem(exc.status, exc.title, str(exc))
+            resp.headers.update(exc.response_headers())
+            return resp
         return problem(422, "Invalid input", str(exc))
 
     @app.exception_handler(RequestValidationError)

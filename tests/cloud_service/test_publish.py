@@ -64,6 +64,25 @@ def test_next_publication_gets_the_next_number(client: TestClient, auth: dict,
     assert again["number"] == published["number"] + 1
 
 
+@pytest.mark.parametrize("range_,status", [
+    ("pages=0-9", 400),
+    ("bytes=abc", 400),
+    ("bytes=20-10", 400),
+    (f"bytes={10**9}-", 416),
+], ids=["other-unit", "not-numeric", "end-before-start", "beyond-the-end"])
+@pytest.mark.parametrize("file", ["model.onnx", "probe"])
+def test_range_errors_are_problems(client: TestClient, auth: dict, published: dict,
+                                   file: str, range_: str, status: int) -> None:
+    url = f"/v1/versions/{published['id']}/{file}"
+    size = len(client.get(url, headers=auth).content)
+    r = client.get(url, headers={**auth, "Range": range_})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == status and "Range" in r.json()["detail"]
+    if status == 416:
+        assert r.headers["content-range"] == f"bytes */{size}"
+
+
 def test_publish_with_a_relative_artifact_dir(settings: Settings, auth: dict, tiny_model: dict,
                                               onnx_bytes: bytes, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

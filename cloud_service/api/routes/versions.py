@@ -102,13 +102,13 @@ def download_onnx(version_id: PathId, request: Request, session: SessionDep,
                         "for an unknown id, 409 when the server cannot make one (several or "
                         "non-float inputs; upload one with PUT).")
 def get_probe(version_id: PathId, session: SessionDep, who: AnyPrincipal,
-              store: StoreDep) -> FileResponse:
+              store: StoreDep) -> CountedFileResponse:
     row = _get(session, version_id)
     digest = publish.ensure_probe(session=session, store=store, version=row)
     session.commit()
-    return FileResponse(store.path(digest), media_type="application/octet-stream",
-                        filename=f"model-{row.model_id}-v{row.number}.probe.npz",
-                        headers={"ETag": f'"{digest}"'})
+    return CountedFileResponse(store.path(digest), media_type="application/octet-stream",
+                               filename=f"model-{row.model_id}-v{row.number}.probe.npz",
+                               headers={"ETag": f'"{digest}"'})
 
 
 @router.put("/{version_id}/probe", response_model=VersionPublic,
