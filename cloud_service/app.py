@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 
 from cloud_service import security
 from cloud_service.api import openapi, problems
@@ -15,7 +16,7 @@ from cloud_service.db import get_engine, get_sessionmaker, session_scope
 from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
 from cloud_service.migrate import check_schema
 from cloud_service.s3store import make_store
-from cloud_service.services.auth import seed_admin_token
+from cloud_service.services.auth import sync_admin_token
 from cloud_service.services.heartbeats import HeartbeatRecorder
 from cloud_service.settings import Settings, get_settings
 
@@ -46,6 +47,16 @@ def _start_background(app: FastAPI, settings: Settings) -> list:
     return threads
 
 
+def _sync_admin_token(settings: Settings) -> None:
+    """``HADMC_ADMIN_TOKEN`` authenticates while it is set, to its current value only."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    try:
+        with session_scope(settings.database_url) as s:
+            sync_admin_token(session=s, token=token)
+    except IntegrityError:  # another worker process of this server seeded it first
+        log.info("HADMC_ADMIN_TOKEN was seeded by another process")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -55,9 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key = security.ensure_signing_key(settings.signing_key_file)
         app.state.signing_key = key  # never served; only its public half is
         app.state.public_key_pem = security.public_key_pem(key)
-        if settings.admin_token is not None:
-            with session_scope(settings.database_url) as s:
-                seed_admin_token(session=s, token=settings.admin_token.get_secret_value())
+        _sync_admin_token(settings)
         threads = _start_background(app, settings)
         if app.state.heartbeats is not None:
             app.state.heartbeats.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 
 import typer
 
@@ -116,7 +117,10 @@ def db_current() -> None:
 
 @token_app.command("create")
 def token_create(user: str = typer.Option("admin", help="User the token belongs to."),
-                 name: str = typer.Option("", help="A label for the token.")) -> None:
+                 name: str = typer.Option("", help="A label for the token."),
+                 expires_days: int | None = typer.Option(
+                     None, min=1, help="Days until the token stops working (default: "
+                                       "never; revoke it with `hadmc token revoke`).")) -> None:
     """Create a user API token and print it (shown once; stored hashed)."""
     from cloud_service.db import session_scope
     from cloud_service.services.auth import create_user_token
@@ -124,8 +128,60 @@ def token_create(user: str = typer.Option("admin", help="User the token belongs 
     settings = _settings()
     _check_schema_or_exit(settings.database_url)
     with session_scope(settings.database_url) as s:
-        token = create_user_token(session=s, user_name=user, token_name=name)
+        token = create_user_token(session=s, user_name=user, token_name=name,
+                                  expires_in_days=expires_days)
     typer.echo(token)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "never"
+
+
+@token_app.command("list")
+def token_list(user: str = typer.Option("", help="Only this user's tokens.")) -> None:
+    """List API tokens (never the secrets): id, user, name, created, expires, state."""
+    from cloud_service.db import session_scope
+    from cloud_service.services.auth import list_api_tokens, token_state, user_names
+
+    settings = _settings()
+    _check_schema_or_exit(settings.database_url)
+    with session_scope(settings.database_url) as s:
+        names = user_names(session=s)
+        ids = [i for i, n in names.items() if n == user]
+        if user and not ids:
+            typer.echo(f"error: no user named {user!r}", err=True)
+            raise typer.Exit(1)
+        rows, _ = list_api_tokens(session=s, user_id=ids[0] if ids else None,
+                                  limit=100_000)
+        typer.echo(f"{'ID':>5}  {'USER':<16} {'NAME':<24} {'CREATED':<16}  {'EXPIRES':<16}  "
+                   "STATE")
+        for r in rows:
+            typer.echo(f"{r.id:>5}  {names.get(r.user_id, '?'):<16.16} {r.name:<24.24} "
+                       f"{_when(r.created_at):<16}  {_when(r.expires_at):<16}  "
+                       f"{token_state(r)}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int = typer.Argument(..., min=1, help="Id from `hadmc token list`.")
+                 ) -> None:
+    """Revoke an API token: it stops working at once (401)."""
+    from cloud_service.db import session_scope
+    from cloud_service.errors import ConflictError
+    from cloud_service.services.auth import revoke_api_token
+
+    settings = _settings()
+    _check_schema_or_exit(settings.database_url)
+    try:
+        with session_scope(settings.database_url) as s:
+            row = revoke_api_token(session=s, token_id=token_id)
+    except ConflictError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    if row is None:
+        typer.echo(f"error: API token {token_id} does not exist (see `hadmc token list`)",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked API token {token_id}")
 
 
 def register(app: typer.Typer) -> None:

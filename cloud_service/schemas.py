@@ -132,6 +132,29 @@ class EnrollmentTokenCreated(EnrollmentTokenPublic):
     token: str = Field(description="Shown once; give it to the devices to enroll.")
 
 
+class ApiTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra=ex.examples(ex.API_TOKEN_CREATE))
+    name: str = Field(default="", max_length=100)
+    expires_in_days: int | None = Field(default=None, gt=0, le=3650,
+                                        description="Days until it stops working; null = "
+                                                    "never expires.")
+
+
+class ApiTokenPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.API_TOKEN))
+    id: int
+    name: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class ApiTokenCreated(ApiTokenPublic):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.API_TOKEN_CREATED))
+    token: str = Field(description="Shown once; send it as `Authorization: Bearer <token>`.")
+
+
 class DeviceRegister(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DEVICE_REGISTER))
     enrollment_token: str = Field(max_length=200)

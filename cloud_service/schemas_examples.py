@@ -39,6 +39,10 @@ TOKEN_CREATE = {"name": "line-3 cameras", "expires_in_seconds": 86400, "max_uses
 TOKEN = {"id": 2, "name": "line-3 cameras", "max_uses": 20, "uses": 3, "expires_at": NOW,
          "revoked_at": None, "created_at": NOW}
 TOKEN_CREATED = {**TOKEN, "uses": 0, "token": "hadmc_e_4n8Qm2VxJc0pTt7yRk5sLw9zHf3bGd1a"}
+API_TOKEN_CREATE = {"name": "ci pipeline", "expires_in_days": 90}
+API_TOKEN = {"id": 4, "name": "ci pipeline", "expires_at": "2027-02-23T15:00:00Z",
+             "revoked_at": None, "created_at": NOW}
+API_TOKEN_CREATED = {**API_TOKEN, "token": "hadmc_u_Xq7Lm3PzR8vTn2WcKd5Hj0BsYf9gEa4u"}
 PROFILE = {"name": "rpi4", "description": "Raspberry Pi 4 Model B 4GB (4 x Cortex-A72)",
            "isa": "arm64", "accelerator": "cpu", "cores": 4, "memory_gb": 4.0,
            "peak_gops": {"fp32": 48.0, "int8": 96.0}, "memory_bandwidth_gbs": 12.8,

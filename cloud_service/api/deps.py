@@ -19,6 +19,8 @@ from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 
 _bearer = HTTPBearer(auto_error=False, description="User API token or device credential.")
+MISSING_TOKEN = "missing bearer token: send `Authorization: Bearer <token>`"
+UNKNOWN_TOKEN = "unknown, expired or revoked token"
 
 
 async def get_settings(request: Request) -> Settings:
@@ -49,13 +51,13 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 def bearer_token(creds: HTTPAuthorizationCredentials | None) -> str:
     if creds is None:
-        raise AuthenticationError("missing bearer token: send `Authorization: Bearer <token>`")
+        raise AuthenticationError(MISSING_TOKEN)
     return creds.credentials
 
 
 def check_own_device(principal: Principal | None, device_id: int) -> Principal:
     if principal is None:
-        raise AuthenticationError("unknown or revoked token")
+        raise AuthenticationError(UNKNOWN_TOKEN)
     if principal.kind != "device":
         raise PermissionDeniedError("this endpoint is for devices; use the device credential "
                                     "from /v1/devices/register")
@@ -70,7 +72,7 @@ def get_principal(session: SessionDep, creds: BearerDep) -> Principal:
     # waits for a thread to run its handler (under load, holding it would drain the pool).
     session.commit()
     if principal is None:
-        raise AuthenticationError("unknown or revoked token")
+        raise AuthenticationError(UNKNOWN_TOKEN)
     return principal
 
 

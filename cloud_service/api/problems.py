@@ -23,7 +23,7 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     400: ("Bad request", "A malformed `Range` header.",
           "Only support bytes range (Range: 'pages=0-9'); send bytes=START-END, "
           "bytes=START- or bytes=-N"),
-    401: ("Unauthorized", "No bearer token, or an unknown or revoked one.",
+    401: ("Unauthorized", "No bearer token, or an unknown, expired or revoked one.",
           "missing bearer token: send `Authorization: Bearer <token>`"),
     403: ("Forbidden", "A token of the wrong kind (user vs device), or another device's "
           "credential.", "a device credential is valid only for its own device"),

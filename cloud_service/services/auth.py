@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cloud_service import security
+from cloud_service.db import page, utcnow
+from cloud_service.errors import ConflictError
 from cloud_service.models import ApiToken, Device, User
+
+log = logging.getLogger(__name__)
+
+#: The name of the token seeded from ``HADMC_ADMIN_TOKEN``.
+ADMIN_TOKEN_NAME = "HADMC_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -17,26 +26,90 @@ class Principal:
     id: int
 
 
+def create_api_token(*, session: Session, user_id: int, name: str = "",
+                     expires_in_days: int | None = None, token: str | None = None
+                     ) -> tuple[ApiToken, str]:
+    """A new token of the user; returns the row and the plaintext token (shown once).
+    ``expires_in_days`` None = never expires."""
+    token = token or security.new_token(security.USER_PREFIX)
+    expires_at = (utcnow() + timedelta(days=expires_in_days)
+                  if expires_in_days is not None else None)
+    row = ApiToken(user_id=user_id, name=name, token_hash=security.hash_token(token),
+                   expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return row, token
+
+
 def create_user_token(*, session: Session, user_name: str, token_name: str = "",
-                      token: str | None = None) -> str:
+                      expires_in_days: int | None = None, token: str | None = None) -> str:
     """Create (or reuse) a user and give it a new token; returns the plaintext token."""
     user = session.scalar(select(User).where(User.name == user_name))
     if user is None:
         user = User(name=user_name)
         session.add(user)
         session.flush()
-    token = token or security.new_token(security.USER_PREFIX)
-    session.add(ApiToken(user_id=user.id, name=token_name, token_hash=security.hash_token(token)))
+    return create_api_token(session=session, user_id=user.id, name=token_name,
+                            expires_in_days=expires_in_days, token=token)[1]
+
+
+def user_names(*, session: Session) -> dict[int, str]:
+    """Every user's name by id."""
+    return {i: n for i, n in session.execute(select(User.id, User.name))}
+
+
+def list_api_tokens(*, session: Session, user_id: int | None = None, offset: int = 0,
+                    limit: int = 1000) -> tuple[list[ApiToken], int]:
+    """Tokens, newest first, of one user or of all users; and their count."""
+    query = select(ApiToken)
+    if user_id is not None:
+        query = query.where(ApiToken.user_id == user_id)
+    return page(session, query, ApiToken.id.desc(), offset, limit)
+
+
+def revoke_api_token(*, session: Session, token_id: int, user_id: int | None = None
+                     ) -> ApiToken | None:
+    """Revoke a token (of ``user_id`` when given); None for a missing row (or another user's),
+    ConflictError when already revoked."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (user_id is not None and row.user_id != user_id):
+        return None
+    if row.revoked_at is not None:
+        raise ConflictError(f"API token {token_id} is already revoked")
+    row.revoked_at = utcnow()
     session.flush()
-    return token
+    return row
 
 
-def seed_admin_token(*, session: Session, token: str) -> None:
-    """Make ``token`` a valid token of the user ``admin`` (idempotent)."""
-    digest = security.hash_token(token)
-    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is None:
-        create_user_token(session=session, user_name="admin", token_name="HADMC_ADMIN_TOKEN",
+def sync_admin_token(*, session: Session, token: str | None) -> None:
+    """Make ``token`` (``HADMC_ADMIN_TOKEN``) a valid token of the user ``admin`` and revoke
+    every token seeded from an earlier value; with ``token`` None, revoke them all."""
+    digest = security.hash_token(token) if token is not None else None
+    res = session.execute(
+        update(ApiToken)
+        .where(ApiToken.name == ADMIN_TOKEN_NAME, ApiToken.revoked_at.is_(None),
+               *([ApiToken.token_hash != digest] if digest is not None else []))
+        .values(revoked_at=utcnow()))
+    if revoked := res.rowcount:  # type: ignore[attr-defined]
+        log.info("revoked %d token(s) seeded from an earlier HADMC_ADMIN_TOKEN", revoked)
+    if token is None:
+        return
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None:
+        create_user_token(session=session, user_name="admin", token_name=ADMIN_TOKEN_NAME,
                           token=token)
+    elif row.revoked_at is not None:
+        log.warning("HADMC_ADMIN_TOKEN is a revoked token and does not authenticate; set a "
+                    "new value")
+
+
+def token_state(row: ApiToken, now: datetime | None = None) -> str:
+    """``active``, ``expired`` or ``revoked``."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
 
 
 def resolve(*, session: Session, token: str) -> Principal | None:
@@ -45,6 +118,7 @@ def resolve(*, session: Session, token: str) -> Principal | None:
         dev_id = session.scalar(select(Device.id).where(Device.credential_hash == digest,
                                                         Device.revoked_at.is_(None)))
         return Principal("device", dev_id) if dev_id is not None else None
-    user_id = session.scalar(select(ApiToken.user_id).where(ApiToken.token_hash == digest,
-                                                            ApiToken.revoked_at.is_(None)))
+    user_id = session.scalar(select(ApiToken.user_id).where(
+        ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None),
+        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow())))
     return Principal("user", user_id) if user_id is not None else None

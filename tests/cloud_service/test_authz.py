@@ -57,6 +57,9 @@ ACCESS = {
     ("POST", "/v1/rollouts/{rollout_id}/resume"): "user",
     ("POST", "/v1/rollouts/{rollout_id}/abort"): "user",
     ("POST", "/v1/rollouts/{rollout_id}/rollback"): "user",
+    ("POST", "/v1/tokens"): "user",
+    ("GET", "/v1/tokens"): "user",
+    ("DELETE", "/v1/tokens/{token_id}"): "user",
 }
 ALLOWED = {
     "none": {"public"},

@@ -95,3 +95,41 @@ def test_0002_upgrades_existing_rows_and_downgrades_on_postgres(redis_url: str) 
 
 def test_0002_upgrades_existing_rows_and_downgrades_on_sqlite(tmp_path: Path) -> None:
     _upgrade_0001_with_rows_then_head(f"sqlite:///{tmp_path / 'h.db'}")
+
+
+def _api_token_expiry_round_trip(url: str) -> None:
+    """A token stored at 0002 survives 0003 and never expires; 0003 goes down and up."""
+    from sqlalchemy import text
+
+    migrate.upgrade(url, "0002")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, name, created_at) "
+                              "VALUES (1, 'old', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO api_tokens (user_id, name, token_hash, created_at) "
+                              "VALUES (1, 'old', 'h', CURRENT_TIMESTAMP)"))
+        migrate.upgrade(url, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name, expires_at FROM api_tokens")).one() == (
+                "old", None)
+        migrate.downgrade(url, "0002")
+        columns = {c["name"] for c in inspect(engine).get_columns("api_tokens")}
+        assert "expires_at" not in columns and "revoked_at" in columns
+        migrate.upgrade(url)
+        columns = {c["name"] for c in inspect(engine).get_columns("api_tokens")}
+        assert "expires_at" in columns
+    finally:
+        engine.dispose()
+
+
+def test_0003_api_token_expiry_on_postgres(redis_url: str) -> None:
+    url = create_database()
+    try:
+        _api_token_expiry_round_trip(url)
+    finally:
+        drop_database(url)
+
+
+def test_0003_api_token_expiry_on_sqlite(tmp_path: Path) -> None:
+    _api_token_expiry_round_trip(f"sqlite:///{tmp_path / 'h.db'}")

@@ -115,7 +115,8 @@ def world(api_schema: schemathesis.BaseSchema, tiny_weights: Path,
     ids = {"model_id": base["id"], "dataset_id": digits["id"], "job_id": job["id"],
            "version_id": v2["id"], "from": v1["id"], "token_id": token["id"],
            "device_id": dev["device_id"], "rollout_id": rollout["id"]}
-    return {"ids": ids, "user": auth, "device": cred, "enrollment_token": enrolling["token"]}
+    return {"ids": ids, "user": auth, "device": cred, "enrollment_token": enrolling["token"],
+            "settings": app.state.settings}
 
 
 def _labels() -> list[tuple[str, str]]:
@@ -157,8 +158,13 @@ def _strategy(op: schemathesis.APIOperation, world: dict) -> st.SearchStrategy:
 def _headers(case: schemathesis.Case, world: dict, as_device: bool) -> dict[str, str]:
     """Device-only operations get the device's credential and its own id (any other id is
     403 before anything else is looked at); read operations that devices may call get it
-    about half of the time; everything else the user token."""
+    about half of the time; revoking an API token a new user's token; everything else the
+    user token."""
     own = world["ids"]["device_id"]
+    if case.method == "DELETE" and case.path == "/v1/tokens/{token_id}":
+        # A user of its own with a new token each time: revoking by a generated id must
+        # never reach the token the other operations use.
+        return {"Authorization": f"Bearer {new_user_token(world['settings'], 'revoker')}"}
     if DEVICE_ONLY.match(case.path):
         case.path_parameters = {**(case.path_parameters or {}), "device_id": own}
         return world["device"]

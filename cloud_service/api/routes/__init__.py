@@ -8,8 +8,9 @@ from cloud_service.api.routes import (
     jobs,
     models,
     rollouts,
+    tokens,
     versions,
 )
 
 ROUTERS = tuple(m.router for m in (health, models, datasets, jobs, versions, deltas, devices,
-                                   rollouts))
+                                   rollouts, tokens))
