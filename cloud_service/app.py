@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
 
 from cloud_service import security
-from cloud_service.api import openapi, problems
+from cloud_service.api import guard, openapi, problems
 from cloud_service.api.routes import ROUTERS, devices
 from cloud_service.db import get_engine, get_sessionmaker, session_scope
 from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.enroll_limiter = devices.RateLimiter()
     problems.install(app)
     openapi.install(app)
+    guard.install(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)

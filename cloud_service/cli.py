@@ -48,14 +48,21 @@ def _check_store_or_exit(settings) -> None:  # type: ignore[no-untyped-def]
 def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
           port: int = typer.Option(8000, help="TCP port."),
           workers: int = typer.Option(1, min=1, help="uvicorn worker processes.")) -> None:
-    """Run the REST API (and, without HADMC_BROKER_URL, an in-process job worker)."""
+    """Run the REST API (and, without HADMC_BROKER_URL, an in-process job worker).
+
+    Connections are bounded: HADMC_MAX_CONNECTIONS per worker process, request headers
+    within HADMC_HEADER_TIMEOUT_SECONDS, bodies within HADMC_BODY_TIMEOUT_SECONDS, JSON
+    bodies up to HADMC_MAX_JSON_BODY_KB."""
     import uvicorn
+
+    from cloud_service.httpserver import uvicorn_options
 
     settings = _settings()
     _check_schema_or_exit(settings.database_url)
     _check_store_or_exit(settings)
     uvicorn.run("cloud_service.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="info", access_log=False)
+                workers=workers, log_level="info", access_log=False,
+                **uvicorn_options(settings))
 
 
 def worker(queues: str = typer.Option("", help="Comma-separated queues (default: HADMC_QUEUE)."),
