@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 from cloud_service import schemas_examples as ex
 
@@ -13,6 +15,26 @@ T = TypeVar("T")
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the database
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _refuse(control: re.Pattern[str]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        found = control.search(value)
+        if found:
+            raise ValueError(f"must not contain control characters (found "
+                             f"{found.group()!r} at position {found.start()})")
+        return value
+
+    return check
+
+
+#: A name or label that is stored (of a model, dataset, device, token, profile, ...): no
+#: control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F). PostgreSQL
+#: cannot store NUL, and the others garble logs, terminals and pages.
+Name = Annotated[str, AfterValidator(_refuse(re.compile(r"[\x00-\x1f\x7f-\x9f]")))]
+#: Stored free text (a reason, a message): as ``Name`` but tab and line breaks are kept.
+Text = Annotated[str, AfterValidator(_refuse(
+    re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")))]
 
 
 class Public(BaseModel):
@@ -39,7 +61,7 @@ class ModelPublic(Public):
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DATASET_CREATE))
     builtin: Literal["fashion-mnist", "digits"] = Field(description="A built-in dataset.")
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = Field(default=None, max_length=200)
 
 
 class DatasetPublic(Public):
@@ -57,8 +79,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.JOB_CREATE))
     model_id: DbId = Field(description="A safetensors model uploaded to /v1/models.")
     dataset_id: DbId = Field(description="A dataset from /v1/datasets.")
-    profile: str = Field(description="Target hardware profile name (GET /v1/profiles).",
-                         max_length=100)
+    profile: Name = Field(description="Target hardware profile name (GET /v1/profiles).",
+                          max_length=100)
     constraints: dict[str, Any] = Field(
         default_factory=dict,
         description="max_accuracy_drop (points), latency_budget_ms, size_budget_mb.")
@@ -111,7 +133,7 @@ class VersionPublic(Public):
 
 class EnrollmentTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.TOKEN_CREATE))
-    name: str = Field(default="", max_length=100)
+    name: Name = Field(default="", max_length=100)
     expires_in_seconds: int = Field(default=86400, gt=0, le=365 * 86400)
     max_uses: int = Field(default=1, gt=0, le=1_000_000)
 
@@ -135,7 +157,7 @@ class EnrollmentTokenCreated(EnrollmentTokenPublic):
 class ApiTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra=ex.examples(ex.API_TOKEN_CREATE))
-    name: str = Field(default="", max_length=100)
+    name: Name = Field(default="", max_length=100)
     expires_in_days: int | None = Field(default=None, gt=0, le=3650,
                                         description="Days until it stops working; null = "
                                                     "never expires.")
@@ -158,7 +180,7 @@ class ApiTokenCreated(ApiTokenPublic):
 class DeviceRegister(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DEVICE_REGISTER))
     enrollment_token: str = Field(max_length=200)
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     profile: dict[str, Any] | None = Field(default=None, description="A hardware profile.")
 
 
@@ -172,7 +194,7 @@ class DeviceRegistered(BaseModel):
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.HEARTBEAT))
     current_version_id: DbId | None = None
-    status: str | None = Field(default=None, max_length=100)
+    status: Name | None = Field(default=None, max_length=100)
 
 
 class HeartbeatAck(BaseModel):

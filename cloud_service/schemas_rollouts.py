@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_service import schemas_examples as ex
-from cloud_service.schemas import DbId, Public, Tag
+from cloud_service.schemas import DbId, Public, Tag, Text
 
 RolloutState = Literal["active", "paused", "completed", "aborted", "rolled_back"]
 DeviceStatus = Literal["pending", "assigned", "succeeded", "failed", "rolled_back"]
@@ -120,7 +120,7 @@ class UpdateReportCreate(BaseModel):
     rollout_id: DbId | None = None
     ok: bool
     phase: Phase
-    reason: str | None = Field(default=None, max_length=4000)
+    reason: Text | None = Field(default=None, max_length=4000)
     p50_ms: float | None = Field(default=None, ge=0, le=1e7)
     p95_ms: float | None = Field(default=None, ge=0, le=1e7)
     bytes_downloaded: int | None = Field(default=None, ge=0, le=2**62)

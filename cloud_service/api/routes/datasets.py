@@ -19,7 +19,7 @@ from cloud_service.api.deps import (
 )
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
-from cloud_service.schemas import DatasetCreate, DatasetPublic, Page
+from cloud_service.schemas import DatasetCreate, DatasetPublic, Name, Page
 from cloud_service.services import datasets as svc
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problems(401, 403, 422))
@@ -50,7 +50,7 @@ def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) 
                          "file that is not a valid dataset.")
 async def upload_dataset(request: Request, session: SessionDep, user: CurrentUser,
                          settings: SettingsDep, store: StoreDep,
-                         name: Annotated[str, Query(min_length=1, max_length=200,
+                         name: Annotated[Name, Query(min_length=1, max_length=200,
                                                     examples=["line-3 defects"])]
                          ) -> DatasetPublic:
     digest, size = await uploads.receive(request, settings, store)

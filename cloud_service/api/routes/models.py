@@ -20,7 +20,7 @@ from cloud_service.api.deps import (
 )
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
-from cloud_service.schemas import ModelPublic, Page, VersionPublic
+from cloud_service.schemas import ModelPublic, Name, Page, VersionPublic
 from cloud_service.services import models as svc
 from cloud_service.services import publish
 from cloud_service.services.jobs import check_profile
@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401,
 async def upload_model(
     request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep,
     store: StoreDep,
-    name: Annotated[str, Query(min_length=1, max_length=200, examples=["resnet18-fashion"])],
+    name: Annotated[Name, Query(min_length=1, max_length=200, examples=["resnet18-fashion"])],
     format: Annotated[Literal["safetensors", "onnx"], Query(examples=["safetensors"])
                       ] = "safetensors",
     arch: Annotated[str | None, Query(description="Zoo architecture name.",
@@ -110,7 +110,7 @@ def _publish(session: SessionDep, store: ArtifactStore, request: Request, model_
                          "for an unknown profile or a file that is not valid ONNX.")
 async def publish_version(model_id: PathId, request: Request, session: SessionDep,
                           user: CurrentUser, settings: SettingsDep, store: StoreDep,
-                          profile: Annotated[str, Query(min_length=1, max_length=100,
+                          profile: Annotated[Name, Query(min_length=1, max_length=100,
                                                         description="Hardware profile name.",
                                                         examples=["x86-avx2"])]
                           ) -> VersionPublic:
