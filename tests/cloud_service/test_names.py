@@ -50,6 +50,8 @@ CASES: dict[str, Request] = {
     "enrollment-token-name": lambda v, f, user: {
         "method": "POST", "url": "/v1/enrollment-tokens", "json": {"name": v},
         "headers": user},
+    "api-token-name": lambda v, f, user: {
+        "method": "POST", "url": "/v1/tokens", "json": {"name": v}, "headers": user},
     "dataset-name": lambda v, f, user: {
         "method": "POST", "url": "/v1/datasets", "json": {"builtin": "digits", "name": v},
         "headers": user},
