@@ -109,6 +109,9 @@ class ModelVersion(Base):
     #: Signed manifest and probe (.npz) in the artifact store; None until computed.
     manifest_hash: Mapped[str | None] = mapped_column(HASH)
     probe_hash: Mapped[str | None] = mapped_column(HASH)
+    #: Inputs and outputs of the graph (name, element type, shape), read from the ONNX file
+    #: once (``services.compat``); None until first needed.
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -187,6 +190,12 @@ class Rollout(Base):
     max_failure_rate: Mapped[float] = mapped_column(Float)
     max_latency_regression: Mapped[float] = mapped_column(Float)
     wave_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    #: An automatic abort (failures, latency regression, timeout) also sends the devices
+    #: that moved back to the version they had.
+    rollback_on_abort: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Allow a version of another model line or input/output signature to replace what a
+    #: device runs.
+    replace_model: Mapped[bool] = mapped_column(Boolean, default=False)
     # active | paused | completed | aborted | rolled_back
     state: Mapped[str] = mapped_column(String(20), index=True, default="active")
     current_wave: Mapped[int] = mapped_column(Integer, default=0)
@@ -198,8 +207,9 @@ class Rollout(Base):
 
 
 class RolloutDevice(Base):
-    """One device's place in a rollout: pending -> assigned -> succeeded | failed ->
-    rolled_back."""
+    """One device's place in a rollout: pending -> assigned -> succeeded | failed |
+    cancelled -> rolled_back; skipped when the version does not fit the device (or the
+    device was revoked) and it is never assigned."""
 
     __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -71,7 +71,8 @@ SELECTOR = {"tags": ["line-3"]}
 ROLLOUT_CREATE = {"version_id": 7, "selector": SELECTOR, "waves": [5, 25, 100],
                   "min_devices_per_wave": 1, "success_threshold": 0.95,
                   "max_failure_rate": 0.2, "max_latency_regression": 0.25,
-                  "wave_timeout_seconds": 900}
+                  "wave_timeout_seconds": 900, "rollback_on_abort": True,
+                  "replace_model": False}
 ROLLOUT = {**ROLLOUT_CREATE, "id": 3, "state": "active", "current_wave": 0,
            "wave_started_at": NOW, "created_by": 1, "created_at": NOW, "updated_at": NOW,
            "finished_at": None, "wave_counts": [{"assigned": 1}, {"pending": 4},
@@ -95,7 +96,7 @@ ROLLBACK_ORDER = {"order": {"kind": "rollback", "device_id": 5, "model": "model-
                             "expires": 1764086400},
                   "signature": SIGNATURE}
 DESIRED = {"version_id": 7, "model_id": 1, "number": 2, "onnx_hash": HASH,
-           "onnx_size": 11_240_512, "rollout_id": 3, "rollback_order": None}
+           "onnx_size": 11_240_512, "rollout_id": 3, "rollback_order": None, "hold": False}
 MANIFEST = {"manifest": {
     "format": "hadmc.manifest/1", "model": "model-1", "version": 2, "created": 1764000000,
     "expires": 1766592000, "chunk_size": 65536, "extra": {}, "root": HASH2,

@@ -11,8 +11,10 @@ from cloud_service import schemas_examples as ex
 from cloud_service.schemas import DbId, Public, Tag, Text
 
 RolloutState = Literal["active", "paused", "completed", "aborted", "rolled_back"]
-DeviceStatus = Literal["pending", "assigned", "succeeded", "failed", "rolled_back"]
-Phase = Literal["manifest", "download", "verify", "smoke", "switch", "rollback", "done"]
+DeviceStatus = Literal["pending", "assigned", "succeeded", "failed", "cancelled", "rolled_back",
+                       "skipped"]
+Phase = Literal["manifest", "download", "verify", "smoke", "switch", "probation", "health",
+                "rollback", "done"]
 
 
 class Selector(BaseModel):
@@ -43,7 +45,15 @@ class RolloutCreate(BaseModel):
     success_threshold: float = Field(default=0.95, ge=0, le=1)
     max_failure_rate: float = Field(default=0.2, ge=0, le=1)
     max_latency_regression: float = Field(default=0.25, ge=0, le=100)
-    wave_timeout_seconds: int = Field(default=900, ge=1, le=30 * 86400)
+    wave_timeout_seconds: int = Field(default=900, ge=1, le=30 * 86400,
+                                      description="Include the agents' health window: a "
+                                                  "device succeeds only once it commits.")
+    rollback_on_abort: bool = Field(default=True, description="An automatic abort also "
+                                    "sends the devices that moved back to the version "
+                                    "they had (signed rollback orders).")
+    replace_model: bool = Field(default=False, description="Allow the version to replace "
+                                "a device's model of another line or with other inputs "
+                                "or outputs; otherwise such devices are skipped.")
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutCreate:
@@ -66,6 +76,8 @@ class RolloutPublic(Public):
     max_failure_rate: float
     max_latency_regression: float
     wave_timeout_seconds: int
+    rollback_on_abort: bool
+    replace_model: bool
     state: RolloutState
     current_wave: int
     wave_started_at: datetime
@@ -154,3 +166,5 @@ class DesiredPublic(BaseModel):
     onnx_size: int | None
     rollout_id: int | None
     rollback_order: RollbackOrder | None
+    hold: bool = Field(default=False, description="Stay on the version you run (the "
+                                                  "rollout is paused); do not update.")

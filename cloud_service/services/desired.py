@@ -20,7 +20,12 @@ from cloud_service.services.publish import model_line
 #: hour) and expire a day after.
 ORDER_BUCKET_SECONDS, ORDER_TTL_SECONDS = 3600, 86400
 NOTHING: dict[str, Any] = {"version_id": None, "model_id": None, "number": None,
-                           "onnx_hash": None, "onnx_size": None, "rollback_order": None}
+                           "onnx_hash": None, "onnx_size": None, "rollback_order": None,
+                           "hold": False}
+#: Rollout rows whose device should run the version it had before the rollout.
+GO_BACK = ("failed", "cancelled", "rolled_back")
+#: Update phases that leave the device running the reported version, committed.
+COMMITTED = ("done", "rollback")
 
 
 def canonical(obj: Any) -> bytes:
@@ -34,7 +39,8 @@ def sign_order(order: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 def _latest_row(session: Session, device_id: int) -> tuple[RolloutDevice, Rollout] | None:
     row = session.execute(
         select(RolloutDevice, Rollout).join(Rollout)
-        .where(RolloutDevice.device_id == device_id, RolloutDevice.status != "pending")
+        .where(RolloutDevice.device_id == device_id,
+               RolloutDevice.status.not_in(("pending", "skipped")))
         .order_by(Rollout.id.desc()).limit(1)).first()
     return (row[0], row[1]) if row is not None else None
 
@@ -53,12 +59,24 @@ def _highest_accepted(session: Session, dev: Device, model_id: int) -> int:
     return reported
 
 
+def _target(dev: Device, rd: RolloutDevice, rollout: Rollout
+            ) -> tuple[int | None, bool]:
+    """(version id the device should run, hold): the rollout's version while it is
+    assigned or succeeded; while the rollout is paused an assigned device holds what it
+    runs; after failure, cancellation or rollback the version it had before."""
+    if rd.status == "assigned" and rollout.state == "paused":
+        return dev.current_version_id, True
+    if rd.status == "succeeded" or (rd.status == "assigned" and rollout.state == "active"):
+        return rollout.version_id, False
+    return rd.from_version_id, False
+
+
 def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,
                   now: datetime | None = None) -> dict[str, Any] | None:
     """The body of ``GET /v1/devices/{id}/desired`` (None when the device does not exist).
 
-    The latest rollout that reached the device decides: assigned or succeeded -> the
-    rollout's version; failed or rolled back -> the version it had before."""
+    The latest rollout that reached the device decides (``_target``). ``hold: true`` tells
+    the agent to stay on what it runs (a paused rollout)."""
     dev = session.get(Device, device_id)
     if dev is None:
         return None
@@ -66,13 +84,12 @@ def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,
     if found is None:
         return {**NOTHING, "rollout_id": None}
     rd, rollout = found
-    target_id = rollout.version_id if rd.status in ("assigned", "succeeded") \
-        else rd.from_version_id
+    target_id, hold = _target(dev, rd, rollout)
     ver = session.get(ModelVersion, target_id) if target_id is not None else None
     if ver is None:
-        return {**NOTHING, "rollout_id": rollout.id}
+        return {**NOTHING, "rollout_id": rollout.id, "hold": hold}
     order = None
-    if ver.number < _highest_accepted(session, dev, ver.model_id):
+    if not hold and ver.number < _highest_accepted(session, dev, ver.model_id):
         issued = int((now or utcnow()).timestamp()) // ORDER_BUCKET_SECONDS \
             * ORDER_BUCKET_SECONDS
         order = sign_order({"kind": "rollback", "device_id": dev.id, "model": model_line(ver),
@@ -80,7 +97,7 @@ def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,
                             "expires": issued + ORDER_TTL_SECONDS}, key)
     return {"version_id": ver.id, "model_id": ver.model_id, "number": ver.number,
             "onnx_hash": ver.onnx_hash, "onnx_size": ver.onnx_size, "rollout_id": rollout.id,
-            "rollback_order": order}
+            "rollback_order": order, "hold": hold}
 
 
 def _report_row(session: Session, device_id: int, version_id: int,
@@ -98,15 +115,20 @@ def _report_row(session: Session, device_id: int, version_id: int,
 
 def _update_rollout_row(rd: RolloutDevice, rollout: Rollout, report: UpdateReport,
                         now: datetime) -> None:
+    """Success counts only once the device committed the rollout's version (after its
+    health window) while the row is still assigned: a report that arrives after an abort
+    or a cancellation changes nothing."""
     if report.version_id == rollout.version_id and rd.status == "assigned" \
-            and rollout.state != "rolled_back":
-        if report.ok and report.phase == "done":
+            and rollout.state in ("active", "paused"):
+        if report.ok and report.phase in COMMITTED:
             rd.status, rd.reason = "succeeded", None
             rd.p50_ms, rd.p95_ms = report.p50_ms, report.p95_ms
+        elif report.ok and report.phase == "probation":
+            rd.reason = "switched; on probation (health window)"
         elif not report.ok:
             rd.status, rd.reason = "failed", f"{report.phase}: {report.reason or 'no reason'}"
         rd.updated_at = now
-    elif report.version_id == rd.from_version_id and rd.status in ("failed", "rolled_back"):
+    elif report.version_id == rd.from_version_id and rd.status in GO_BACK:
         rd.reason = (f"{rd.reason}; " if rd.reason else "") + \
             (f"back on version {report.version_id}" if report.ok
              else f"going back failed at {report.phase}: {report.reason or 'no reason'}")
@@ -115,8 +137,9 @@ def _update_rollout_row(rd: RolloutDevice, rollout: Rollout, report: UpdateRepor
 
 def report_update(*, session: Session, device_id: int, report: dict[str, Any]
                   ) -> UpdateReport | None:
-    """Store an update report; move the device's rollout row; on success (``done`` or an
-    obeyed ``rollback``) the version becomes the device's current one."""
+    """Store an update report and move the device's rollout row. The device runs the
+    reported version after ``probation`` (switched, health window running), ``done`` or an
+    obeyed ``rollback`` (committed); after a failed health window it went back."""
     dev = session.get(Device, device_id)
     if dev is None:
         return None
@@ -131,9 +154,11 @@ def report_update(*, session: Session, device_id: int, report: dict[str, Any]
     found = _report_row(session, device_id, row.version_id or 0, row.rollout_id)
     if found is not None:
         _update_rollout_row(found[0], found[1], row, now)
-    if row.ok and row.phase in ("done", "rollback") \
+    if row.ok and row.phase in (*COMMITTED, "probation") \
             and dev.current_version_id != row.version_id:
         dev.previous_version_id, dev.current_version_id = dev.current_version_id, row.version_id
+    elif not row.ok and row.phase == "health" and dev.current_version_id == row.version_id:
+        dev.current_version_id, dev.previous_version_id = dev.previous_version_id, None
     dev.last_seen_at = now
     session.flush()
     return row

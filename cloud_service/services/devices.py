@@ -173,5 +173,15 @@ def set_tags(*, session: Session, device_id: int, tags: list[str]) -> Device | N
 
 
 def revoke_device(*, session: Session, device_id: int) -> Device | None:
-    """Revoke a device: its credential stops working and rollouts no longer select it."""
-    return _revoke(session, session.get(Device, device_id), f"device {device_id}")
+    """Revoke a device: its credential stops working, rollouts no longer select it, and
+    the open rollouts it has not finished skip it (it leaves its wave's denominator)."""
+    dev = _revoke(session, session.get(Device, device_id), f"device {device_id}")
+    if dev is not None:
+        open_rollouts = select(Rollout.id).where(Rollout.state.in_(("active", "paused")))
+        session.execute(update(RolloutDevice)
+                        .where(RolloutDevice.device_id == device_id,
+                               RolloutDevice.status.in_(("pending", "assigned")),
+                               RolloutDevice.rollout_id.in_(open_rollouts))
+                        .values(status="skipped", reason="device revoked", updated_at=utcnow())
+                        .execution_options(synchronize_session=False))
+    return dev

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from cloud_service.db import page, utcnow
 from cloud_service.errors import ConflictError, InvalidInputError
 from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, RolloutEvent
+from cloud_service.services.compat import misfit
+from cloud_service.storage import ArtifactStore
 
 #: Rollout states in which a device counts as taken (it may be in one such rollout only).
 OPEN = ("active", "paused")
@@ -62,7 +64,8 @@ def select_devices(session: Session, selector: dict[str, Any]) -> list[Device]:
 def _check_free(session: Session, device_ids: list[int]) -> None:
     busy = session.execute(
         select(RolloutDevice.device_id, Rollout.id).join(Rollout)
-        .where(Rollout.state.in_(OPEN), RolloutDevice.device_id.in_(device_ids))
+        .where(Rollout.state.in_(OPEN), RolloutDevice.device_id.in_(device_ids),
+               RolloutDevice.status != "skipped")
         .limit(20)).all()
     if busy:
         pairs = ", ".join(f"device {d} in rollout {r}" for d, r in busy)
@@ -72,31 +75,58 @@ def _check_free(session: Session, device_ids: list[int]) -> None:
 
 def assign_wave(session: Session, rollout: Rollout, wave: int, now: datetime) -> int:
     """Move the wave's pending devices to assigned (their desired version changes now);
-    a device already on the version succeeds at once. Returns how many moved."""
+    a device already on the version succeeds at once, a device revoked since the rollout
+    was created is skipped. Returns how many were assigned."""
     rows = session.execute(
         select(RolloutDevice, Device).join(Device, Device.id == RolloutDevice.device_id)
         .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave,
                RolloutDevice.status == "pending")).all()
+    moved = 0
     for rd, dev in rows:
         rd.from_version_id, rd.updated_at = dev.current_version_id, now
-        if dev.current_version_id == rollout.version_id:
+        if dev.revoked_at is not None:
+            rd.status, rd.reason = "skipped", "device revoked"
+        elif dev.current_version_id == rollout.version_id:
             rd.status, rd.reason = "succeeded", "already on this version"
         else:
             rd.status = "assigned"
-    return len(rows)
+            moved += 1
+    return moved
 
 
-def create_rollout(*, session: Session, spec: dict[str, Any], created_by: int | None
-                   ) -> Rollout:
+def _fits(session: Session, store: ArtifactStore, version: ModelVersion,
+          devices: list[Device], replace_model: bool) -> tuple[list[Device], dict[int, str]]:
+    """The devices the version fits, and why it does not fit each of the others."""
+    fit, why = [], {}
+    for dev in devices:
+        reason = misfit(session=session, store=store, version=version, device=dev,
+                        replace_model=replace_model)
+        if reason is None:
+            fit.append(dev)
+        else:
+            why[dev.id] = reason
+    return fit, why
+
+
+def create_rollout(*, session: Session, store: ArtifactStore, spec: dict[str, Any],
+                   created_by: int | None) -> Rollout:
     if session.get_bind().dialect.name == "postgresql":  # creations one at a time, so two
         # concurrent ones cannot both find a device free (released at commit)
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATE_LOCK})
-    if session.get(ModelVersion, spec["version_id"]) is None:
+    version = session.get(ModelVersion, spec["version_id"])
+    if version is None:
         raise InvalidInputError(f"model version {spec['version_id']} does not exist")
     selector = {k: v for k, v in spec["selector"].items() if v is not None}
-    devices = select_devices(session, selector)
-    if not devices:
+    selected = select_devices(session, selector)
+    if not selected:
         raise InvalidInputError(f"the selector {selector} matches no devices")
+    devices, skipped = _fits(session, store, version, selected,
+                             bool(spec.get("replace_model")))
+    if not devices:
+        reasons = "; ".join(f"device {d}: {r}" for d, r in list(skipped.items())[:10])
+        more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        raise ConflictError(f"version {version.id} fits none of the {len(selected)} selected "
+                            f"devices: {reasons}{more}")
     _check_free(session, [d.id for d in devices])
     now = utcnow()
     rollout = Rollout(**{**spec, "selector": selector}, state="active", current_wave=0,
@@ -109,9 +139,14 @@ def create_rollout(*, session: Session, spec: dict[str, Any], created_by: int | 
         wave = next(k for k, size in enumerate(sizes) if i < size)
         session.add(RolloutDevice(rollout_id=rollout.id, device_id=dev.id, wave=wave,
                                   status="pending", updated_at=now))
+    for dev_id, reason in skipped.items():  # listed in wave 0, never assigned
+        session.add(RolloutDevice(rollout_id=rollout.id, device_id=dev_id, wave=0,
+                                  status="skipped", reason=reason, updated_at=now))
     session.flush()
     add_event(session, rollout, "created", f"{len(devices)} devices in waves of (cumulative) "
-              f"{sizes}", now, devices=len(devices), wave_sizes=sizes)
+              f"{sizes}" + (f"; {len(skipped)} skipped (the version does not fit them)"
+                            if skipped else ""),
+              now, devices=len(devices), wave_sizes=sizes, skipped=len(skipped))
     start_wave(session, rollout, 0, now)
     return rollout
 
@@ -161,13 +196,14 @@ def list_events(*, session: Session, rollout_id: int, offset: int, limit: int
     return page(session, query, RolloutEvent.id, offset, limit)
 
 
-def _roll_back_devices(session: Session, rollout: Rollout, now: datetime) -> dict[str, int]:
-    """Every device that moved goes back to the version it had (a signed order, see
-    ``services.desired``); one without a previous version stays."""
+def roll_back_devices(session: Session, rollout: Rollout, now: datetime) -> dict[str, int]:
+    """Every device that moved (or may have: assigned, cancelled) goes back to the version
+    it had, with a signed order where that is lower (``services.desired``); one without a
+    previous version stays."""
     counts = {"rolled_back": 0, "kept": 0}
     rows = session.scalars(select(RolloutDevice).where(
         RolloutDevice.rollout_id == rollout.id,
-        RolloutDevice.status.in_(("assigned", "succeeded"))))
+        RolloutDevice.status.in_(("assigned", "succeeded", "cancelled"))))
     for rd in rows:
         if rd.from_version_id is None or rd.from_version_id == rollout.version_id:
             rd.reason = "no previous version to go back to; left on this version"
@@ -178,9 +214,22 @@ def _roll_back_devices(session: Session, rollout: Rollout, now: datetime) -> dic
     return counts
 
 
+def cancel_waiting(session: Session, rollout: Rollout, now: datetime, reason: str) -> int:
+    """Assigned devices that have not reported success go back to the version they had
+    (``cancelled``); a late success report does not count. Returns how many."""
+    rows = list(session.scalars(select(RolloutDevice).where(
+        RolloutDevice.rollout_id == rollout.id, RolloutDevice.status == "assigned")))
+    for rd in rows:
+        rd.status, rd.reason, rd.updated_at = "cancelled", reason, now
+    return len(rows)
+
+
 def transition(*, session: Session, rollout_id: int, action: str, by: int | None
                ) -> Rollout | None:
-    """pause | resume | abort | rollback; ConflictError when the state does not allow it."""
+    """pause | resume | abort | rollback; ConflictError when the state does not allow it.
+
+    Pause holds every assigned device on the version it runs until resume; abort sends
+    every device that has not reported success back to the version it had."""
     rollout = get_rollout(session=session, rollout_id=rollout_id, lock=True)
     if rollout is None:
         return None
@@ -191,7 +240,11 @@ def transition(*, session: Session, rollout_id: int, action: str, by: int | None
     now = utcnow()
     details: dict[str, Any] = {"user_id": by}
     if action == "rollback":
-        details.update(_roll_back_devices(session, rollout, now))
+        details.update(roll_back_devices(session, rollout, now))
+    if action == "abort":
+        details["cancelled"] = cancel_waiting(
+            session, rollout, now, f"rollout aborted by user {by} before the device "
+                                   "reported success")
     if action == "resume":  # the wave's timeout restarts: paused time is not counted
         rollout.wave_started_at = now
     if target in ("aborted", "rolled_back") and rollout.finished_at is None:

@@ -9,6 +9,10 @@ passed (devices still without a report then count as failed):
 - success rate >= ``success_threshold`` -> advance to the next wave, or complete;
 - otherwise wait; at the timeout, abort.
 
+Skipped devices (the version does not fit them, or they were revoked) are not counted.
+An abort with ``rollback_on_abort`` also sends the devices that moved back to the version
+they had (signed rollback orders).
+
 Each decision is stored as an event with its reason. Rollout rows are locked with ``FOR
 UPDATE SKIP LOCKED``, so ticks running at once in several processes never decide twice.
 """
@@ -25,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud_service.models import LatencyReport, Rollout, RolloutDevice, UpdateReport
-from cloud_service.services.rollouts import add_event, start_wave
+from cloud_service.services.rollouts import add_event, roll_back_devices, start_wave
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,9 @@ def _apply(session: Session, rollout: Rollout, rows: list[RolloutDevice], d: Dec
         if rd.status == "assigned":  # only reached at the timeout
             rd.status, rd.updated_at = "failed", now
             rd.reason = f"no update report within {rollout.wave_timeout_seconds} s"
+    if d.kind == "abort" and rollout.rollback_on_abort:
+        d.details.update(roll_back_devices(session, rollout, now))
+        d.reason += "; devices that moved are sent back (rollback_on_abort)"
     add_event(session, rollout, d.kind, d.reason, now, **d.details)
     if d.kind == "advance":
         start_wave(session, rollout, rollout.current_wave + 1, now)
@@ -124,7 +131,8 @@ def tick(session: Session, now: datetime) -> list[Decision]:
         while rollout.state == "active":  # an empty wave is passed at once
             rows = list(session.scalars(select(RolloutDevice).where(
                 RolloutDevice.rollout_id == rollout.id,
-                RolloutDevice.wave == rollout.current_wave)))
+                RolloutDevice.wave == rollout.current_wave,
+                RolloutDevice.status != "skipped")))
             d = decide(session, rollout, rows, now)
             if d.kind == "wait":
                 break

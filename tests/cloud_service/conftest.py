@@ -195,10 +195,25 @@ def publish_onnx(client: TestClient, auth: dict[str, str], model_id: int, data: 
     return r.json()
 
 
-def enroll(client: TestClient, auth: dict[str, str], name: str = "dev") -> dict:
+def device_profile(base: str = "x86-avx2", **changes: object) -> dict:
+    """A device's reported profile: a built-in one as an agent with ONNX Runtime reports
+    it (``onnxruntime-cpu-<major.minor>``)."""
+    from hadmc_core.hal import load_profile
+
+    prof = load_profile(base).model_dump(mode="json")
+    prof["runtimes"] = [f"{r}-1.20" for r in prof["runtimes"]]
+    return {**prof, **changes}
+
+
+def enroll(client: TestClient, auth: dict[str, str], name: str = "dev",
+           profile: dict | None = None) -> dict:
+    """A new device, reporting ``profile`` (default: an x86 AVX2 CPU with ONNX Runtime;
+    pass ``{}`` for a device that has not reported one)."""
     r = client.post("/v1/enrollment-tokens", json={"max_uses": 1}, headers=auth)
     assert r.status_code == 201, r.text
+    prof = device_profile() if profile is None else (profile or None)
     r = client.post("/v1/devices/register",
-                    json={"enrollment_token": r.json()["token"], "name": name})
+                    json={"enrollment_token": r.json()["token"], "name": name,
+                          "profile": prof})
     assert r.status_code == 201, r.text
     return r.json()

@@ -6,7 +6,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from cloud_service.api.deps import CurrentUser, Offset, PathId, SessionDep, WideLimit
+from cloud_service.api.deps import (
+    CurrentUser,
+    Offset,
+    PathId,
+    SessionDep,
+    StoreDep,
+    WideLimit,
+)
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
 from cloud_service.models import Rollout
@@ -41,11 +48,15 @@ def _found(session: SessionDep, rollout_id: int) -> Rollout:
 
 @router.post("", status_code=201, response_model=RolloutPublic, summary="Create a rollout",
              responses=problems(409),
-             description="Selects devices, plans the waves and assigns the first one. Users "
-                         "only. 422 for an unknown version, an empty selection or bad waves; "
-                         "409 when a selected device is already in another active rollout.")
-def create_rollout(body: RolloutCreate, session: SessionDep, user: CurrentUser) -> RolloutPublic:
-    row = svc.create_rollout(session=session, spec=body.model_dump(), created_by=user.id)
+             description="Selects devices, plans the waves over those the version fits "
+                         "(the others are listed as `skipped` with the reason) and assigns "
+                         "the first wave. Users only. 422 for an unknown version, an empty "
+                         "selection or bad waves; 409 when a selected device is already in "
+                         "another active rollout or the version fits none of them.")
+def create_rollout(body: RolloutCreate, session: SessionDep, store: StoreDep,
+                   user: CurrentUser) -> RolloutPublic:
+    row = svc.create_rollout(session=session, store=store, spec=body.model_dump(),
+                             created_by=user.id)
     session.commit()
     return _public(session, [row])[0]
 
@@ -110,8 +121,9 @@ def _transition(action: Literal["pause", "resume", "abort", "rollback"], summary
         return _public(session, [row])[0]
 
 
-_transition("pause", "Pause the scheduler's decisions for this rollout")
+_transition("pause", "Pause: assigned devices hold the version they run, no decisions")
 _transition("resume", "Resume a paused rollout (the wave's timeout restarts)")
-_transition("abort", "Abort: no pending device moves")
+_transition("abort", "Abort: no pending device moves; assigned devices that have not "
+                     "reported success go back to the version they had")
 _transition("rollback", "Send every device that moved back to its previous version "
                         "(signed rollback orders)")
