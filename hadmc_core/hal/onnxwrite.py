@@ -93,3 +93,21 @@ def model(nodes: Sequence[bytes], inputs: Sequence[bytes], outputs: Sequence[byt
     opset_id = _str(1, "") + _int(2, opset)
     return (_int(1, ir_version) + _str(2, "hadmc") + _bytes(7, graph)
             + _bytes(8, opset_id))
+
+
+def mlp(widths: Sequence[int], seed: int = 0, scale: float = 0.05) -> bytes:
+    """x[N, widths[0]] → (MatMul → Relu) … → MatMul → y[N, widths[-1]], weights drawn from
+    ``seed``. Versions of one model line share ``widths``; more or wider hidden layers give
+    the same interface at a higher cost."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+        w = (rng.standard_normal((a, b)) * scale * np.sqrt(64 / a)).astype(np.float32)
+        inits.append(tensor(f"w{i}", w))
+        last = i == len(widths) - 2
+        nodes.append(node("MatMul", [prev, f"w{i}"], ["y" if last else f"h{i}"]))
+        if not last:
+            nodes.append(node("Relu", [f"h{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+    return model(nodes, [value_info("x", ["N", widths[0]])],
+                 [value_info("y", ["N", widths[-1]])], inits)

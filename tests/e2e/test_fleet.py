@@ -15,28 +15,37 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
 from hadmc_core.hal import onnxwrite as ow
+from tests.e2e.helpers import (
+    HADMC,
+    ROOT,
+    Agent,
+    Server,
+    database,
+    local_profile,
+    ok,
+    rollout,
+    rollout_state,
+    server_env,
+    start_server,
+    stop,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PG = os.environ.get("HADMC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("HADMC_TEST_REDIS_E2E", "redis://127.0.0.1:6379/13")
 pytestmark = pytest.mark.slow
+__all__ = ["database"]  # the module-scoped fixture
 
 
 def model(head_seed: int) -> bytes:
@@ -53,153 +62,25 @@ def model(head_seed: int) -> bytes:
                     [ow.tensor("w1", w1), ow.tensor("w2", w2), ow.tensor("w3", w3)])
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 60.0,
-             every: float = 0.2) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    import psycopg
-
-    name = f"hadmc_e2e_{uuid.uuid4().hex[:10]}"
-    dsn = PG.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at {dsn} ({e})", pytrace=False)
-    with conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG}/{name}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass
-class Server:
-    url: str
-    admin: httpx.Client
-    proc: subprocess.Popen[bytes]
-    log: Path
-    octet: dict[str, str]
-    artifacts: Path
-
-
 @pytest.fixture(scope="module")
 def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
-    token = secrets.token_urlsafe(24)
-    env = {**os.environ, "HADMC_ENVIRONMENT": "dev", "HADMC_DATABASE_URL": database,
-           "HADMC_BROKER_URL": REDIS, "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
-           "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"), "HADMC_ADMIN_TOKEN": token,
-           "HADMC_ROLLOUT_INTERVAL_SECONDS": "0", "HADMC_RECONCILE_INTERVAL_SECONDS": "0",
-           "HADMC_QUEUE": f"e2e_{uuid.uuid4().hex[:8]}", "PYTHONPATH": str(ROOT)}
-    hadmc = [sys.executable, "-m", "hadmc_core.cli"]
-    subprocess.run([*hadmc, "db", "upgrade"], env=env, check=True, cwd=ROOT,
-                   capture_output=True, timeout=120)
-    port = free_port()
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*hadmc, "serve", "--port", str(port)], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
+    env = server_env(database, tmp, HADMC_BROKER_URL=REDIS, HADMC_ROLLOUT_INTERVAL_SECONDS="0",
+                     HADMC_QUEUE=f"e2e_{uuid.uuid4().hex[:8]}")
+    srv = start_server(env, tmp)
     with (tmp / "worker.log").open("wb") as out:  # the rollout scheduler (beat)
-        worker = subprocess.Popen([*hadmc, "worker", "--beat"], cwd=ROOT, stdout=out,
+        worker = subprocess.Popen([*HADMC, "worker", "--beat"], cwd=ROOT, stdout=out,
                                   stderr=subprocess.STDOUT,
                                   env={**env, "HADMC_ROLLOUT_INTERVAL_SECONDS": "0.5"})
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, "hadmc serve to answer", 60)
-    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                         timeout=120)
-    octet = {"Content-Type": "application/octet-stream"}
-    yield Server(url, admin, proc, log, octet, tmp / "artifacts")
-    admin.close()
-    for p in (worker, proc):
-        p.terminate()
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-class Agent:
-    def __init__(self, i: int, server: Server, token: str, root: Path) -> None:
-        self.name, self.dir = f"agent-{i}", root / f"agent-{i}"
-        self.log = root / f"agent-{i}.log"
-        self.cmd = [sys.executable, "-m", "edge_agent", "--server", server.url,
-                    "--enroll-token", token, "--data-dir", str(self.dir), "--name", self.name,
-                    "--serve-port", "0"]
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "HADMC_AGENT_POLL_SECONDS": "0.3",
-                    "HADMC_AGENT_HEARTBEAT_SECONDS": "2", "HADMC_AGENT_REPORT_SECONDS": "0.3",
-                    "HADMC_AGENT_SMOKE_RUNS": "5", "HADMC_AGENT_THREADS": "1",
-                    "HADMC_AGENT_LATENCY_TABLE": "true" if i == 0 else "false"}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT)
-
-    def current(self) -> int | None:
-        try:
-            return int(os.readlink(self.dir / "current").rsplit("/", 1)[1])
-        except OSError:
-            return None
-
-    def busy(self) -> bool:
-        staging = self.dir / "staging"
-        return staging.is_dir() and any(staging.iterdir())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def ok(resp: httpx.Response, status: int = 200) -> Any:
-    assert resp.status_code == status, f"{resp.request.method} {resp.request.url}: " \
-                                       f"{resp.status_code} {resp.text[:500]}"
-    return resp.json()
-
-
-def rollout(s: Server, version_id: int, waves: list[int]) -> int:
-    body = {"version_id": version_id, "selector": {"all": True}, "waves": waves,
-            "min_devices_per_wave": 1, "success_threshold": 0.95, "max_failure_rate": 0.2,
-            "max_latency_regression": 100.0, "wave_timeout_seconds": 60}
-    return int(ok(s.admin.post("/v1/rollouts", json=body), 201)["id"])
-
-
-def rollout_state(s: Server, rid: int) -> str:
-    return str(ok(s.admin.get(f"/v1/rollouts/{rid}"))["state"])
+    yield srv
+    srv.admin.close()
+    stop(worker, srv.proc)
 
 
 def test_fleet(server: Server, tmp_path: Path) -> None:
     s = server
     versions = {n: model(head) for n, head in ((1, 1), (2, 2), (3, 3), (4, 4))}
-    profile = ok(s.admin.get("/v1/profiles"))["data"][0]
-    profile = profile["name"] if isinstance(profile, dict) else profile
+    profile = local_profile()
     mid = ok(s.admin.post("/v1/models", params={"name": "mlp", "format": "onnx"},
                           content=versions[1], headers=s.octet), 201)["id"]
     vids = {n: ok(s.admin.post(f"/v1/models/{mid}/versions", params={"profile": profile},
