@@ -20,18 +20,21 @@ FAST_CONFIG = {"prune": {"enabled": False}, "distill": {"enabled": False},
                "quantize": {"enabled": False}, "measure": {"runs": 5, "warmup": 2}}
 
 
-def _env(tmp: Path) -> dict[str, str]:
+def _env(tmp: Path, defaults: bool = False) -> dict[str, str]:
+    """The environment of ``hadmc`` in ``tmp``; ``defaults``: every path left at its
+    default (relative to the working directory)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HADMC_")}
-    env.update({"HADMC_DATABASE_URL": f"sqlite:///{tmp / 'hadmc.db'}",
-                "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
-                "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key"),
-                "HADMC_ADMIN_TOKEN": ADMIN})
+    env["HADMC_ADMIN_TOKEN"] = ADMIN
+    if not defaults:
+        env.update({"HADMC_DATABASE_URL": f"sqlite:///{tmp / 'hadmc.db'}",
+                    "HADMC_ARTIFACT_DIR": str(tmp / "artifacts"),
+                    "HADMC_SIGNING_KEY_FILE": str(tmp / "signing.key")})
     return env
 
 
-def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([HADMC, *args], env=_env(tmp), capture_output=True, text=True,
-                          timeout=120)
+def _run(tmp: Path, *args: str, defaults: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([HADMC, *args], env=_env(tmp, defaults), capture_output=True,
+                          text=True, timeout=120, cwd=tmp)
 
 
 def _port() -> int:
@@ -41,9 +44,10 @@ def _port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, defaults: bool = False) -> None:
         self.port, self.log = _port(), tmp / "serve.log"
-        self.proc = subprocess.Popen([HADMC, "serve", "--port", str(self.port)], env=_env(tmp),
+        self.proc = subprocess.Popen([HADMC, "serve", "--port", str(self.port)],
+                                     env=_env(tmp, defaults), cwd=tmp,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -110,3 +114,32 @@ def test_embedded_server_runs_a_job_and_survives_restart(tmp_path: Path,
             assert r.status_code == 206 and len(r.content) == 16
     finally:
         server.stop()
+
+
+def test_publish_on_the_embedded_defaults_from_a_fresh_directory(tmp_path: Path) -> None:
+    """Every path at its relative default (``./hadmc.db``, ``hadmc-artifacts``,
+    ``hadmc-signing.key``): publishing and downloading a version work."""
+    import numpy as np
+
+    from tests.cloud_service.conftest import make_onnx
+
+    assert _run(tmp_path, "db", "upgrade", defaults=True).returncode == 0
+    onnx = make_onnx(tmp_path / "m.onnx", np.ones((4, 2), np.float32)).read_bytes()
+    server = Server(tmp_path, defaults=True)
+    octet = {"Content-Type": "application/octet-stream"}
+    try:
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+            model = c.post("/v1/models", params={"name": "m", "format": "onnx"},
+                           content=onnx, headers=octet)
+            assert model.status_code == 201, model.text
+            version = c.post(f"/v1/models/{model.json()['id']}/versions",
+                             params={"profile": "x86-avx2"}, content=onnx, headers=octet)
+            assert version.status_code == 201, (version.text, server.log.read_text()[-2000:])
+            got = c.get(f"/v1/versions/{version.json()['id']}/model.onnx")
+            assert got.status_code == 200 and got.content == onnx
+            assert c.get(f"/v1/versions/{version.json()['id']}/manifest").status_code == 200
+    finally:
+        server.stop()
+    assert (tmp_path / "hadmc-artifacts" / "objects").is_dir()
+    assert (tmp_path / "hadmc.db").is_file()
