@@ -7,7 +7,8 @@
 3. a compression job for this machine's profile, its progress printed as it runs;
 4. an edge agent (`hadmc-agent run`) enrolls with a one-time token;
 5. a rollout of the compressed version to every device; the agent downloads it, verifies
-   the signed manifest and every hash, smoke-tests it and switches;
+   the signed manifest and every hash, smoke-tests it, switches, and commits it after a
+   10-second health window (the rollout succeeds at the commit);
 6. one Fashion-MNIST test image is classified through the agent's loopback endpoint.
 
 Everything lives under --workdir (default runs/service); both processes are stopped at the end.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -112,7 +114,9 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, required=True)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--profile", default="x86-avx2", help="built-in target profile")
+    ap.add_argument("--profile", default="arm64-generic" if platform.machine() in (
+        "aarch64", "arm64") else "x86-avx2", help="built-in target profile (default: this "
+                    "machine's kind, so the rollout fits the local agent)")
     ap.add_argument("--max-accuracy-drop", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path("runs/service"))
     args = ap.parse_args()
@@ -142,7 +146,10 @@ def main() -> None:
         procs.append(start([str(BIN / "hadmc-agent"), "run", "--server", str(api.base_url),
                             "--enroll-token", enroll, "--data-dir", str(work / "agent"),
                             "--serve-port", str(agent_port), "--name", "demo-agent"],
-                           {**env, "HADMC_AGENT_POLL_SECONDS": "2"}, work / "agent.log"))
+                           {**env, "HADMC_AGENT_POLL_SECONDS": "2",
+                            # commit after 10 s of health checks (default: 5 minutes)
+                            "HADMC_AGENT_HEALTH_WINDOW_SECONDS": "10",
+                            "HADMC_AGENT_HEALTH_CHECK_SECONDS": "2"}, work / "agent.log"))
         wait_for("agent enrollment", lambda: api.get("/v1/devices").json()["count"], 60)
         print(f"hadmc-agent enrolled (data dir {work}/agent; log {work}/agent.log)")
         roll_out(api, version)
