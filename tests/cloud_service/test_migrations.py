@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,52 @@ def test_0003_api_token_expiry_on_postgres(redis_url: str) -> None:
 
 def test_0003_api_token_expiry_on_sqlite(tmp_path: Path) -> None:
     _api_token_expiry_round_trip(f"sqlite:///{tmp_path / 'h.db'}")
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'h.db'}"
+        return
+    request.getfixturevalue("redis_url")  # the service's backing servers must be up
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+def test_0004_rollouts_keep_their_meaning_and_it_goes_down_and_up(empty_url: str) -> None:
+    """A rollout made at 0003 rolls back on an automatic abort and replaces no model (what
+    the service did before those settings existed); 0004 goes down and up."""
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_url, "0003")
+    engine = make_engine(empty_url)
+    now = "CURRENT_TIMESTAMP"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO models (id, name, format, artifact_hash, size_bytes, "
+                              f"details, created_at) VALUES (1, 'm', 'onnx', 'h', 1, '{{}}', "
+                              f"{now})"))
+            conn.execute(text("INSERT INTO model_versions (id, model_id, number, profile, "
+                              "onnx_hash, onnx_size, report_hash, summary, constraints_met, "
+                              f"created_at) VALUES (1, 1, 1, 'x86-avx2', 'h', 1, 'r', '{{}}', "
+                              f"TRUE, {now})"))
+            conn.execute(text(
+                "INSERT INTO rollouts (id, version_id, selector, waves, min_devices_per_wave, "
+                "success_threshold, max_failure_rate, max_latency_regression, "
+                "wave_timeout_seconds, state, current_wave, wave_started_at, created_at, "
+                f"updated_at) VALUES (1, 1, '{{}}', '[100]', 1, 0.9, 0.2, 0.25, 60, 'active', "
+                f"0, {now}, {now}, {now})"))
+        migrate.upgrade(empty_url)
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT rollback_on_abort, replace_model FROM rollouts")).one()
+            assert (bool(row[0]), bool(row[1])) == (True, False)
+            assert conn.execute(text("SELECT signature FROM model_versions")).scalar() is None
+        migrate.downgrade(empty_url, "0003")
+        assert "replace_model" not in {c["name"] for c in inspect(engine).get_columns("rollouts")}
+        migrate.upgrade(empty_url)
+        assert _tables(empty_url) == set(Base.metadata.tables)
+    finally:
+        engine.dispose()
