@@ -3,7 +3,6 @@ on a free loopback port, and real ``hadmc-agent`` processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from edge_agent.store import AgentState, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = os.environ.get("HADMC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -144,16 +145,10 @@ class Agent:
                                          stderr=subprocess.STDOUT)
 
     def current(self) -> int | None:
-        try:
-            return int(os.readlink(self.dir / "current").rsplit("/", 1)[1])
-        except OSError:
-            return None
+        return Store(self.dir).current_vid()
 
-    def state(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads((self.dir / "state.json").read_text()))
-        except (OSError, ValueError):
-            return {}
+    def state(self) -> AgentState:
+        return Store(self.dir).load_state()
 
     def busy(self) -> bool:
         staging = self.dir / "staging"

@@ -56,7 +56,7 @@ class Fleet:
         return all(a.current() == vid for a in (agents or self.agents))
 
     def committed(self, vid: int) -> bool:
-        return all(a.current() == vid and not a.state().get("probation") for a in self.agents)
+        return all(a.current() == vid and not a.state().probation for a in self.agents)
 
     def dev(self, a: Agent) -> int:
         return self.devices[a.name]
@@ -154,7 +154,7 @@ def test_pause_holds_and_probation_survives_sigkill(fleet: Fleet) -> None:
     assert {r["status"] for r in rollout_rows(f.s, rid).values()} == {"assigned"}
     ok(f.s.admin.post(f"/v1/rollouts/{rid}/resume"))
     victim = f.agents[0]
-    wait_for(lambda: (victim.state().get("probation") or {}).get("version_id")
+    wait_for(lambda: (victim.state().probation or {}).get("version_id")
              == f.vids["v2"], "agent-0 on probation with v2", 30, every=0.05)
     victim.kill()
     victim.start()
@@ -163,7 +163,7 @@ def test_pause_holds_and_probation_survives_sigkill(fleet: Fleet) -> None:
     rows = rollout_rows(f.s, rid)
     assert {r["status"] for r in rows.values()} == {"succeeded"}
     assert all(r["p50_ms"] for r in rows.values())
-    assert victim.state()["highest"]["model-1"] == 2  # the floor rose at the commit
+    assert victim.state().highest["model-1"] == 2  # the floor rose at the commit
 
 
 def test_abort_before_and_during_probation_moves_nobody(fleet: Fleet) -> None:
@@ -177,7 +177,7 @@ def test_abort_before_and_during_probation_moves_nobody(fleet: Fleet) -> None:
     assert {r["status"] for r in rollout_rows(f.s, rid).values()} == {"cancelled"}
 
     rid = rollout(f.s, f.vids["v4"], [100])
-    wait_for(lambda: all((a.state().get("probation") or {}).get("version_id") == f.vids["v4"]
+    wait_for(lambda: all((a.state().probation or {}).get("version_id") == f.vids["v4"]
                          for a in f.agents), "every agent on probation with v4", 30,
              every=0.05)
     ok(f.s.admin.post(f"/v1/rollouts/{rid}/abort"))
