@@ -2,6 +2,7 @@
 # Install HAD-MC with its test dependencies into .venv and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_deps.sh             # Debian packages the tests use (when missing)
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
