@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hadmc_core.data.npzfile import read_headers
 from hadmc_core.errors import DatasetError
 from hadmc_core.settings import get_settings
 
@@ -56,6 +57,7 @@ def npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not zipfile.is_zipfile(path):  # else numpy guesses "pickle" for any other bytes
         raise DatasetError(f"{path} is truncated or not a valid .npz file (a zip archive of "
                            ".npy arrays 'x' and 'y', as numpy.savez writes)")
+    read_headers(path)  # numpy allocates what a header declares: check it fits the member
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:

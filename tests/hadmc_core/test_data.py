@@ -100,3 +100,20 @@ def test_describe_npz_agrees_with_load_dataset(tmp_path, shape, save):
         "num_classes": d.num_classes, "in_channels": d.in_channels,
         "image_size": list(d.image_size),
         "samples": {"train": len(d.train), "val": len(d.val), "test": len(d.test)}}
+
+
+def test_npz_whose_header_declares_more_than_it_holds_is_refused(tmp_path):
+    """numpy would try to allocate what the header declares (here 4 TB) before reading."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10**9, 1, 32, 32)})
+    y = io.BytesIO()
+    np.lib.format.write_array(y, np.zeros(20, np.int64))
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + bytes(64))
+        z.writestr("y.npy", y.getvalue())
+    with pytest.raises(DatasetError, match="declares"):
+        load_dataset(str(tmp_path / "lie.npz"))
