@@ -34,6 +34,23 @@ def _check_schema_or_exit(url: str) -> None:
         raise typer.Exit(2) from e
 
 
+def _prepare_schema_or_exit(url: str) -> None:
+    """The embedded SQLite database is created and migrated here; any other is checked."""
+    from alembic.util import CommandError
+
+    from cloud_service.errors import SchemaOutdatedError
+    from cloud_service.migrate import head_revision, prepare_schema
+
+    try:
+        was = prepare_schema(url)
+    except (SchemaOutdatedError, CommandError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if was is not None:
+        typer.echo(f"migrated the SQLite database from revision {was or '(empty)'} to "
+                   f"{head_revision()}", err=True)
+
+
 def _check_store_or_exit(settings) -> None:  # type: ignore[no-untyped-def]
     from cloud_service.errors import ServiceError
     from cloud_service.s3store import make_store
@@ -50,6 +67,9 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
           workers: int = typer.Option(1, min=1, help="uvicorn worker processes.")) -> None:
     """Run the REST API (and, without HADMC_BROKER_URL, an in-process job worker).
 
+    The embedded SQLite database is created and migrated at start; any other database must
+    be at the newest revision already (`hadmc db upgrade`).
+
     Connections are bounded: HADMC_MAX_CONNECTIONS per worker process, request headers
     within HADMC_HEADER_TIMEOUT_SECONDS, bodies within HADMC_BODY_TIMEOUT_SECONDS, JSON
     bodies up to HADMC_MAX_JSON_BODY_KB."""
@@ -58,7 +78,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to bind."),
     from cloud_service.httpserver import uvicorn_options
 
     settings = _settings()
-    _check_schema_or_exit(settings.database_url)
+    _prepare_schema_or_exit(settings.database_url)  # here, once, before any worker starts
     _check_store_or_exit(settings)
     uvicorn.run("cloud_service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=False,
@@ -133,7 +153,7 @@ def token_create(user: str = typer.Option("admin", help="User the token belongs 
     from cloud_service.services.auth import create_user_token
 
     settings = _settings()
-    _check_schema_or_exit(settings.database_url)
+    _prepare_schema_or_exit(settings.database_url)
     with session_scope(settings.database_url) as s:
         token = create_user_token(session=s, user_name=user, token_name=name,
                                   expires_in_days=expires_days)

@@ -44,9 +44,10 @@ def _port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, defaults: bool = False) -> None:
+    def __init__(self, tmp: Path, defaults: bool = False, workers: int = 1) -> None:
         self.port, self.log = _port(), tmp / "serve.log"
-        self.proc = subprocess.Popen([HADMC, "serve", "--port", str(self.port)],
+        self.proc = subprocess.Popen([HADMC, "serve", "--port", str(self.port),
+                                      "--workers", str(workers)],
                                      env=_env(tmp, defaults), cwd=tmp,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -67,12 +68,65 @@ class Server:
             self.proc.wait(20)
 
 
-def test_serve_refuses_an_outdated_schema(tmp_path: Path) -> None:
-    res = _run(tmp_path, "serve")
-    assert res.returncode == 2
-    assert "run `hadmc db upgrade`" in res.stderr
-    res = _run(tmp_path, "db", "current")
-    assert res.returncode == 1 and "(empty)" in res.stdout
+@pytest.mark.parametrize(("defaults", "workers"), [(False, 1), (True, 1), (True, 3)],
+                         ids=["configured", "defaults", "defaults-3-workers"])
+def test_serve_creates_and_migrates_the_embedded_database(tmp_path: Path, defaults: bool,
+                                                          workers: int) -> None:
+    """A fresh directory: no `hadmc db upgrade` first; serve makes the SQLite file itself,
+    once, before its worker processes start."""
+    assert _run(tmp_path, "db", "current", defaults=defaults).returncode == 1
+    server = Server(tmp_path, defaults=defaults, workers=workers)
+    try:
+        for _ in range(3 * workers):  # new connections, spread over the workers
+            assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert log.count("migrated the SQLite database from revision (empty)") == 1, log
+    assert "Traceback" not in log, log
+    res = _run(tmp_path, "db", "current", defaults=defaults)
+    assert res.returncode == 0, res.stdout
+    current, head = (line.split()[1] for line in res.stdout.splitlines()[:2])
+    assert current == head
+
+
+def test_serve_migrates_an_old_embedded_database(tmp_path: Path) -> None:
+    from cloud_service import migrate
+
+    migrate.upgrade(_env(tmp_path)["HADMC_DATABASE_URL"], "0001")
+    server = Server(tmp_path)
+    server.stop()
+    assert "migrated the SQLite database from revision 0001 to" in server.log.read_text()
+    assert _run(tmp_path, "db", "current").returncode == 0
+
+
+def test_serve_refuses_an_outdated_postgres_schema(tmp_path: Path) -> None:
+    """A shared database is never migrated behind its operator's back."""
+    from cloud_service import migrate
+    from tests.cloud_service.conftest import create_database, drop_database
+
+    url = create_database()
+    try:
+        migrate.upgrade(url, "0001")
+        env = {**_env(tmp_path), "HADMC_DATABASE_URL": url}
+        res = subprocess.run([HADMC, "serve", "--port", str(_port())], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr
+        assert "is at revision 0001" in res.stderr and "run `hadmc db upgrade`" in res.stderr
+        res = subprocess.run([HADMC, "token", "create"], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+        assert res.returncode == 2 and "run `hadmc db upgrade`" in res.stderr
+        res = subprocess.run([HADMC, "db", "current"], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+        assert res.returncode == 1 and "current: 0001" in res.stdout
+    finally:
+        drop_database(url)
+
+
+def test_token_create_in_a_fresh_directory(tmp_path: Path) -> None:
+    res = _run(tmp_path, "token", "create")
+    assert res.returncode == 0 and res.stdout.strip().startswith("hadmc_u_"), res.stderr
+    assert _run(tmp_path, "db", "current").returncode == 0
 
 
 @pytest.mark.slow
