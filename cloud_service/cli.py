@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from enum import Enum
 
 import typer
 
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 token_app = typer.Typer(no_args_is_help=True, help="User API tokens.")
+
+
+class RoleChoice(str, Enum):
+    """``services.auth.ROLES`` (kept here so that ``hadmc`` starts without SQLAlchemy)."""
+
+    viewer = "viewer"
+    operator = "operator"
+    admin = "admin"
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -145,6 +154,10 @@ def db_current() -> None:
 @token_app.command("create")
 def token_create(user: str = typer.Option("admin", help="User the token belongs to."),
                  name: str = typer.Option("", help="A label for the token."),
+                 role: RoleChoice = typer.Option(
+                     RoleChoice.operator, help="viewer: read only; operator: also create and "
+                     "change models, datasets, jobs, versions, devices, rollouts; admin: also "
+                     "API tokens."),
                  expires_days: int | None = typer.Option(
                      None, min=1, help="Days until the token stops working (default: "
                                        "never; revoke it with `hadmc token revoke`).")) -> None:
@@ -155,8 +168,8 @@ def token_create(user: str = typer.Option("admin", help="User the token belongs 
     settings = _settings()
     _prepare_schema_or_exit(settings.database_url)
     with session_scope(settings.database_url) as s:
-        token = create_user_token(session=s, user_name=user, token_name=name,
-                                  expires_in_days=expires_days)
+        token = create_user_token(session=s, user_name=user, role=role.value,
+                                  token_name=name, expires_in_days=expires_days)
     typer.echo(token)
 
 
@@ -166,7 +179,7 @@ def _when(value: datetime | None) -> str:
 
 @token_app.command("list")
 def token_list(user: str = typer.Option("", help="Only this user's tokens.")) -> None:
-    """List API tokens (never the secrets): id, user, name, created, expires, state."""
+    """List API tokens (never the secrets): id, user, role, name, created, expires, state."""
     from cloud_service.db import session_scope
     from cloud_service.services.auth import list_api_tokens, token_state, user_names
 
@@ -180,10 +193,11 @@ def token_list(user: str = typer.Option("", help="Only this user's tokens.")) ->
             raise typer.Exit(1)
         rows, _ = list_api_tokens(session=s, user_id=ids[0] if ids else None,
                                   limit=100_000)
-        typer.echo(f"{'ID':>5}  {'USER':<16} {'NAME':<24} {'CREATED':<16}  {'EXPIRES':<16}  "
-                   "STATE")
+        typer.echo(f"{'ID':>5}  {'USER':<16} {'ROLE':<8} {'NAME':<24} {'CREATED':<16}  "
+                   f"{'EXPIRES':<16}  STATE")
         for r in rows:
-            typer.echo(f"{r.id:>5}  {names.get(r.user_id, '?'):<16.16} {r.name:<24.24} "
+            typer.echo(f"{r.id:>5}  {names.get(r.user_id, '?'):<16.16} {r.role:<8.8} "
+                       f"{r.name:<24.24} "
                        f"{_when(r.created_at):<16}  {_when(r.expires_at):<16}  "
                        f"{token_state(r)}")
 

@@ -16,11 +16,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cloud_service.db import Base, UTCDateTime, utcnow
 
 HASH = String(64)
+
+
+def _name(user: User | None) -> str | None:
+    return user.name if user is not None else None
 
 
 class User(Base):
@@ -33,6 +37,9 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100), default="")
+    #: viewer | operator | admin (``services.auth.ROLES``). Rows written without one (before
+    #: roles existed, or by an older server) are admin: such tokens had every right.
+    role: Mapped[str] = mapped_column(String(20), server_default="admin")
     token_hash: Mapped[str] = mapped_column(HASH, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: None = never expires.
@@ -52,6 +59,11 @@ class Model(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner: Mapped[User | None] = relationship(viewonly=True)
+
+    @property
+    def owner_name(self) -> str | None:
+        return _name(self.owner)
 
 
 class Dataset(Base):
@@ -63,6 +75,11 @@ class Dataset(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner: Mapped[User | None] = relationship(viewonly=True)
+
+    @property
+    def owner_name(self) -> str | None:
+        return _name(self.owner)
 
 
 class Job(Base):
@@ -90,6 +107,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[User | None] = relationship(viewonly=True)
+
+    @property
+    def owner_name(self) -> str | None:
+        return _name(self.owner)
 
 
 class ModelVersion(Base):
@@ -146,6 +168,22 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    #: The user who last set the tags, and when (None: never set by a user).
+    tags_updated_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    tags_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoker: Mapped[User | None] = relationship(viewonly=True, foreign_keys=[revoked_by])
+    tags_updater: Mapped[User | None] = relationship(viewonly=True,
+                                                     foreign_keys=[tags_updated_by])
+
+    @property
+    def revoked_by_name(self) -> str | None:
+        return _name(self.revoker)
+
+    @property
+    def tags_updated_by_name(self) -> str | None:
+        return _name(self.tags_updater)
 
 
 class LatencyReport(Base):
@@ -204,6 +242,11 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    creator: Mapped[User | None] = relationship(viewonly=True)
+
+    @property
+    def created_by_name(self) -> str | None:
+        return _name(self.creator)
 
 
 class RolloutDevice(Base):
@@ -236,7 +279,13 @@ class RolloutEvent(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(30))
     reason: Mapped[str] = mapped_column(Text, default="")
+    #: A user's action has ``user_id`` and ``user_name`` here; the scheduler's has neither.
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    @property
+    def by(self) -> str | None:
+        """The name of the user who asked for this (None: the scheduler decided)."""
+        return (self.details or {}).get("user_name")
 
 
 class UpdateReport(Base):

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 from cloud_service import schemas_examples as ex
+from cloud_service.services.auth import DEFAULT_ROLE, Role
 
 T = TypeVar("T")
 MAX_ID = 2_147_483_647  # ids are 32-bit integers in the database
@@ -56,6 +57,7 @@ class ModelPublic(Public):
     size_bytes: int
     details: dict[str, Any]
     created_at: datetime
+    owner_name: str | None = Field(default=None, description="The user who uploaded it.")
 
 
 class DatasetCreate(BaseModel):
@@ -73,6 +75,7 @@ class DatasetPublic(Public):
     size_bytes: int
     details: dict[str, Any]
     created_at: datetime
+    owner_name: str | None = Field(default=None, description="The user who added it.")
 
 
 class JobCreate(BaseModel):
@@ -110,6 +113,7 @@ class JobPublic(Public):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    owner_name: str | None = Field(default=None, description="The user who submitted it.")
 
     @computed_field(description="Progress of the current stage, 0-100 (null if unknown).")  # type: ignore[prop-decorator]
     @property
@@ -161,12 +165,17 @@ class ApiTokenCreate(BaseModel):
     expires_in_days: int | None = Field(default=None, gt=0, le=3650,
                                         description="Days until it stops working; null = "
                                                     "never expires.")
+    role: Role = Field(default=DEFAULT_ROLE,
+                       description="viewer: read; operator: also create and change models, "
+                                   "datasets, jobs, versions, devices, rollouts; admin: also "
+                                   "API tokens.")
 
 
 class ApiTokenPublic(Public):
     model_config = ConfigDict(json_schema_extra=ex.examples(ex.API_TOKEN))
     id: int
     name: str
+    role: Role
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
@@ -228,6 +237,11 @@ class DevicePublic(Public):
     revoked_at: datetime | None = Field(
         default=None, description="Set by DELETE /v1/devices/{id}; its credential no longer "
                                   "works.")
+    revoked_by_name: str | None = Field(default=None, description="The user who revoked it.")
+    tags_updated_by_name: str | None = Field(default=None,
+                                             description="The user who last set the tags.")
+    tags_updated_at: datetime | None = Field(default=None,
+                                             description="When a user last set the tags.")
 
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]

@@ -17,11 +17,11 @@ ARCH = {"arch": "resnet18", "in_channels": 1, "num_classes": 10, "stem": "small"
         "width": 1.0}
 MODEL = {"id": 1, "name": "resnet18-fashion", "format": "safetensors", "arch": ARCH,
          "artifact_hash": HASH, "size_bytes": 44_786_432,
-         "details": {"tensors": 122}, "created_at": NOW}
+         "details": {"tensors": 122}, "created_at": NOW, "owner_name": "alice"}
 DATASET_CREATE = {"builtin": "fashion-mnist", "name": "fashion"}
 DATASET = {"id": 1, "name": "fashion", "builtin": "fashion-mnist", "artifact_hash": None,
            "size_bytes": 0, "details": {},
-           "created_at": NOW}
+           "created_at": NOW, "owner_name": "alice"}
 JOB_CREATE = {"model_id": 1, "dataset_id": 1, "profile": "x86-avx2",
               "constraints": {"max_accuracy_drop": 0.5, "latency_budget_ms": 5.0},
               "config": {"quantize": {"calib_samples": 256}}}
@@ -30,7 +30,7 @@ JOB = {"id": 3, "model_id": 1, "dataset_id": 1, "profile": "x86-avx2",
        "done": 12, "total": 40, "timings": {"baseline": 8.2, "prune": 41.7},
        "log_tail": "quantize: layer 12/40 int8", "error": None, "attempts": 1,
        "cancel_requested": False, "version_id": None, "created_at": NOW, "started_at": NOW,
-       "finished_at": None, "percent": 30.0}
+       "finished_at": None, "percent": 30.0, "owner_name": "alice"}
 VERSION = {"id": 7, "model_id": 1, "number": 2, "job_id": 3, "profile": "x86-avx2",
            "onnx_hash": HASH, "onnx_size": 11_240_512,
            "summary": {"accuracy_drop_points": 0.31, "speedup": 2.4, "compression": 3.9},
@@ -39,9 +39,9 @@ TOKEN_CREATE = {"name": "line-3 cameras", "expires_in_seconds": 86400, "max_uses
 TOKEN = {"id": 2, "name": "line-3 cameras", "max_uses": 20, "uses": 3, "expires_at": NOW,
          "revoked_at": None, "created_at": NOW}
 TOKEN_CREATED = {**TOKEN, "uses": 0, "token": "hadmc_e_4n8Qm2VxJc0pTt7yRk5sLw9zHf3bGd1a"}
-API_TOKEN_CREATE = {"name": "ci pipeline", "expires_in_days": 90}
-API_TOKEN = {"id": 4, "name": "ci pipeline", "expires_at": "2027-02-23T15:00:00Z",
-             "revoked_at": None, "created_at": NOW}
+API_TOKEN_CREATE = {"name": "ci pipeline", "expires_in_days": 90, "role": "viewer"}
+API_TOKEN = {"id": 4, "name": "ci pipeline", "role": "viewer",
+             "expires_at": "2027-02-23T15:00:00Z", "revoked_at": None, "created_at": NOW}
 API_TOKEN_CREATED = {**API_TOKEN, "token": "hadmc_u_Xq7Lm3PzR8vTn2WcKd5Hj0BsYf9gEa4u"}
 PROFILE = {"name": "rpi4", "description": "Raspberry Pi 4 Model B 4GB (4 x Cortex-A72)",
            "isa": "arm64", "accelerator": "cpu", "cores": 4, "memory_gb": 4.0,
@@ -63,7 +63,8 @@ LATENCY = {"version_id": 7, "p50_ms": 3.2, "p99_ms": 5.9,
 DEVICE = {"id": 5, "name": "camera-17", "profile": PROFILE, "latency": None, "status": "ok",
           "current_version_id": 7, "previous_version_id": 6, "tags": ["line-3"],
           "bytes_downloaded": 2_310_144, "last_seen_at": NOW, "created_at": NOW,
-          "revoked_at": None}
+          "revoked_at": None, "revoked_by_name": None, "tags_updated_by_name": "alice",
+          "tags_updated_at": NOW}
 DEVICE_UPDATE = {"tags": ["line-3", "canary"]}
 PROBLEM = {"type": "about:blank", "title": "Not found", "status": 404,
            "detail": "model version 99 does not exist"}
@@ -74,7 +75,8 @@ ROLLOUT_CREATE = {"version_id": 7, "selector": SELECTOR, "waves": [5, 25, 100],
                   "wave_timeout_seconds": 900, "rollback_on_abort": True,
                   "replace_model": False}
 ROLLOUT = {**ROLLOUT_CREATE, "id": 3, "state": "active", "current_wave": 0,
-           "wave_started_at": NOW, "created_by": 1, "created_at": NOW, "updated_at": NOW,
+           "wave_started_at": NOW, "created_by": 1, "created_by_name": "alice",
+           "created_at": NOW, "updated_at": NOW,
            "finished_at": None, "wave_counts": [{"assigned": 1}, {"pending": 4},
                                                 {"pending": 15}]}
 ROLLOUT_DEVICE = {"device_id": 5, "wave": 0, "status": "succeeded", "from_version_id": 6,
@@ -83,7 +85,11 @@ ROLLOUT_DEVICE = {"device_id": 5, "wave": 0, "status": "succeeded", "from_versio
 ROLLOUT_EVENT = {"id": 11, "at": NOW, "kind": "advance",
                  "reason": "wave 0: 1 of 1 devices succeeded (100% >= success_threshold 95%)",
                  "details": {"wave": 0, "devices": 1, "succeeded": 1, "failed": 0,
-                             "timed_out": 0, "median_latency_regression": -0.04}}
+                             "timed_out": 0, "median_latency_regression": -0.04},
+                 "by": None}
+ROLLOUT_EVENT_BY_USER = {"id": 12, "at": NOW, "kind": "pause",
+                         "reason": "pause requested by user alice",
+                         "details": {"user_id": 1, "user_name": "alice"}, "by": "alice"}
 UPDATE_REPORT = {"version_id": 7, "rollout_id": 3, "ok": False, "phase": "verify",
                  "reason": "chunk layer2.weight#3 (xor): hash mismatch", "p50_ms": None,
                  "p95_ms": None, "bytes_downloaded": 81_234}
@@ -117,7 +123,13 @@ UNREADY = {"status": "unavailable",
 METRICS = ('# HELP hadmc_http_requests_total HTTP requests\n'
            '# TYPE hadmc_http_requests_total counter\n'
            'hadmc_http_requests_total{method="GET",route="/v1/jobs",status="200"} 42.0\n'
-           'hadmc_jobs{state="queued"} 2.0\n')
+           '# HELP hadmc_jobs Jobs by state\n'
+           '# TYPE hadmc_jobs gauge\n'
+           'hadmc_jobs{state="queued"} 2.0\n'
+           '# HELP hadmc_devices Devices (not revoked) by state\n'
+           '# TYPE hadmc_devices gauge\n'
+           'hadmc_devices{state="online"} 118.0\n'
+           'hadmc_devices{state="offline"} 3.0\n')
 
 
 def examples(*values: Any) -> JsonDict:

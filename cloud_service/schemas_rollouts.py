@@ -82,6 +82,8 @@ class RolloutPublic(Public):
     current_wave: int
     wave_started_at: datetime
     created_by: int | None
+    created_by_name: str | None = Field(default=None,
+                                        description="The user who created the rollout.")
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -113,12 +115,16 @@ class RolloutDevicesPublic(BaseModel):
 
 
 class RolloutEventPublic(Public):
-    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLOUT_EVENT))
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.ROLLOUT_EVENT,
+                                                            ex.ROLLOUT_EVENT_BY_USER))
     id: int
     at: datetime
     kind: str
     reason: str
     details: dict[str, Any]
+    by: str | None = Field(default=None, description="The user who asked for it (created, "
+                                                     "pause, resume, abort, rollback); null "
+                                                     "for the scheduler's decisions.")
 
 
 class RolloutEventsPublic(BaseModel):

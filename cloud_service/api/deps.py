@@ -1,11 +1,11 @@
-"""Annotated dependencies shared by the routes: session, settings, store, principals.
+"""Annotated dependencies shared by the routes: session, settings, store, principals, roles.
 
 Dependencies that do no I/O are ``async def`` so they run on the event loop instead of
 costing a hop through the thread pool on every request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cloud_service.errors import AuthenticationError, PermissionDeniedError
 from cloud_service.schemas import MAX_ID
-from cloud_service.services.auth import Principal, resolve
+from cloud_service.services.auth import ROLES, Principal, Role, resolve
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 
@@ -92,7 +92,38 @@ async def get_current_device(principal: AnyPrincipal) -> Principal:
     return principal
 
 
+#: Any user API token (every role); a device credential gets 403.
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
+
+
+def check_role(user: Principal, role: Role) -> Principal:
+    """``user`` when its role is ``role`` or above; else 403 naming the role needed."""
+    if not user.has_role(role):
+        above = ROLES[ROLES.index(role) + 1:]
+        needed = f"the {role} role" + (f" (or {' or '.join(above)})" if above else "")
+        raise PermissionDeniedError(
+            f"this needs {needed}; this token's role is {user.role}. An admin creates "
+            "tokens of a role with `hadmc token create --role ROLE` or POST /v1/tokens")
+    return user
+
+
+def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency: a user token whose role is ``role`` or above (403 naming the role
+    needed otherwise; a device credential gets the 403 of ``CurrentUser``)."""
+
+    async def check(user: CurrentUser) -> Principal:
+        return check_role(user, role)
+
+    check.__name__ = f"require_{role}"
+    return check
+
+
+#: Reading (every GET a user may do): every role.
+ViewerUser = Annotated[Principal, Depends(require_role("viewer"))]
+#: Creating and changing models, datasets, jobs, versions, devices, rollouts: operator, admin.
+OperatorUser = Annotated[Principal, Depends(require_role("operator"))]
+#: API tokens, keys and settings: admin only.
+AdminUser = Annotated[Principal, Depends(require_role("admin"))]
 CurrentDevice = Annotated[Principal, Depends(get_current_device)]
 DeviceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Device id.", examples=[5])]
 PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="Row id.", examples=[7])]

@@ -163,20 +163,26 @@ def record_download(*, session: Session, device_id: int, version_id: int, nbytes
                     .values(bytes_sent=RolloutDevice.bytes_sent + nbytes))
 
 
-def set_tags(*, session: Session, device_id: int, tags: list[str]) -> Device | None:
+def set_tags(*, session: Session, device_id: int, tags: list[str], by: int | None = None
+             ) -> Device | None:
+    """Replace the device's tags; ``by`` is the user who did (recorded with the time)."""
     dev = session.get(Device, device_id)
     if dev is None:
         return None
     dev.tags = sorted(set(tags))
+    dev.tags_updated_by, dev.tags_updated_at = by, utcnow()
     session.flush()
     return dev
 
 
-def revoke_device(*, session: Session, device_id: int) -> Device | None:
-    """Revoke a device: its credential stops working, rollouts no longer select it, and
-    the open rollouts it has not finished skip it (it leaves its wave's denominator)."""
+def revoke_device(*, session: Session, device_id: int, by: int | None = None
+                  ) -> Device | None:
+    """Revoke a device (``by`` the user who did): its credential stops working, rollouts no
+    longer select it, and the open rollouts it has not finished skip it (it leaves its
+    wave's denominator)."""
     dev = _revoke(session, session.get(Device, device_id), f"device {device_id}")
     if dev is not None:
+        dev.revoked_by = by
         open_rollouts = select(Rollout.id).where(Rollout.state.in_(("active", "paused")))
         session.execute(update(RolloutDevice)
                         .where(RolloutDevice.device_id == device_id,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from cloud_service.db import page, utcnow
 from cloud_service.errors import ConflictError, InvalidInputError
 from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, RolloutEvent
+from cloud_service.services.auth import actor
 from cloud_service.services.compat import misfit
 from cloud_service.storage import ArtifactStore
 
@@ -146,7 +147,8 @@ def create_rollout(*, session: Session, store: ArtifactStore, spec: dict[str, An
     add_event(session, rollout, "created", f"{len(devices)} devices in waves of (cumulative) "
               f"{sizes}" + (f"; {len(skipped)} skipped (the version does not fit them)"
                             if skipped else ""),
-              now, devices=len(devices), wave_sizes=sizes, skipped=len(skipped))
+              now, devices=len(devices), wave_sizes=sizes, skipped=len(skipped),
+              **actor(session=session, user_id=created_by))
     start_wave(session, rollout, 0, now)
     return rollout
 
@@ -238,18 +240,19 @@ def transition(*, session: Session, rollout_id: int, action: str, by: int | None
         raise ConflictError(f"cannot {action} rollout {rollout_id}: it is {rollout.state} "
                             f"(allowed from {', '.join(allowed)})")
     now = utcnow()
-    details: dict[str, Any] = {"user_id": by}
+    details: dict[str, Any] = actor(session=session, user_id=by)
+    who = details["user_name"] or by
     if action == "rollback":
         details.update(roll_back_devices(session, rollout, now))
     if action == "abort":
         details["cancelled"] = cancel_waiting(
-            session, rollout, now, f"rollout aborted by user {by} before the device "
+            session, rollout, now, f"rollout aborted by user {who} before the device "
                                    "reported success")
     if action == "resume":  # the wave's timeout restarts: paused time is not counted
         rollout.wave_started_at = now
     if target in ("aborted", "rolled_back") and rollout.finished_at is None:
         rollout.finished_at = now
     rollout.state = target
-    add_event(session, rollout, action, f"{action} requested by user {by}", now, **details)
+    add_event(session, rollout, action, f"{action} requested by user {who}", now, **details)
     session.flush()
     return rollout

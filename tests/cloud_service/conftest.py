@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from cloud_service import migrate
 from cloud_service.app import create_app
 from cloud_service.db import session_scope
-from cloud_service.services.auth import create_user_token
+from cloud_service.services.auth import Role, create_user_token
 from cloud_service.settings import Settings
 
 PG_HOST = os.environ.get("HADMC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -108,9 +108,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
-def new_user_token(settings: Settings, user: str = "alice") -> str:
+def new_user_token(settings: Settings, user: str = "alice", role: Role = "admin") -> str:
+    """A new API token of ``user`` (admin by default: the tests' user may do everything)."""
     with session_scope(settings.database_url) as s:
-        return create_user_token(session=s, user_name=user)
+        return create_user_token(session=s, user_name=user, role=role)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,6 +180,68 @@ def test_0004_rollouts_keep_their_meaning_and_it_goes_down_and_up(empty_url: str
             assert conn.execute(text("SELECT signature FROM model_versions")).scalar() is None
         migrate.downgrade(empty_url, "0003")
         assert "replace_model" not in {c["name"] for c in inspect(engine).get_columns("rollouts")}
+        migrate.upgrade(empty_url)
+        assert _tables(empty_url) == set(Base.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_0005_tokens_made_before_roles_are_admin_and_it_goes_down_and_up(empty_url: str
+                                                                           ) -> None:
+    """A token made at 0004 is admin (it had every right); a user's rollout action made at
+    0004 gains the user's name; going down revokes the tokens that roles limited (none
+    gains power) and drops the new columns; 0005 goes up again."""
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    now = "CURRENT_TIMESTAMP"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"INSERT INTO users (id, name, created_at) VALUES (1, 'old', "
+                              f"{now})"))
+            conn.execute(text("INSERT INTO api_tokens (user_id, name, token_hash, created_at) "
+                              f"VALUES (1, 'old', 'h0', {now})"))
+            conn.execute(text("INSERT INTO models (id, name, format, artifact_hash, size_bytes, "
+                              f"details, created_at) VALUES (1, 'm', 'onnx', 'h', 1, '{{}}', "
+                              f"{now})"))
+            conn.execute(text("INSERT INTO model_versions (id, model_id, number, profile, "
+                              "onnx_hash, onnx_size, report_hash, summary, constraints_met, "
+                              f"created_at) VALUES (1, 1, 1, 'x86-avx2', 'h', 1, 'r', '{{}}', "
+                              f"TRUE, {now})"))
+            conn.execute(text(
+                "INSERT INTO rollouts (id, version_id, selector, waves, min_devices_per_wave, "
+                "success_threshold, max_failure_rate, max_latency_regression, "
+                "wave_timeout_seconds, state, current_wave, wave_started_at, created_by, "
+                f"created_at, updated_at) VALUES (1, 1, '{{}}', '[100]', 1, 0.9, 0.2, 0.25, 60, "
+                f"'paused', 0, {now}, 1, {now}, {now})"))
+            conn.execute(text(
+                "INSERT INTO rollout_events (rollout_id, at, kind, reason, details) VALUES "
+                f"(1, {now}, 'pause', 'pause requested by user 1', '{{\"user_id\": 1}}'), "
+                f"(1, {now}, 'advance', 'wave 0', '{{\"wave\": 0}}')"))
+            conn.execute(text(f"INSERT INTO devices (name, credential_hash, created_at) "
+                              f"VALUES ('d', 'c', {now})"))
+        migrate.upgrade(empty_url, "0005")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT role FROM api_tokens")).scalar() == "admin"
+            details = [json.loads(d) if isinstance(d, str) else d for d in conn.execute(
+                text("SELECT details FROM rollout_events ORDER BY id")).scalars()]
+            assert details == [{"user_id": 1, "user_name": "old"}, {"wave": 0}]
+            row = conn.execute(text("SELECT revoked_by, tags_updated_by, tags_updated_at "
+                                    "FROM devices")).one()
+            assert tuple(row) == (None, None, None)
+            for role in ("viewer", "operator", "admin"):
+                conn.execute(text("INSERT INTO api_tokens (user_id, name, role, token_hash, "
+                                  f"created_at) VALUES (1, '{role}', '{role}', 'h-{role}', "
+                                  f"{now})"))
+        migrate.downgrade(empty_url, "0004")
+        assert "role" not in {c["name"] for c in inspect(engine).get_columns("api_tokens")}
+        assert "revoked_by" not in {c["name"] for c in inspect(engine).get_columns("devices")}
+        with engine.connect() as conn:
+            revoked = dict(conn.execute(text("SELECT name, revoked_at IS NOT NULL "
+                                             "FROM api_tokens")).all())
+        assert {k: bool(v) for k, v in revoked.items()} == {
+            "old": False, "viewer": True, "operator": True, "admin": False}
         migrate.upgrade(empty_url)
         assert _tables(empty_url) == set(Base.metadata.tables)
     finally:

@@ -89,7 +89,7 @@ def test_list_shows_own_tokens_without_secrets(client: TestClient, settings: Set
     ids = [t["id"] for t in page["data"]]
     assert made["id"] in ids and other_made["id"] not in ids
     assert page["count"] == len(ids) and ids == sorted(ids, reverse=True)
-    assert all(set(t) == {"id", "name", "expires_at", "revoked_at", "created_at"}
+    assert all(set(t) == {"id", "name", "role", "expires_at", "revoked_at", "created_at"}
                for t in page["data"])
     assert made["token"] not in r.text and hash_token(made["token"]) not in r.text
     # Another user's token is not found, and keeps working.
@@ -116,6 +116,11 @@ def _status(tmp: Path, admin: str | None, tokens: list[str]) -> list[int]:
 def test_admin_token_follows_the_variable_across_restarts(tmp_path: Path) -> None:
     migrate.upgrade(make_settings(tmp_path).database_url)
     assert _status(tmp_path, ADMIN_A, [ADMIN_A, ADMIN_B]) == [200, 401]
+    with TestClient(create_app(make_settings(tmp_path, admin_token=ADMIN_A))) as c:
+        r = c.post("/v1/tokens", json={"role": "admin"}, headers=bearer(ADMIN_A))
+        assert r.status_code == 201, r.text  # the bootstrap token is an admin's
+        r = c.delete(f"/v1/tokens/{r.json()['id']}", headers=bearer(ADMIN_A))
+        assert r.status_code == 200, r.text
     assert _status(tmp_path, ADMIN_A, [ADMIN_A]) == [200]  # a restart keeps it
     assert _status(tmp_path, ADMIN_B, [ADMIN_A, ADMIN_B]) == [401, 200]  # changed
     assert _status(tmp_path, None, [ADMIN_A, ADMIN_B]) == [401, 401]  # removed
@@ -156,9 +161,10 @@ def test_token_cli_creates_lists_and_revokes(cli: CliRunner) -> None:
     code, listing = _hadmc(cli, "token", "list")
     assert code == 0, listing
     lines = listing.splitlines()
-    assert lines[0].split() == ["ID", "USER", "NAME", "CREATED", "EXPIRES", "STATE"]
+    assert lines[0].split() == ["ID", "USER", "ROLE", "NAME", "CREATED", "EXPIRES", "STATE"]
     carol = next(line for line in lines if " carol " in line)
     assert carol.split()[0] == "1" and " ci " in carol and carol.endswith("active")
+    assert carol.split()[2] == "operator"  # the default role
     expires = (utcnow() + timedelta(days=7)).strftime("%Y-%m-%d")
     assert expires in carol and "never" in next(line for line in lines if " dave " in line)
     assert token not in listing
@@ -184,3 +190,20 @@ def test_token_cli_list_shows_expired(cli: CliRunner) -> None:
     assert code == 0
     expire(get_settings(), token.strip())
     assert _hadmc(cli, "token", "list")[1].splitlines()[1].endswith("expired")
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_token_cli_creates_a_token_of_the_role_asked(cli: CliRunner, role: str) -> None:
+    from cloud_service.services.auth import resolve
+
+    code, out = _hadmc(cli, "token", "create", "--user", "erin", "--role", role)
+    assert code == 0, out
+    with session_scope(get_settings().database_url) as s:
+        principal = resolve(session=s, token=out.strip())
+    assert principal is not None and (principal.role, principal.name) == (role, "erin")
+    assert _hadmc(cli, "token", "list")[1].splitlines()[1].split()[2] == role
+
+
+def test_token_cli_refuses_an_unknown_role(cli: CliRunner) -> None:
+    code, out = _hadmc(cli, "token", "create", "--role", "root")
+    assert code == 2 and "root" in out

@@ -9,13 +9,14 @@ from starlette.concurrency import run_in_threadpool
 
 from cloud_service.api import uploads
 from cloud_service.api.deps import (
-    CurrentUser,
     Limit,
     Offset,
+    OperatorUser,
     PathId,
     SessionDep,
     SettingsDep,
     StoreDep,
+    ViewerUser,
 )
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
@@ -28,9 +29,9 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problems(
 @router.post("", status_code=201, response_model=DatasetPublic,
              summary="Register a built-in dataset",
              description="Names a built-in dataset (`fashion-mnist` or `digits`, with fixed "
-                         "documented splits) so jobs can use it. Users only. 422 for an "
-                         "unknown name or extra fields.")
-def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+                         "documented splits) so jobs can use it. Operator or admin role. 422 for "
+                         "an unknown name or extra fields.")
+def create_builtin(body: DatasetCreate, session: SessionDep, user: OperatorUser) -> DatasetPublic:
     row = svc.create_dataset(session=session, name=body.name or body.builtin,
                              builtin=body.builtin, owner_id=user.id)
     session.commit()
@@ -40,15 +41,15 @@ def create_builtin(body: DatasetCreate, session: SessionDep, user: CurrentUser) 
 @router.post("/upload", status_code=201, response_model=DatasetPublic,
              openapi_extra=uploads.raw_body("an .npz file"), summary="Upload an .npz dataset",
              responses=problems(413, 415),
-             description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), "
-                         "streamed as the raw body (`application/octet-stream`); loaded "
-                         "without pickle and split 80/10/10. Users only. 413 over the upload "
-                         "limit or over the dataset limits (arrays that inflate past "
+             description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), streamed "
+                         "as the raw body (`application/octet-stream`); loaded without pickle and "
+                         "split 80/10/10. Operator or admin role. 413 over the upload limit or "
+                         "over the dataset limits (arrays that inflate past "
                          "HADMC_MAX_DATASET_DECOMPRESSED_MB, more samples than "
-                         "HADMC_MAX_DATASET_SAMPLES; checked from the headers before "
-                         "anything is inflated), 415 for another content type, 422 for a "
-                         "file that is not a valid dataset.")
-async def upload_dataset(request: Request, session: SessionDep, user: CurrentUser,
+                         "HADMC_MAX_DATASET_SAMPLES; checked from the headers before anything is "
+                         "inflated), 415 for another content type, 422 for a file that is not a "
+                         "valid dataset.")
+async def upload_dataset(request: Request, session: SessionDep, user: OperatorUser,
                          settings: SettingsDep, store: StoreDep,
                          name: Annotated[Name, Query(min_length=1, max_length=200,
                                                     examples=["line-3 defects"])]
@@ -63,8 +64,8 @@ async def upload_dataset(request: Request, session: SessionDep, user: CurrentUse
 
 @router.get("", response_model=Page[DatasetPublic], summary="List datasets",
             description="Datasets, newest first, a page at a time with the total count. "
-                        "Users only.")
-def list_datasets(session: SessionDep, user: CurrentUser,
+                        "Any user role.")
+def list_datasets(session: SessionDep, user: ViewerUser,
                   offset: Offset = 0,
                   limit: Limit = 50) -> Page[DatasetPublic]:
     rows, count = svc.list_datasets(session=session, offset=offset, limit=limit)
@@ -72,9 +73,9 @@ def list_datasets(session: SessionDep, user: CurrentUser,
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a dataset",
-            description="One dataset with its details. Users only. 404 for an unknown id.",
+            description="One dataset with its details. Any user role. 404 for an unknown id.",
             responses=problems(404))
-def get_dataset(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+def get_dataset(dataset_id: PathId, session: SessionDep, user: ViewerUser) -> DatasetPublic:
     row = svc.get_dataset(session=session, dataset_id=dataset_id)
     if row is None:
         raise NotFoundError(f"dataset {dataset_id} does not exist")

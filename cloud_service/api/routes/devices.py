@@ -15,15 +15,16 @@ from starlette.concurrency import run_in_threadpool
 from cloud_service import schemas_examples as ex
 from cloud_service.api.deps import (
     BearerDep,
-    CurrentUser,
     DeviceId,
     Limit,
     Offset,
+    OperatorUser,
     OwnDevice,
     PathId,
     SessionDep,
     SettingsDep,
     UserOrOwnDevice,
+    ViewerUser,
     WideLimit,
     bearer_token,
     check_own_device,
@@ -75,9 +76,10 @@ class RateLimiter:
 @router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreated,
              summary="Create an enrollment token", tags=["enrollment"],
              description="A token that enrolls up to `max_uses` devices until it expires; the "
-                         "token itself is in this answer only (stored hashed). Users only.")
+                         "token itself is in this answer only (stored hashed). Operator or admin "
+                         "role.")
 def create_token(body: EnrollmentTokenCreate, session: SessionDep,
-                 user: CurrentUser) -> EnrollmentTokenCreated:
+                 user: OperatorUser) -> EnrollmentTokenCreated:
     row, token = svc.create_enrollment_token(session=session, name=body.name,
                                              expires_in_seconds=body.expires_in_seconds,
                                              max_uses=body.max_uses, created_by=user.id)
@@ -89,8 +91,8 @@ def create_token(body: EnrollmentTokenCreate, session: SessionDep,
 @router.get("/enrollment-tokens", response_model=Page[EnrollmentTokenPublic],
             summary="List enrollment tokens", tags=["enrollment"],
             description="Tokens (never the secrets), newest first, with uses and expiry. "
-                        "Users only.")
-def list_tokens(session: SessionDep, user: CurrentUser, offset: Offset = 0,
+                        "Any user role.")
+def list_tokens(session: SessionDep, user: ViewerUser, offset: Offset = 0,
                 limit: Limit = 50) -> Page[EnrollmentTokenPublic]:
     rows, count = svc.list_enrollment_tokens(session=session, offset=offset, limit=limit)
     return Page[EnrollmentTokenPublic](
@@ -101,9 +103,10 @@ def list_tokens(session: SessionDep, user: CurrentUser, offset: Offset = 0,
                summary="Revoke an enrollment token", tags=["enrollment"],
                responses=problems(404, 409),
                description="No more devices enroll with it; devices that did keep their "
-                           "credentials. Users only. 404 for an unknown id, 409 when already "
-                           "revoked.")
-def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> EnrollmentTokenPublic:
+                           "credentials. Operator or admin role. 404 for an unknown id, 409 when "
+                           "already revoked.")
+def revoke_token(token_id: PathId, session: SessionDep,
+                 user: OperatorUser) -> EnrollmentTokenPublic:
     row = svc.revoke_enrollment_token(session=session, token_id=token_id)
     if row is None:
         raise NotFoundError(f"enrollment token {token_id} does not exist")
@@ -132,9 +135,9 @@ def register(body: DeviceRegister, request: Request, session: SessionDep,
 
 
 @router.get("/devices", response_model=Page[DevicePublic], summary="List devices",
-            description="Devices by id with current version, tags and last seen. Users "
-                        "only.")
-def list_devices(request: Request, session: SessionDep, user: CurrentUser, offset: Offset = 0,
+            description="Devices by id with current version, tags, last seen and who revoked "
+                        "them or set their tags. Any user role.")
+def list_devices(request: Request, session: SessionDep, user: ViewerUser, offset: Offset = 0,
                  limit: WideLimit = 100) -> Page[DevicePublic]:
     _flush_heartbeats(request)
     rows, count = svc.list_devices(session=session, offset=offset, limit=limit)
@@ -233,11 +236,11 @@ def report_latency(device_id: PathId, body: LatencyReportCreate, session: Sessio
 
 @router.patch("/devices/{device_id}", response_model=DevicePublic,
               summary="Set a device's tags (user)", responses=problems(404),
-              description="Replaces the device's tags (rollouts select by tag). Users only. "
-                          "404 for an unknown id, 422 for an invalid tag.")
+              description="Replaces the device's tags (rollouts select by tag). Operator or admin "
+                          "role. 404 for an unknown id, 422 for an invalid tag.")
 def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
-                  user: CurrentUser) -> DevicePublic:
-    dev = svc.set_tags(session=session, device_id=device_id, tags=body.tags)
+                  user: OperatorUser) -> DevicePublic:
+    dev = svc.set_tags(session=session, device_id=device_id, tags=body.tags, by=user.id)
     session.commit()
     return _found(dev, device_id)
 
@@ -245,13 +248,13 @@ def update_device(device_id: PathId, body: DeviceUpdate, session: SessionDep,
 @router.delete("/devices/{device_id}", response_model=DevicePublic,
                summary="Revoke a device (user)", responses=problems(404, 409),
                description="Its credential stops working at once (a heartbeat answered from "
-                           "another API process's memory may still be accepted for up to a "
-                           "minute; nothing is written for it) and rollouts no longer select "
-                           "it. To use the device again, enroll it anew. Users only. 404 for "
-                           "an unknown id, 409 when already revoked.")
+                           "another API process's memory may still be accepted for up to a minute; "
+                           "nothing is written for it) and rollouts no longer select it. To use "
+                           "the device again, enroll it anew. Operator or admin role. 404 for an "
+                           "unknown id, 409 when already revoked.")
 def revoke_device(device_id: PathId, request: Request, session: SessionDep,
-                  user: CurrentUser) -> DevicePublic:
-    dev = svc.revoke_device(session=session, device_id=device_id)
+                  user: OperatorUser) -> DevicePublic:
+    dev = svc.revoke_device(session=session, device_id=device_id, by=user.id)
     session.commit()
     if dev is not None and request.app.state.heartbeats is not None:
         request.app.state.heartbeats.forget(device_id)

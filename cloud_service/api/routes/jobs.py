@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cloud_service.api.deps import (
-    CurrentUser,
     Limit,
     Offset,
+    OperatorUser,
     PathId,
     QueryId,
     SessionDep,
     SettingsDep,
+    ViewerUser,
 )
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
@@ -27,9 +28,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403
 @router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
              responses=problems(404),
              description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}. "
-                         "Users only. 404 when the model or dataset does not exist; 422 for "
-                         "an ONNX base model, an unknown profile or an invalid config.")
-def submit_job(body: JobCreate, session: SessionDep, user: CurrentUser,
+                         "Operator or admin role. 404 when the model or dataset does not exist; "
+                         "422 for an ONNX base model, an unknown profile or an invalid config.")
+def submit_job(body: JobCreate, session: SessionDep, user: OperatorUser,
                settings: SettingsDep) -> JobPublic:
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
                          profile=body.profile, constraints=body.constraints,
@@ -44,8 +45,8 @@ def submit_job(body: JobCreate, session: SessionDep, user: CurrentUser,
 
 @router.get("", response_model=Page[JobPublic], summary="List jobs",
             description="Jobs, newest first, optionally only one state or one base model. "
-                        "Users only.")
-def list_jobs(session: SessionDep, user: CurrentUser,
+                        "Any user role.")
+def list_jobs(session: SessionDep, user: ViewerUser,
               state: Annotated[JobState | None, Query(examples=["running"])] = None,
               model_id: QueryId = None,
               offset: Offset = 0,
@@ -57,9 +58,9 @@ def list_jobs(session: SessionDep, user: CurrentUser,
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job's state and progress",
             description="State, stage, percent, per-stage timings, log tail, error and the "
-                        "version it produced. Users only. 404 for an unknown id.",
+                        "version it produced. Any user role. 404 for an unknown id.",
             responses=problems(404))
-def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
+def get_job(job_id: PathId, session: SessionDep, user: ViewerUser) -> JobPublic:
     job = svc.get_job(session=session, job_id=job_id)
     if job is None:
         raise NotFoundError(f"job {job_id} does not exist")
@@ -68,10 +69,10 @@ def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job",
              responses=problems(404, 409),
-             description="Asks the worker to stop at its next progress report (a queued job "
-                         "is cancelled at once). Users only. 404 for an unknown id, 409 if "
-                         "the job already finished.")
-def cancel_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobPublic:
+             description="Asks the worker to stop at its next progress report (a queued job is "
+                         "cancelled at once). Operator or admin role. 404 for an unknown id, 409 "
+                         "if the job already finished.")
+def cancel_job(job_id: PathId, session: SessionDep, user: OperatorUser) -> JobPublic:
     job = svc.cancel_job(session=session, job_id=job_id)
     if job is None:
         raise NotFoundError(f"job {job_id} does not exist")

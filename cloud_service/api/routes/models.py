@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from cloud_service.api import uploads
 from cloud_service.api.deps import (
-    CurrentUser,
     Limit,
     Offset,
+    OperatorUser,
     PathId,
     SessionDep,
     SettingsDep,
     StoreDep,
+    ViewerUser,
 )
 from cloud_service.api.problems import problems
 from cloud_service.errors import NotFoundError
@@ -33,14 +34,14 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401,
 @router.post("", status_code=201, response_model=ModelPublic,
              openapi_extra=uploads.raw_body("safetensors or ONNX"),
              summary="Upload a base model", responses=problems(413, 415),
-             description="Stream safetensors weights (with `arch`, or architecture metadata "
-                         "in the file) or an ONNX file as the raw body "
-                         "(`application/octet-stream`). Files are validated (never "
-                         "unpickled) and stored by BLAKE3 hash. Users only. 413 over the "
-                         "upload limit, 415 for another content type, 422 for a file that "
-                         "does not parse or does not match the architecture.")
+             description="Stream safetensors weights (with `arch`, or architecture metadata in the "
+                         "file) or an ONNX file as the raw body (`application/octet-stream`). "
+                         "Files are validated (never unpickled) and stored by BLAKE3 hash. "
+                         "Operator or admin role. 413 over the upload limit, 415 for another "
+                         "content type, 422 for a file that does not parse or does not match the "
+                         "architecture.")
 async def upload_model(
-    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep,
+    request: Request, session: SessionDep, user: OperatorUser, settings: SettingsDep,
     store: StoreDep,
     name: Annotated[Name, Query(min_length=1, max_length=200, examples=["resnet18-fashion"])],
     format: Annotated[Literal["safetensors", "onnx"], Query(examples=["safetensors"])
@@ -65,8 +66,8 @@ async def upload_model(
 
 @router.get("", response_model=Page[ModelPublic], summary="List base models",
             description="Base models, newest first, a page at a time with the total count. "
-                        "Users only.")
-def list_models(session: SessionDep, user: CurrentUser,
+                        "Any user role.")
+def list_models(session: SessionDep, user: ViewerUser,
                 offset: Offset = 0,
                 limit: Limit = 50) -> Page[ModelPublic]:
     rows, count = svc.list_models(session=session, offset=offset, limit=limit)
@@ -74,9 +75,9 @@ def list_models(session: SessionDep, user: CurrentUser,
 
 
 @router.get("/{model_id}", response_model=ModelPublic, summary="Get a base model",
-            description="One base model with its architecture and details. Users only. 404 "
+            description="One base model with its architecture and details. Any user role. 404 "
                         "for an unknown id.", responses=problems(404))
-def get_model(model_id: PathId, session: SessionDep, user: CurrentUser) -> ModelPublic:
+def get_model(model_id: PathId, session: SessionDep, user: ViewerUser) -> ModelPublic:
     row = svc.get_model(session=session, model_id=model_id)
     if row is None:
         raise NotFoundError(f"model {model_id} does not exist")
@@ -106,10 +107,10 @@ def _publish(session: SessionDep, store: ArtifactStore, request: Request, model_
              responses=problems(404, 413, 415),
              description="The raw ONNX body becomes the model's next numbered version (no "
                          "compression job); its signed manifest and probe are computed now. "
-                         "Users only. 404 for an unknown model, 413/415 as for uploads, 422 "
-                         "for an unknown profile or a file that is not valid ONNX.")
+                         "Operator or admin role. 404 for an unknown model, 413/415 as for "
+                         "uploads, 422 for an unknown profile or a file that is not valid ONNX.")
 async def publish_version(model_id: PathId, request: Request, session: SessionDep,
-                          user: CurrentUser, settings: SettingsDep, store: StoreDep,
+                          user: OperatorUser, settings: SettingsDep, store: StoreDep,
                           profile: Annotated[Name, Query(min_length=1, max_length=100,
                                                         description="Hardware profile name.",
                                                         examples=["x86-avx2"])]

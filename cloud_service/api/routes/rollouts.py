@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from cloud_service.api.deps import (
-    CurrentUser,
     Offset,
+    OperatorUser,
     PathId,
     SessionDep,
     StoreDep,
+    ViewerUser,
     WideLimit,
 )
 from cloud_service.api.problems import problems
@@ -48,13 +49,13 @@ def _found(session: SessionDep, rollout_id: int) -> Rollout:
 
 @router.post("", status_code=201, response_model=RolloutPublic, summary="Create a rollout",
              responses=problems(409),
-             description="Selects devices, plans the waves over those the version fits "
-                         "(the others are listed as `skipped` with the reason) and assigns "
-                         "the first wave. Users only. 422 for an unknown version, an empty "
-                         "selection or bad waves; 409 when a selected device is already in "
-                         "another active rollout or the version fits none of them.")
+             description="Selects devices, plans the waves over those the version fits (the others "
+                         "are listed as `skipped` with the reason) and assigns the first wave. "
+                         "Operator or admin role. 422 for an unknown version, an empty selection "
+                         "or bad waves; 409 when a selected device is already in another active "
+                         "rollout or the version fits none of them.")
 def create_rollout(body: RolloutCreate, session: SessionDep, store: StoreDep,
-                   user: CurrentUser) -> RolloutPublic:
+                   user: OperatorUser) -> RolloutPublic:
     row = svc.create_rollout(session=session, store=store, spec=body.model_dump(),
                              created_by=user.id)
     session.commit()
@@ -63,8 +64,8 @@ def create_rollout(body: RolloutCreate, session: SessionDep, store: StoreDep,
 
 @router.get("", response_model=RolloutsPublic, summary="List rollouts",
             description="Rollouts, newest first, optionally in one state, with per-wave "
-                        "counts. Users only.")
-def list_rollouts(session: SessionDep, user: CurrentUser,
+                        "counts. Any user role.")
+def list_rollouts(session: SessionDep, user: ViewerUser,
                   state: Annotated[RolloutState | None, Query(examples=["active"])] = None,
                   offset: Offset = 0, limit: WideLimit = 50) -> RolloutsPublic:
     rows, count = svc.list_rollouts(session=session, offset=offset, limit=limit, state=state)
@@ -74,17 +75,17 @@ def list_rollouts(session: SessionDep, user: CurrentUser,
 @router.get("/{rollout_id}", response_model=RolloutPublic,
             summary="A rollout: state, current wave, per-wave counts",
             description="Settings, state, current wave and, per wave, the devices in each "
-                        "status. Users only. 404 for an unknown id.",
+                        "status. Any user role. 404 for an unknown id.",
             responses=problems(404))
-def get_rollout(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
+def get_rollout(rollout_id: PathId, session: SessionDep, user: ViewerUser) -> RolloutPublic:
     return _public(session, [_found(session, rollout_id)])[0]
 
 
 @router.get("/{rollout_id}/devices", response_model=RolloutDevicesPublic,
             summary="Per device: status, versions, bytes sent, latency, reason",
-            description="The rollout's devices by id (also wave order). Users only. 404 for an "
+            description="The rollout's devices by id (also wave order). Any user role. 404 for an "
                         "unknown rollout.", responses=problems(404))
-def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
+def list_devices(rollout_id: PathId, session: SessionDep, user: ViewerUser,
                  offset: Offset = 0, limit: WideLimit = 100) -> RolloutDevicesPublic:
     _found(session, rollout_id)
     rows, count = svc.list_rollout_devices(session=session, rollout_id=rollout_id,
@@ -96,9 +97,9 @@ def list_devices(rollout_id: PathId, session: SessionDep, user: CurrentUser,
 @router.get("/{rollout_id}/events", response_model=RolloutEventsPublic,
             summary="Decisions (scheduler and user) with their reasons",
             description="Every decision (created, assigned, advance, complete, abort, pause, "
-                        "resume, rollback) in order, with its reason and numbers. Users only. "
+                        "resume, rollback) in order, with its reason and numbers. Any user role. "
                         "404 for an unknown rollout.", responses=problems(404))
-def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
+def list_events(rollout_id: PathId, session: SessionDep, user: ViewerUser,
                 offset: Offset = 0, limit: WideLimit = 100) -> RolloutEventsPublic:
     _found(session, rollout_id)
     rows, count = svc.list_events(session=session, rollout_id=rollout_id, offset=offset,
@@ -109,11 +110,11 @@ def list_events(rollout_id: PathId, session: SessionDep, user: CurrentUser,
 
 def _transition(action: Literal["pause", "resume", "abort", "rollback"], summary: str) -> None:
     @router.post(f"/{{rollout_id}}/{action}", response_model=RolloutPublic, summary=summary,
-                 description=f"{summary}. Users only. 404 for an unknown id, 409 when the "
-                             "rollout's state does not allow it.",
+                 description=f"{summary}. Operator or admin role. 404 for an unknown id, 409 when "
+                              "the rollout's state does not allow it.",
                  responses=problems(404, 409),
                  operation_id=f"{action}_rollout")
-    def handler(rollout_id: PathId, session: SessionDep, user: CurrentUser) -> RolloutPublic:
+    def handler(rollout_id: PathId, session: SessionDep, user: OperatorUser) -> RolloutPublic:
         row = svc.transition(session=session, rollout_id=rollout_id, action=action, by=user.id)
         if row is None:
             raise NotFoundError(f"rollout {rollout_id} does not exist")

@@ -13,14 +13,15 @@ from cloud_service import schemas_examples as ex
 from cloud_service.api import uploads
 from cloud_service.api.deps import (
     AnyPrincipal,
-    CurrentUser,
     Limit,
     Offset,
+    OperatorUser,
     PathId,
     QueryId,
     SessionDep,
     SettingsDep,
     StoreDep,
+    ViewerUser,
 )
 from cloud_service.api.downloads import RANGE, CountedFileResponse, octet, serve_artifact
 from cloud_service.api.problems import problems
@@ -42,8 +43,8 @@ def _get(session: SessionDep, version_id: int) -> ModelVersion:
 
 
 @router.get("", response_model=Page[VersionPublic], summary="List model versions",
-            description="Versions, newest first, optionally of one base model. Users only.")
-def list_versions(session: SessionDep, user: CurrentUser,
+            description="Versions, newest first, optionally of one base model. Any user role.")
+def list_versions(session: SessionDep, user: ViewerUser,
                   model_id: QueryId = None,
                   offset: Offset = 0,
                   limit: Limit = 50) -> Page[VersionPublic]:
@@ -62,12 +63,12 @@ def get_version(version_id: PathId, session: SessionDep, who: AnyPrincipal) -> V
 @router.get("/{version_id}/report", summary="The compression report (report.json)",
             description="The report the compression job wrote (docs/report.md): baseline and "
                         "compressed metrics, constraints, candidates, per-layer decisions, "
-                        "timings. A published upload has a short one. Users only. 404 for an "
+                        "timings. A published upload has a short one. Any user role. 404 for an "
                         "unknown id.",
             responses={200: {"description": "The report (JSON object).", "content": {
                 "application/json": {"schema": {"type": "object"},
                                      "example": ex.REPORT}}}})
-def get_report(version_id: PathId, session: SessionDep, user: CurrentUser,
+def get_report(version_id: PathId, session: SessionDep, user: ViewerUser,
                store: StoreDep) -> dict[str, Any]:
     row = _get(session, version_id)
     try:
@@ -114,12 +115,11 @@ def get_probe(version_id: PathId, session: SessionDep, who: AnyPrincipal,
 @router.put("/{version_id}/probe", response_model=VersionPublic,
             openapi_extra=uploads.raw_body("an .npz probe"),
             summary="Replace the version's probe (user)", responses=problems(409, 413, 415),
-            description="A raw `.npz` body (`application/octet-stream`) with `inputs`, "
-                        "`outputs`, `atol`, `rtol` (no pickles). Users only. 409 once the "
-                        "version is in any rollout, 413/415 as for uploads, 422 for an "
-                        "invalid probe.")
+            description="A raw `.npz` body (`application/octet-stream`) with `inputs`, `outputs`, "
+                        "`atol`, `rtol` (no pickles). Operator or admin role. 409 once the version "
+                        "is in any rollout, 413/415 as for uploads, 422 for an invalid probe.")
 async def put_probe(version_id: PathId, request: Request, session: SessionDep,
-                    user: CurrentUser, settings: SettingsDep, store: StoreDep) -> VersionPublic:
+                    user: OperatorUser, settings: SettingsDep, store: StoreDep) -> VersionPublic:
     row = await run_in_threadpool(_get, session, version_id)
     digest, _ = await uploads.receive(request, settings, store)
     await run_in_threadpool(publish.validate_probe, store.path(digest))
