@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cloud_service import errors
 from cloud_service.db import page
 from cloud_service.errors import ConflictError
 from cloud_service.models import ModelVersion, Rollout
+from cloud_service.storage import ArtifactStore
 
 
 def get_version(*, session: Session, version_id: int) -> ModelVersion | None:
@@ -23,6 +26,21 @@ def list_versions(*, session: Session, offset: int, limit: int,
     if model_id is not None:
         query = query.where(ModelVersion.model_id == model_id)
     return page(session, query, ModelVersion.id.desc(), offset, limit)
+
+
+def read_report(*, store: ArtifactStore, version: ModelVersion) -> dict[str, Any]:
+    """The version's compression report (``docs/report.md``); ``errors.IntegrityError``
+    when what is stored is not a JSON object."""
+    try:
+        report = json.loads(store.path(version.report_hash).read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise errors.IntegrityError(f"the stored report of version {version.id} "
+                                    f"({version.report_hash[:12]}...) is not a JSON "
+                                    "document") from e
+    if not isinstance(report, dict):
+        raise errors.IntegrityError(f"the stored report of version {version.id} is not a "
+                                    "JSON object")
+    return report
 
 
 def next_number(*, session: Session, model_id: int) -> int:

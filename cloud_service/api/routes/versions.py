@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,7 +24,7 @@ from cloud_service.api.deps import (
 )
 from cloud_service.api.downloads import RANGE, CountedFileResponse, octet, serve_artifact
 from cloud_service.api.problems import problems
-from cloud_service.errors import IntegrityError, NotFoundError
+from cloud_service.errors import NotFoundError
 from cloud_service.models import ModelVersion
 from cloud_service.schemas import Page, VersionPublic
 from cloud_service.services import publish
@@ -70,15 +69,7 @@ def get_version(version_id: PathId, session: SessionDep, who: AnyPrincipal) -> V
                                      "example": ex.REPORT}}}})
 def get_report(version_id: PathId, session: SessionDep, user: ViewerUser,
                store: StoreDep) -> dict[str, Any]:
-    row = _get(session, version_id)
-    try:
-        report = json.loads(store.path(row.report_hash).read_bytes())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise IntegrityError(f"the stored report of version {version_id} "
-                             f"({row.report_hash[:12]}...) is not a JSON document") from e
-    if not isinstance(report, dict):
-        raise IntegrityError(f"the stored report of version {version_id} is not a JSON object")
-    return report
+    return svc.read_report(store=store, version=_get(session, version_id))
 
 
 @router.get("/{version_id}/model.onnx", response_class=FileResponse,
