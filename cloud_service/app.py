@@ -13,7 +13,7 @@ from cloud_service import security
 from cloud_service.api import guard, openapi, problems
 from cloud_service.api.routes import ROUTERS, devices
 from cloud_service.db import get_engine, get_sessionmaker, session_scope
-from cloud_service.metrics import JobStates, Metrics, MetricsMiddleware
+from cloud_service.metrics import FleetCollector, Metrics, MetricsMiddleware
 from cloud_service.migrate import check_schema
 from cloud_service.s3store import make_store
 from cloud_service.services.auth import sync_admin_token
@@ -88,8 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.heartbeats = (HeartbeatRecorder(app.state.sessionmaker,
                                               settings.heartbeat_flush_seconds)
                             if settings.heartbeat_flush_seconds > 0 else None)
-    app.state.metrics = Metrics()
-    app.state.metrics.registry.register(JobStates(app))
+    app.state.metrics = Metrics(settings.prometheus_multiproc_dir)
+    app.state.metrics.expose(FleetCollector(app))
     app.state.enroll_limiter = devices.RateLimiter()
     problems.install(app)
     openapi.install(app)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Values that are never acceptable as a secret outside development.
@@ -81,18 +81,33 @@ class Settings(BaseSettings):
     heartbeat_flush_seconds: float = 1.0
     #: Run the in-process worker when no broker is configured.
     embedded_worker: bool = True
+    #: A device not heard from for this long is offline (3 missed heartbeats of the
+    #: agent's default 30 s); see ``cloud_service/services/fleet.py``.
+    offline_after_seconds: float = 90.0
+    #: When set, ``GET /metrics`` needs ``Authorization: Bearer <this>``; unset = open.
+    metrics_token: SecretStr | None = None
+    #: prometheus_client's multiprocess directory (the variable has no ``HADMC_`` prefix:
+    #: the library reads it too). ``hadmc serve --workers N`` sets it to a fresh directory
+    #: when unset, so that counters add up across its worker processes.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR",
+                                                    "prometheus_multiproc_dir"))
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
-        if self.environment == "dev" or self.admin_token is None:
+        if self.environment == "dev":
             return self
-        token = self.admin_token.get_secret_value()
-        if token.lower() in PLACEHOLDER_SECRETS or len(token) < MIN_SECRET_LENGTH:
-            raise ValueError(
-                "HADMC_ADMIN_TOKEN is a placeholder or shorter than "
-                f"{MIN_SECRET_LENGTH} characters; set a random value (e.g. "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or unset it "
-                "and create tokens with `hadmc token create`")
+        for name, secret, otherwise in (
+                ("HADMC_ADMIN_TOKEN", self.admin_token,
+                 "unset it and create tokens with `hadmc token create`"),
+                ("HADMC_METRICS_TOKEN", self.metrics_token, "unset it to leave /metrics open")):
+            token = secret.get_secret_value() if secret is not None else None
+            if token is not None and (token.lower() in PLACEHOLDER_SECRETS
+                                      or len(token) < MIN_SECRET_LENGTH):
+                raise ValueError(
+                    f"{name} is a placeholder or shorter than {MIN_SECRET_LENGTH} "
+                    "characters; set a random value (e.g. `python -c 'import secrets; "
+                    f"print(secrets.token_urlsafe(32))'`) or {otherwise}")
         return self
 
     @property

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use, installed only when missing (quietly):
 # Fashion-MNIST (dataset-fashion-mnist; or set HADMC_FASHION_MNIST_DIR to a folder holding
-# its four IDX files) and zstd, xdelta3 and bsdiff, which bench/delta.py compares against.
+# its four IDX files), zstd, xdelta3 and bsdiff, which bench/delta.py compares against, and
+# promtool (package prometheus), which checks the service's /metrics.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ for f in train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1; 
   [ -f "$fmnist/$f-ubyte.gz" ] || { need+=(dataset-fashion-mnist); break; }
 done
 for tool in zstd xdelta3 bsdiff; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 apt_get() {

@@ -94,12 +94,16 @@ class CountedFileResponse(FileResponse):
 
 def serve_artifact(request: Request, store: ArtifactStore, digest: str, filename: str,
                    who: Principal, version_id: int) -> CountedFileResponse:
-    """The stored file ``digest``; bytes sent to a device count for it and its rollout."""
+    """The stored file ``digest``; bytes sent to a device count for it and its rollout,
+    and in ``hadmc_download_bytes_total`` by kind (a ``.delta`` file or the full model)."""
     on_sent = None
     if who.kind == "device":
         maker = request.app.state.sessionmaker
+        sent = request.app.state.metrics.download_bytes.labels(
+            "delta" if filename.endswith(".delta") else "full")
 
         def on_sent(nbytes: int) -> None:
+            sent.inc(nbytes)
             with maker() as session:
                 record_download(session=session, device_id=who.id, version_id=version_id,
                                 nbytes=nbytes)

@@ -104,3 +104,15 @@ def cancel_job(*, session: Session, job_id: int) -> Job | None:
 
 def percent(job: Job) -> float | None:
     return round(100.0 * job.done / job.total, 1) if job.total else None
+
+
+def stage_seconds(*, session: Session) -> dict[str, tuple[int, float]]:
+    """Per pipeline stage, over finished jobs: how many spent time in it and how many
+    seconds in all (``jobs.timings``; ``stage -> (count, seconds)``)."""
+    totals: dict[str, tuple[int, float]] = {}
+    for timings in session.scalars(select(Job.timings).where(Job.state.in_(TERMINAL))):
+        for stage, seconds in (timings or {}).items():
+            if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+                n, total = totals.get(stage, (0, 0.0))
+                totals[stage] = (n + 1, total + float(seconds))
+    return totals

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from cloud_service import schemas_examples as ex
 from cloud_service.api.deps import AnyPrincipal, SettingsDep
 from cloud_service.api.problems import problems
-from cloud_service.metrics import render
+from cloud_service.metrics import check_token, render
 from cloud_service.schemas import ProfilesPublic
 
 router = APIRouter(tags=["health"])
@@ -62,13 +62,20 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            description="Prometheus text format: `hadmc_http_requests_total`, "
-                        "`hadmc_http_request_seconds`, `hadmc_jobs{state}` (this API process). "
-                        "Anyone, no token.",
+            description="Prometheus text format: fleet gauges read from the database at "
+                        "scrape time (`hadmc_devices{state}`, `hadmc_devices_by_version`, "
+                        "`hadmc_rollouts{state}`, `hadmc_rollout_devices`, "
+                        "`hadmc_update_reports_total`, `hadmc_jobs{state}`, "
+                        "`hadmc_job_stage_seconds`, `hadmc_queue_depth`, ...) and request "
+                        "and download counters summed over the API's processes "
+                        "(`docs/service.md`). Anyone, unless `HADMC_METRICS_TOKEN` is set: "
+                        "then `Authorization: Bearer <that token>` (401 otherwise).",
             responses={200: {"description": "Prometheus exposition format.", "content": {
                 "text/plain": {
-                    "schema": {"type": "string"}, "example": ex.METRICS}}}})
-def metrics(request: Request) -> Response:
+                    "schema": {"type": "string"}, "example": ex.METRICS}}},
+                **problems(401)})
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    check_token(settings, request.headers.get("authorization"))
     body, ctype = render(request.app)
     return Response(body, media_type=ctype)
 
