@@ -8,6 +8,8 @@ from enum import Enum
 
 import typer
 
+from cloud_service.fleetcli.options import JsonOpt, TokenOpt, TokensServerOpt
+
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 token_app = typer.Typer(no_args_is_help=True, help="User API tokens.")
 
@@ -161,7 +163,8 @@ def db_current() -> None:
 
 
 @token_app.command("create")
-def token_create(user: str = typer.Option("admin", help="User the token belongs to."),
+def token_create(ctx: typer.Context,
+                 user: str = typer.Option("admin", help="User the token belongs to."),
                  name: str = typer.Option("", help="A label for the token."),
                  role: RoleChoice = typer.Option(
                      RoleChoice.operator, help="viewer: read only; operator: also create and "
@@ -169,8 +172,17 @@ def token_create(user: str = typer.Option("admin", help="User the token belongs 
                      "API tokens."),
                  expires_days: int | None = typer.Option(
                      None, min=1, help="Days until the token stops working (default: "
-                                       "never; revoke it with `hadmc token revoke`).")) -> None:
-    """Create a user API token and print it (shown once; stored hashed)."""
+                                       "never; revoke it with `hadmc token revoke`)."),
+                 server: TokensServerOpt = None, api_token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Create a user API token and print it (shown once; stored hashed). With --server:
+    a token of the user of --token, over REST."""
+    from cloud_service.fleetcli import tokens as rest
+
+    if url := rest.remote(server, api_token, as_json):
+        rest.create(ctx, url, api_token, name=name, expires_days=expires_days,
+                   role=role.value, as_json=as_json)
+        return
     from cloud_service.db import session_scope
     from cloud_service.services.auth import create_user_token
 
@@ -187,8 +199,16 @@ def _when(value: datetime | None) -> str:
 
 
 @token_app.command("list")
-def token_list(user: str = typer.Option("", help="Only this user's tokens.")) -> None:
-    """List API tokens (never the secrets): id, user, role, name, created, expires, state."""
+def token_list(user: str = typer.Option("", help="Only this user's tokens."),
+               server: TokensServerOpt = None, api_token: TokenOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """List API tokens (never the secrets): id, user, role, name, created, expires, state.
+    With --server: the tokens of the user of --token, over REST."""
+    from cloud_service.fleetcli import tokens as rest
+
+    if url := rest.remote(server, api_token, as_json):
+        rest.list_(url, api_token, user=user, as_json=as_json)
+        return
     from cloud_service.db import session_scope
     from cloud_service.services.auth import list_api_tokens, token_state, user_names
 
@@ -212,9 +232,16 @@ def token_list(user: str = typer.Option("", help="Only this user's tokens.")) ->
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: int = typer.Argument(..., min=1, help="Id from `hadmc token list`.")
-                 ) -> None:
-    """Revoke an API token: it stops working at once (401)."""
+def token_revoke(token_id: int = typer.Argument(..., min=1, help="Id from `hadmc token list`."),
+                 server: TokensServerOpt = None, api_token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Revoke an API token: it stops working at once (401). With --server: one of the
+    tokens of the user of --token, over REST."""
+    from cloud_service.fleetcli import tokens as rest
+
+    if url := rest.remote(server, api_token, as_json):
+        rest.revoke(url, api_token, token_id, as_json=as_json)
+        return
     from cloud_service.db import session_scope
     from cloud_service.errors import ConflictError
     from cloud_service.services.auth import revoke_api_token

@@ -1,0 +1,99 @@
+"""``hadmc devices list|show|tag|revoke``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cloud_service.fleetcli.client import UsageError
+from cloud_service.fleetcli.common import connect, emit_json, friendly, show, table, when
+from cloud_service.fleetcli.options import JsonOpt, ServerOpt, TokenOpt
+
+app = typer.Typer(no_args_is_help=True, help="Enrolled edge devices (REST API).")
+DeviceId = Annotated[int, typer.Argument(min=1, help="Device id (`hadmc devices list`).")]
+
+
+def state(d: dict[str, Any]) -> str:
+    return "revoked" if d.get("revoked_at") else "active"
+
+
+def _profile(d: dict[str, Any]) -> str:
+    prof = d.get("profile") or {}
+    return str(prof.get("name") or "-")
+
+
+@app.command("list")
+@friendly
+def list_cmd(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+             offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
+             limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")
+                              ] = 100) -> None:
+    """List devices: id, name, profile, version, tags, status, last seen, state."""
+    with connect(server, token) as api:
+        page = api.get("/v1/devices", offset=offset, limit=limit)
+    if as_json:
+        emit_json(page)
+        return
+    rows = [[d["id"], d["name"], _profile(d), d.get("current_version_id"), d.get("tags"),
+             d.get("status"), when(d.get("last_seen_at")), state(d)] for d in page["data"]]
+    typer.echo(table(["ID", "NAME", "PROFILE", "VERSION", "TAGS", "STATUS", "LAST SEEN",
+                      "STATE"], rows, right=["ID", "VERSION"]))
+    if page["count"] > offset + len(rows):
+        typer.echo(f"({len(rows)} of {page['count']}; see --offset and --limit)")
+
+
+@app.command("show")
+@friendly
+def show_cmd(device_id: DeviceId, server: ServerOpt = None, token: TokenOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Show one device: profile, versions, tags, bytes downloaded, last seen."""
+    with connect(server, token) as api:
+        d = api.get(f"/v1/devices/{device_id}")
+    if as_json:
+        emit_json(d)
+        return
+    prof = d.get("profile") or {}
+    typer.echo(show([
+        ("id", d["id"]), ("name", d["name"]), ("state", state(d)),
+        ("status", d.get("status")),
+        ("profile", _profile(d)), ("isa", prof.get("isa")),
+        ("accelerator", prof.get("accelerator")), ("runtimes", prof.get("runtimes")),
+        ("version", d.get("current_version_id")),
+        ("previous version", d.get("previous_version_id")),
+        ("tags", d.get("tags")), ("bytes downloaded", d.get("bytes_downloaded")),
+        ("last seen", when(d.get("last_seen_at"))), ("enrolled", when(d.get("created_at"))),
+        ("revoked", when(d.get("revoked_at")))]))
+
+
+@app.command("tag")
+@friendly
+def tag_cmd(device_id: DeviceId,
+            tags: Annotated[list[str] | None, typer.Option(
+                "--tag", metavar="TAG", help="A tag (repeat for several); replaces the "
+                                             "device's tags.")] = None,
+            clear: Annotated[bool, typer.Option("--clear", help="Remove every tag.")] = False,
+            server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Set a device's tags (rollouts select devices by tag)."""
+    if bool(tags) == clear:
+        raise UsageError("give --tag TAG (repeatable) or --clear")
+    with connect(server, token) as api:
+        d = api.patch(f"/v1/devices/{device_id}", {"tags": tags or []})
+    if as_json:
+        emit_json(d)
+        return
+    typer.echo(f"device {d['id']} ({d['name']}) tags: {', '.join(d['tags']) or '(none)'}")
+
+
+@app.command("revoke")
+@friendly
+def revoke_cmd(device_id: DeviceId, server: ServerOpt = None, token: TokenOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Revoke a device: its credential stops working and rollouts skip it (to use it
+    again, enroll it anew)."""
+    with connect(server, token) as api:
+        d = api.delete(f"/v1/devices/{device_id}")
+    if as_json:
+        emit_json(d)
+        return
+    typer.echo(f"revoked device {d['id']} ({d['name']})")
