@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
 
-from cloud_service import security
+from cloud_service import security, ui
 from cloud_service.api import guard, openapi, problems
 from cloud_service.api.routes import ROUTERS, devices
 from cloud_service.db import get_engine, get_sessionmaker, session_scope
@@ -97,4 +97,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
+    ui.install(app)  # the dashboard at /ui
     return app

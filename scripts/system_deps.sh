@@ -12,6 +12,8 @@ for f in train-images-idx3 train-labels-idx1 t10k-images-idx3 t10k-labels-idx1; 
 done
 for tool in zstd xdelta3 bsdiff; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Chromium, which the dashboard's browser test drives (tests/cloud_service/test_ui.py).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 apt_get() {

@@ -146,8 +146,14 @@ def resolve(*, session: Session, token: str) -> Principal | None:
         dev_id = session.scalar(select(Device.id).where(Device.credential_hash == digest,
                                                         Device.revoked_at.is_(None)))
         return Principal("device", dev_id) if dev_id is not None else None
+    return resolve_user_digest(session=session, token_hash=digest)
+
+
+def resolve_user_digest(*, session: Session, token_hash: str) -> Principal | None:
+    """The user behind the live (not revoked, not expired) API token whose SHA-256 is
+    ``token_hash`` (a dashboard session holds the digest, never the token)."""
     row = session.execute(
         select(ApiToken.user_id, ApiToken.role, User.name, ApiToken.id).join(User)
-        .where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None),
+        .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None),
                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()))).first()
     return Principal("user", *row) if row is not None else None
