@@ -65,7 +65,12 @@ def num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{places}f}"
 
 
-templates.env.filters.update(when=when, ago=ago, size=size, num=num)
+def count(value: int | None) -> str:
+    """An integer with thousands separators (1,507,776)."""
+    return f"{value:,}" if isinstance(value, int) else "–"
+
+
+templates.env.filters.update(when=when, ago=ago, size=size, num=num, count=count)
 
 
 def render(request: Request, template: str, viewer: Viewer | None, status: int = 200,
