@@ -24,7 +24,8 @@ from hadmc_core.errors import HadmcError
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.models import ArchSpec
 from hadmc_core.progress import ProgressFn, no_progress
-from hadmc_core.train import use_bf16
+from hadmc_core.report import ModelStats
+from hadmc_core.train import NEAR_CHANCE_POINTS, chance_accuracy, near_chance, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,16 @@ def _run(ctx: pl.Context) -> dict[str, Any]:
     return _report(ctx, base, final, best, why, fusion)
 
 
+def baseline_warnings(base: ModelStats, num_classes: int) -> list[str]:
+    """What is wrong with the model given to compress (report ``warnings``)."""
+    if not near_chance(base.val_accuracy, num_classes):
+        return []
+    return [f"the baseline's validation top-1 is {base.val_accuracy:.1f}%, within "
+            f"{NEAR_CHANCE_POINTS:g} points of chance ({chance_accuracy(num_classes):.1f}% for "
+            f"{num_classes} classes): it looks untrained, or trained for other data, so the "
+            "accuracy kept by compression means little; train it first (hadmc train)"]
+
+
 def _report(ctx: pl.Context, base, final, best: pl.Candidate, why: list[str],
             fusion) -> dict[str, Any]:
     cons = ctx.cfg.constraints
@@ -149,6 +160,7 @@ def _report(ctx: pl.Context, base, final, best: pl.Candidate, why: list[str],
         "constraints": {"max_accuracy_drop": cons.max_accuracy_drop,
                         "latency_budget_ms": cons.latency_budget_ms,
                         "size_budget_mb": cons.size_budget_mb, "met": met, "message": message},
+        "warnings": baseline_warnings(base, ctx.spec.num_classes),
         "candidates": [c.to_dict() for c in ctx.candidates],
         "layers": best.layers,
         "fusion": {"fused_conv_bn": fusion.fused_pairs if fusion else 0,

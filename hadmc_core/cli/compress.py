@@ -83,6 +83,8 @@ def compress_cmd(
               f"{c['size_bytes'] / 1e6:.2f} MB")
     out.print(f"drop {s['accuracy_drop_points']:.2f} pts, speedup {s['speedup']:.2f}x, "
               f"{s['compression']:.2f}x smaller -> {result.out_dir}")
+    for warning in r.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if not result.met:
         console.print(f"[bold yellow]warning:[/] {result.message}", highlight=False)
         raise typer.Exit(3)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import typer
 
-from hadmc_core.cli._common import friendly, out, progress_bar
+from hadmc_core.cli._common import console, friendly, out, progress_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +23,9 @@ def train_cmd(
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     stem: str = typer.Option("small", help="'small' (28-64px inputs) or 'imagenet'."),
     width: float = typer.Option(1.0, help="Channel width multiplier."),
-    epochs: float = typer.Option(1.0, help="Epochs (fractions allowed)."),
+    epochs: float | None = typer.Option(
+        None, min=0.001, help="Epochs (fractions allowed). Default: enough whole epochs for at "
+                             "least 100 optimizer steps (one epoch at least)."),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1, help="Peak learning rate of the one-cycle schedule."),
     seed: int = typer.Option(0),
@@ -37,6 +40,11 @@ def train_cmd(
     ds = load_dataset(data)
     spec = ArchSpec(arch, ds.in_channels, ds.num_classes, stem, width)
     model = build_model(spec)
+    epochs, steps, why = _length(epochs, len(ds.train), batch_size)
+    if not quiet:
+        console.print(f"training {arch} on {data}: {epochs:g} epochs of {len(ds.train)} "
+                      f"samples, {steps} steps of {batch_size} ({why})", highlight=False,
+                      soft_wrap=True)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     t0 = time.perf_counter()
     with progress_bar(not quiet) as prog:
@@ -48,6 +56,28 @@ def train_cmd(
     save_weights(model.cpu(), out_path, spec)
     summary = {"weights": str(out_path), "arch": spec.to_dict(), "dataset": data,
                "val_accuracy": round(val, 2), "test_accuracy": round(test, 2),
-               "train_seconds": round(seconds, 1), "epochs": epochs}
+               "train_seconds": round(seconds, 1), "epochs": epochs, "steps": steps}
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     out.print_json(json.dumps(summary))
+    _warn_if_near_chance(val, ds.num_classes)
+
+
+def _length(epochs: float | None, samples: int, batch_size: int) -> tuple[float, int, str]:
+    """Epochs, optimizer steps, and where the length came from."""
+    from hadmc_core.train import MIN_DEFAULT_STEPS, default_epochs
+
+    why = "--epochs"
+    if epochs is None:
+        epochs = float(default_epochs(samples, batch_size))
+        why = f"default: at least {MIN_DEFAULT_STEPS} steps; --epochs to choose"
+    return epochs, max(1, round(epochs * math.ceil(samples / batch_size))), why
+
+
+def _warn_if_near_chance(val: float, num_classes: int) -> None:
+    from hadmc_core.train import chance_accuracy, near_chance
+
+    if near_chance(val, num_classes):
+        console.print(f"[bold yellow]warning:[/] validation top-1 {val:.1f}% is near chance "
+                      f"({chance_accuracy(num_classes):.1f}% for {num_classes} classes): the "
+                      "model has learned next to nothing; train longer (--epochs) or check "
+                      "the data", highlight=False, soft_wrap=True)
