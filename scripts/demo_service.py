@@ -9,18 +9,23 @@
 5. a rollout of the compressed version to every device; the agent downloads it, verifies
    the signed manifest and every hash, smoke-tests it, switches, and commits it after a
    10-second health window (the rollout succeeds at the commit);
-6. one Fashion-MNIST test image is classified through the agent's loopback endpoint.
+6. one Fashion-MNIST test image is classified through the agent's loopback endpoint;
+7. baseline and compressed side by side (accuracy, latency, size, speedup from the job's
+   report; latency measured on the device by the agent) and the dashboard's address.
 
-Everything lives under --workdir (default runs/service); both processes are stopped at the end.
+Everything lives under --workdir (default runs/service). Both processes are stopped at the
+end; run from a terminal, they keep running for the dashboard until Enter is pressed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -83,7 +88,7 @@ def run_job(api: httpx.Client, args: argparse.Namespace) -> dict:
     return api.get(f"/v1/versions/{job['version_id']}").json()
 
 
-def roll_out(api: httpx.Client, version: dict) -> None:
+def roll_out(api: httpx.Client, version: dict) -> int:
     r = api.post("/v1/rollouts", json={"version_id": version["id"], "selector": {"all": True},
                                        "waves": [100], "max_latency_regression": 10.0})
     r.raise_for_status()
@@ -94,6 +99,7 @@ def roll_out(api: httpx.Client, version: dict) -> None:
         print(f"  rollout {rid}: {e['kind']}: {e['reason']}")
     if done["state"] != "completed":
         raise SystemExit(f"error: the rollout ended {done['state']}")
+    return rid
 
 
 def classify(port: int, data: str) -> None:
@@ -107,6 +113,33 @@ def classify(port: int, data: str) -> None:
     pred = max(range(len(logits)), key=logits.__getitem__)
     print(f"agent on version {r.json()['version_id']}: test image 0 -> class {pred} "
           f"(label {y})")
+
+
+def device_p50_ms(api: httpx.Client, rollout_id: int) -> float | None:
+    """Median of the p50 latencies the rollout's devices reported after updating."""
+    devices = api.get(f"/v1/rollouts/{rollout_id}/devices").json()["data"]
+    p50s = [d["p50_ms"] for d in devices if d["p50_ms"] is not None]
+    return statistics.median(p50s) if p50s else None
+
+
+def side_by_side(report: dict[str, Any], on_device_ms: float | None, dashboard: str) -> str:
+    """Baseline and compressed side by side: accuracy, latency and size from the job's
+    report (docs/report.md), the latency the agent measured on the device, the dashboard."""
+    b, c, s = report["baseline"], report["compressed"], report["summary"]
+    device = f"{on_device_ms:.3f} ms" if on_device_ms is not None else "not reported"
+    rows = [("", "baseline", "compressed", ""),
+            ("top-1 (test split)", f"{b['accuracy']:.2f} %", f"{c['accuracy']:.2f} %",
+             f"{-s['accuracy_drop_points']:+.2f} points"),
+            ("latency (job, ORT)", f"{b['latency_ms']:.3f} ms", f"{c['latency_ms']:.3f} ms",
+             f"{s['speedup']:.2f}x speedup (median, batch 1)"),
+            ("latency (device)", "-", device, "p50 the agent measured after the update"),
+            ("size (ONNX file)", f"{b['size_bytes'] / 1e6:.2f} MB",
+             f"{c['size_bytes'] / 1e6:.2f} MB", f"{s['compression']:.2f}x smaller")]
+    lines = [f"{a:<20}{x:>12}{y:>14}   {z}".rstrip() for a, x, y, z in rows]
+    lines.append(f"constraints: {report['constraints']['message']}")
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
+    lines.append(f"dashboard: {dashboard}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -128,7 +161,7 @@ def main() -> None:
            "HADMC_SIGNING_KEY_FILE": str(work / "signing.key"),
            "HADMC_ROLLOUT_INTERVAL_SECONDS": "2"}
     env.pop("HADMC_BROKER_URL", None)
-    subprocess.run([BIN / "hadmc", "db", "upgrade"], env=env, check=True, capture_output=True)
+    # token create also creates the SQLite database and migrates it (so does serve)
     token = subprocess.run([BIN / "hadmc", "token", "create"], env=env, check=True,
                            capture_output=True, text=True).stdout.split()[-1]
     procs = [start([str(BIN / "hadmc"), "serve", "--port", str(port)], env, work / "serve.log")]
@@ -152,9 +185,20 @@ def main() -> None:
                             "HADMC_AGENT_HEALTH_CHECK_SECONDS": "2"}, work / "agent.log"))
         wait_for("agent enrollment", lambda: api.get("/v1/devices").json()["count"], 60)
         print(f"hadmc-agent enrolled (data dir {work}/agent; log {work}/agent.log)")
-        roll_out(api, version)
+        rollout_id = roll_out(api, version)
         wait_for("the agent's switch", lambda: _ok_port(agent_port), 60, 0.5)
         classify(agent_port, args.data)
+        report = api.get(f"/v1/versions/{version['id']}/report").json()
+        token_file = work / "token"
+        token_file.touch(mode=0o600)
+        token_file.chmod(0o600)
+        token_file.write_text(token + "\n")
+        print("\n" + side_by_side(report, device_p50_ms(api, rollout_id),
+                                  f"http://127.0.0.1:{port}/ui (log in with the token in "
+                                  f"{token_file})"))
+        if sys.stdin.isatty():
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input("the server and the agent keep running; press Enter to stop them ")
     finally:
         for p in reversed(procs):
             os.killpg(p.pid, signal.SIGTERM)
