@@ -8,7 +8,13 @@ import typer
 
 from cloud_service.fleetcli.client import UsageError
 from cloud_service.fleetcli.common import connect, emit_json, friendly, show, table, when
-from cloud_service.fleetcli.options import JsonOpt, ServerOpt, TokenOpt
+from cloud_service.fleetcli.options import (
+    JsonOpt,
+    OffsetOpt,
+    ServerOpt,
+    TokenOpt,
+    WideLimitOpt,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Enrolled edge devices (REST API).")
 DeviceId = Annotated[int, typer.Argument(min=1, help="Device id (`hadmc devices list`).")]
@@ -26,9 +32,8 @@ def _profile(d: dict[str, Any]) -> str:
 @app.command("list")
 @friendly
 def list_cmd(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-             offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-             limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")
-                              ] = 100) -> None:
+             offset: OffsetOpt = 0,
+             limit: WideLimitOpt = 100) -> None:
     """List devices: id, name, profile, version, tags, status, last seen, state."""
     with connect(server, token) as api:
         page = api.get("/v1/devices", offset=offset, limit=limit)

@@ -11,7 +11,7 @@ import typer
 from cloud_service.fleetcli.client import FleetClient, UsageError
 from cloud_service.fleetcli.common import cell, connect, emit_json, friendly, show, table, when
 from cloud_service.fleetcli.live import watch
-from cloud_service.fleetcli.options import JsonOpt, ServerOpt, TokenOpt
+from cloud_service.fleetcli.options import JsonOpt, LimitOpt, OffsetOpt, ServerOpt, TokenOpt
 
 app = typer.Typer(no_args_is_help=True, help="Compression jobs (REST API).")
 JobId = Annotated[int, typer.Argument(min=1, help="Job id (`hadmc jobs list`).")]
@@ -112,9 +112,8 @@ def list_cmd(state: Annotated[str | None, typer.Option(
              model: Annotated[int | None, typer.Option(
                  "--model", min=1, help="Only jobs of this model id.")] = None,
              server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-             offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-             limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")
-                              ] = 50) -> None:
+             offset: OffsetOpt = 0,
+             limit: LimitOpt = 50) -> None:
     """List jobs, newest first: state, progress, the version each produced."""
     if state is not None and state not in STATES:
         raise UsageError(f"--state must be one of {', '.join(STATES)}")

@@ -21,3 +21,7 @@ TokensServerOpt = Annotated[str | None, typer.Option(
     "--server", metavar="URL", show_default=False,
     help="Manage your tokens on this server over REST (env HADMC_SERVER); without it, "
          "the local database.")]
+OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many.")]
+#: Page sizes as the API allows them: 500 for most lists, 1000 for the wide ones.
+LimitOpt = Annotated[int, typer.Option(min=1, max=500, help="At most this many.")]
+WideLimitOpt = Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")]

@@ -10,7 +10,13 @@ from cloud_service.fleetcli import rollout_view as view
 from cloud_service.fleetcli.client import FleetClient, UsageError
 from cloud_service.fleetcli.common import connect, emit_json, friendly, show
 from cloud_service.fleetcli.live import watch
-from cloud_service.fleetcli.options import JsonOpt, ServerOpt, TokenOpt
+from cloud_service.fleetcli.options import (
+    JsonOpt,
+    OffsetOpt,
+    ServerOpt,
+    TokenOpt,
+    WideLimitOpt,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Roll versions out to devices in waves (REST API).")
 RolloutId = Annotated[int, typer.Argument(min=1, help="Rollout id (`hadmc rollouts list`).")]
@@ -127,9 +133,8 @@ def create_cmd(
 def list_cmd(state: Annotated[str | None, typer.Option(
                  help=f"Only rollouts in this state: {', '.join(STATES)}.")] = None,
              server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-             offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-             limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")
-                              ] = 50) -> None:
+             offset: OffsetOpt = 0,
+             limit: WideLimitOpt = 50) -> None:
     """List rollouts, newest first: state, wave, devices, successes, failures."""
     if state is not None and state not in STATES:
         raise UsageError(f"--state must be one of {', '.join(STATES)}")
@@ -160,9 +165,8 @@ def show_cmd(rollout_id: RolloutId, server: ServerOpt = None, token: TokenOpt = 
 @friendly
 def devices_cmd(rollout_id: RolloutId, server: ServerOpt = None, token: TokenOpt = None,
                 as_json: JsonOpt = False,
-                offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-                limit: Annotated[int, typer.Option(min=1, max=1000,
-                                                   help="At most this many.")] = 1000) -> None:
+                offset: OffsetOpt = 0,
+                limit: WideLimitOpt = 1000) -> None:
     """Per device in a rollout: wave, status, version it came from, bytes, p50, reason."""
     with connect(server, token) as api:
         page = api.get(f"/v1/rollouts/{rollout_id}/devices", offset=offset, limit=limit)
@@ -176,9 +180,8 @@ def devices_cmd(rollout_id: RolloutId, server: ServerOpt = None, token: TokenOpt
 @friendly
 def events_cmd(rollout_id: RolloutId, server: ServerOpt = None, token: TokenOpt = None,
                as_json: JsonOpt = False,
-               offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-               limit: Annotated[int, typer.Option(min=1, max=1000,
-                                                  help="At most this many.")] = 1000) -> None:
+               offset: OffsetOpt = 0,
+               limit: WideLimitOpt = 1000) -> None:
     """A rollout's decisions and actions with their reasons, oldest first."""
     with connect(server, token) as api:
         page = api.get(f"/v1/rollouts/{rollout_id}/events", offset=offset, limit=limit)

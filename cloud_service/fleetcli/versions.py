@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cloud_service.fleetcli.common import cell, connect, emit_json, friendly, show, table, when
-from cloud_service.fleetcli.options import JsonOpt, ServerOpt, TokenOpt
+from cloud_service.fleetcli.options import JsonOpt, LimitOpt, OffsetOpt, ServerOpt, TokenOpt
 
 app = typer.Typer(no_args_is_help=True, help="Published model versions (REST API).")
 
@@ -30,9 +30,8 @@ def _summary(v: dict[str, Any]) -> str:
 def list_cmd(model: Annotated[int | None, typer.Option(
                  "--model", min=1, help="Only versions of this model id.")] = None,
              server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-             offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
-             limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")
-                              ] = 50) -> None:
+             offset: OffsetOpt = 0,
+             limit: LimitOpt = 50) -> None:
     """List versions: id, model, number, profile, size, constraints met, job, created."""
     with connect(server, token) as api:
         page = api.get("/v1/versions", model_id=model, offset=offset, limit=limit)
