@@ -91,7 +91,9 @@ def run_job(api: httpx.Client, args: argparse.Namespace) -> dict:
 def roll_out(api: httpx.Client, version: dict) -> int:
     r = api.post("/v1/rollouts", json={"version_id": version["id"], "selector": {"all": True},
                                        "waves": [100], "max_latency_regression": 10.0})
-    r.raise_for_status()
+    if r.status_code != 201:
+        raise SystemExit(f"error: the rollout was refused: {r.status_code} "
+                         f"{r.json().get('detail', r.text)}")
     rid = r.json()["id"]
     done = wait_for("the rollout", lambda: (lambda x: x if x["state"] != "active" else None)(
         api.get(f"/v1/rollouts/{rid}").json()), 600)
@@ -183,7 +185,9 @@ def main() -> None:
                             # commit after 10 s of health checks (default: 5 minutes)
                             "HADMC_AGENT_HEALTH_WINDOW_SECONDS": "10",
                             "HADMC_AGENT_HEALTH_CHECK_SECONDS": "2"}, work / "agent.log"))
-        wait_for("agent enrollment", lambda: api.get("/v1/devices").json()["count"], 60)
+        # a rollout goes only to devices whose reported hardware fits the version
+        wait_for("the agent's enrollment and hardware profile", lambda: any(
+            d["profile"] for d in api.get("/v1/devices").json()["data"]), 60)
         print(f"hadmc-agent enrolled (data dir {work}/agent; log {work}/agent.log)")
         rollout_id = roll_out(api, version)
         wait_for("the agent's switch", lambda: _ok_port(agent_port), 60, 0.5)
