@@ -1,1 +1,1 @@
-"""Cloud service (issue 4): FastAPI + Celery + SQLAlchemy."""
+"""Cloud service: FastAPI + Celery + SQLAlchemy (REST API, jobs, artifacts, rollouts, dashboard)."""

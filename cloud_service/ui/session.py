@@ -58,7 +58,7 @@ class Refused(Exception):
 
 
 class CsrfRefused(Refused):
-    """A form posted without this session's CSRF token."""
+    """A form posted without the CSRF token of the browser's session."""
 
 
 class NotAllowed(Refused):
