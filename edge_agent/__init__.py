@@ -1,1 +1,1 @@
-"""Edge agent (issue 5). Must run without torch."""
+"""Edge agent (`hadmc-agent`). Must run without torch."""

@@ -171,8 +171,8 @@ def make_onnx(path: Path, weights: np.ndarray, batch: int | str = "N") -> Path:
 
 
 def insert_version(settings: Settings, model_id: int, number: int, path: Path) -> int:
-    """A version row for the ONNX file ``path`` (as a job before issue 5 left it: no
-    manifest, no probe)."""
+    """A version row for the ONNX file ``path`` (as versions made before manifests
+    and probes existed: no manifest, no probe)."""
     from cloud_service.models import ModelVersion
     from cloud_service.storage import ArtifactStore
 
