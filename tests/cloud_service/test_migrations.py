@@ -87,16 +87,21 @@ def _upgrade_0001_with_rows_then_head(url: str) -> None:
         engine.dispose()
 
 
-def test_0002_upgrades_existing_rows_and_downgrades_on_postgres(redis_url: str) -> None:
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'h.db'}"
+        return
+    request.getfixturevalue("redis_url")  # the service's backing servers must be up
     url = create_database()
     try:
-        _upgrade_0001_with_rows_then_head(url)
+        yield url
     finally:
         drop_database(url)
 
 
-def test_0002_upgrades_existing_rows_and_downgrades_on_sqlite(tmp_path: Path) -> None:
-    _upgrade_0001_with_rows_then_head(f"sqlite:///{tmp_path / 'h.db'}")
+def test_0002_upgrades_existing_rows_and_downgrades(empty_url: str) -> None:
+    _upgrade_0001_with_rows_then_head(empty_url)
 
 
 def _api_token_expiry_round_trip(url: str) -> None:
@@ -125,29 +130,8 @@ def _api_token_expiry_round_trip(url: str) -> None:
         engine.dispose()
 
 
-def test_0003_api_token_expiry_on_postgres(redis_url: str) -> None:
-    url = create_database()
-    try:
-        _api_token_expiry_round_trip(url)
-    finally:
-        drop_database(url)
-
-
-def test_0003_api_token_expiry_on_sqlite(tmp_path: Path) -> None:
-    _api_token_expiry_round_trip(f"sqlite:///{tmp_path / 'h.db'}")
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'h.db'}"
-        return
-    request.getfixturevalue("redis_url")  # the service's backing servers must be up
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
+def test_0003_api_token_expiry(empty_url: str) -> None:
+    _api_token_expiry_round_trip(empty_url)
 
 
 def test_0004_rollouts_keep_their_meaning_and_it_goes_down_and_up(empty_url: str) -> None:
