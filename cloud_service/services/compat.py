@@ -20,8 +20,9 @@ with the reason (``services.rollouts``). The rules:
 from __future__ import annotations
 
 import tempfile
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -29,6 +30,9 @@ from sqlalchemy.orm import Session
 from cloud_service.errors import InvalidInputError
 from cloud_service.models import Device, ModelVersion
 from cloud_service.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from hadmc_core.hal.profile import HardwareProfile
 
 
 def onnx_signature(path: Path) -> dict[str, Any]:
@@ -91,18 +95,26 @@ def _fmt(dims: list[Any]) -> str:
     return "[" + ",".join("N" if d is None else str(d) for d in dims) + "]"
 
 
+@lru_cache(maxsize=64)
+def _profile(name: str) -> HardwareProfile | None:
+    """A built-in profile, read once (a rollout checks it against every selected device)."""
+    from hadmc_core.errors import HadmcError
+    from hadmc_core.hal import load_profile
+
+    try:
+        return load_profile(name)
+    except HadmcError:
+        return None
+
+
 def hardware_difference(profile_name: str, device_profile: dict[str, Any] | None
                         ) -> str | None:
     """None when a version built for ``profile_name`` runs on a device with this reported
     profile, else why not."""
-    from hadmc_core.errors import HadmcError
-    from hadmc_core.hal import load_profile
-
     if not device_profile:
         return "the device has not reported its hardware profile yet"
-    try:
-        target = load_profile(profile_name)
-    except HadmcError:
+    target = _profile(profile_name)
+    if target is None:
         return f"the version's profile {profile_name!r} is not a known profile"
     isa, acc = device_profile.get("isa"), device_profile.get("accelerator")
     if (isa, acc) != (target.isa, target.accelerator):
