@@ -14,22 +14,17 @@ from sqlalchemy import Engine, make_url
 from cloud_service.db import make_engine
 from cloud_service.errors import SchemaOutdatedError
 
-
-def _find_migrations() -> Path:
-    """``migrations/`` beside the package (source checkout) or in the working directory
-    (containers install the package and copy ``migrations/`` to the work dir)."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (base / "migrations" / "env.py").is_file():
-            return base / "migrations"
-    return Path(__file__).resolve().parent.parent / "migrations"
-
-
-MIGRATIONS_DIR = _find_migrations()
+# Shipped inside the package (package data), so an installed wheel migrates from any
+# working directory; no alembic.ini is read.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
-    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    """The Alembic configuration, built in code from the package's migrations folder."""
+    cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["database_url"] = database_url
     return cfg
 

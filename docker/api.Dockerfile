@@ -19,7 +19,6 @@ RUN groupadd --gid 10001 hadmc && useradd --uid 10001 --gid hadmc --create-home 
  && mkdir -p /data && chown hadmc:hadmc /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY migrations ./migrations
 ENV PATH=/opt/venv/bin:$PATH \
     HADMC_ARTIFACT_DIR=/data/artifacts \
     HADMC_SIGNING_KEY_FILE=/data/keys/manifest-signing.key \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 from cloud_service import models  # noqa: F401  (registers the tables)
@@ -12,13 +14,13 @@ config = context.config
 url = config.attributes.get("database_url") or Settings().database_url
 
 
-def _configure(**kw: object) -> None:
+def _configure(**kw: Any) -> None:
     context.configure(
         target_metadata=Base.metadata,
         compare_type=True,
         render_as_batch=url.startswith("sqlite"),
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 if context.is_offline_mode():
