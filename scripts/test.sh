@@ -10,4 +10,5 @@ pip install -q torch==2.13.0            # the CPU build; satisfies every torch r
 pip install -q -e ".[core,cloud,dev]"
 ruff check .
 mypy cloud_service edge_agent
+lint-imports                            # import rules: [tool.importlinter] in pyproject.toml
 python -m pytest "$@"
