@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import DataDirError, EnrollmentError, SwitchError
+from hadmc_core.fsutil import fsync_dir, write_atomic  # also this module's names
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -55,30 +56,6 @@ class AgentState:
                    active=d.get("active"), previous=d.get("previous"),
                    pending_reports=list(d.get("pending_reports") or [])[-50:],
                    switching=d.get("switching"), probation=d.get("probation"))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class Store:
