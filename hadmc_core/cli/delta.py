@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from hadmc_core.cli._common import console, friendly, out
+from hadmc_core.fsutil import write_atomic
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True)
@@ -83,9 +84,7 @@ def diff_cmd(
     else:
         data, stats = diff(old, new, key, model=model, version=version, ttl_seconds=ttl,
                            level=level)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(output)
+    write_atomic(output, data, mode=0o666)
     note = " (fell back to the full file: the delta was not smaller)" if stats.fallback else ""
     out.print(f"{output}: {stats.delta_bytes:,} bytes for a {stats.target_bytes:,}-byte target "
               f"({stats.delta_bytes / max(1, stats.target_bytes):.1%}; full zstd "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import typer
@@ -11,27 +9,13 @@ from rich import box
 from rich.table import Table
 
 from hadmc_core.cli._common import console, friendly, out
+from hadmc_core.fsutil import write_atomic
 
 app = typer.Typer(no_args_is_help=True, help="Hardware profiles (targets for compression).")
 
 
 def _gops(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @app.command("list")
@@ -77,6 +61,7 @@ def detect_cmd(
 
     text = detect_profile(name).to_yaml()
     if out_file:
-        _write_atomic(out_file, text)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_file, text.encode())
         console.print(f"wrote {out_file}", highlight=False)
     out.out(text, end="", highlight=False)

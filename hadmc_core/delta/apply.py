@@ -33,6 +33,7 @@ from hadmc_core.delta.formats import ITEMSIZE
 from hadmc_core.delta.groups import Group, group_sizes
 from hadmc_core.delta.manifest import FileHasher, Manifest, SegmentEntry, chunks, label
 from hadmc_core.delta.reader import Files, artifact_paths
+from hadmc_core.fsutil import fsync_dir
 
 BLOB_SLACK = 1024 + 4  # zstd framing (+ DICT's length prefix) over a chunk's own size
 
@@ -71,7 +72,7 @@ def apply_delta(old_path: Path, delta_path: Path, out_path: Path,
                     os.fsync(fh.fileno())
                 for (_fh, tmp), p in list(zip(temps, outs, strict=True))[::-1]:
                     os.replace(tmp, p)  # external data first, the model file last
-                _fsync_dir(out_path.parent)
+                fsync_dir(out_path.parent, strict=False)  # the outputs are in place
             except BaseException:
                 for _fh, tmp in temps:
                     Path(tmp).unlink(missing_ok=True)
@@ -83,19 +84,6 @@ def _temp(stack: ExitStack, path: Path) -> tuple[BinaryIO, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     return stack.enter_context(os.fdopen(fd, "wb")), tmp
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_base(old_path: Path, base: list[BaseFile], chunk_size: int) -> Manifest:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hadmc_core.fsutil import write_atomic
+
 if TYPE_CHECKING:
     from hadmc_core.hal.profile import HardwareProfile
 
@@ -168,9 +170,8 @@ class LatencyModel:
             return
         try:
             self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cache_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._fits, indent=0, sort_keys=True))
-            os.replace(tmp, self._cache_path)
+            data = json.dumps(self._fits, indent=0, sort_keys=True).encode()
+            write_atomic(self._cache_path, data, mode=0o666)
         except OSError as e:  # a read-only cache only costs time
             log.warning("latency cache not saved: %s", e)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hadmc_core.errors import InputFileError, UnknownNameError, WeightsMismatchError
+from hadmc_core.fsutil import atomic_path
 from hadmc_core.models.densenet import DenseNet
 from hadmc_core.models.mobilenetv2 import MobileNetV2
 from hadmc_core.models.resnet import ResNet18
@@ -50,10 +51,8 @@ def save_weights(model: nn.Module, path: Path, spec: ArchSpec | None = None) -> 
 
     meta = {k: str(v) for k, v in (spec.to_dict() if spec else {}).items()}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(Path(path)) as tmp:
+        save_file(state, str(tmp), metadata=meta)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

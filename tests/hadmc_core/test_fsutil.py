@@ -115,3 +115,36 @@ def test_a_killed_writer_leaves_old_or_new_never_a_part(tmp_path: Path) -> None:
     assert len(data) == 200_000 and len(set(data)) == 1
     assert {p.name for p in tmp_path.iterdir()} - {"f"} <= {
         p.name for p in tmp_path.glob(".f.tmp-*")}
+
+
+def test_profile_detect_out_writes_the_yaml_atomically(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hadmc_core.cli import _register, app
+    from hadmc_core.hal import load_profile
+
+    _register()
+    out = tmp_path / "new" / "here.yaml"  # the folder is created
+    res = CliRunner().invoke(app, ["profile", "detect", "--name", "here", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_profile(str(out)).name == "here"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert _entries(out.parent) == ["here.yaml"]
+
+
+def test_save_weights_replaces_atomically_and_keeps_the_old_file_on_error(
+        tmp_path: Path) -> None:
+    from torch import nn
+
+    from hadmc_core.models import read_weights, save_weights
+
+    path = tmp_path / "w.safetensors"
+    save_weights(nn.Linear(3, 2), path)
+    before = path.read_bytes()
+    shared = nn.Module()
+    shared.a = nn.Linear(3, 2)
+    shared.b = shared.a  # two names, one tensor: safetensors refuses to write it
+    with pytest.raises(RuntimeError):
+        save_weights(shared, path)
+    assert path.read_bytes() == before and _entries(tmp_path) == ["w.safetensors"]
+    assert set(read_weights(path)[0]) == {"weight", "bias"}
