@@ -11,7 +11,6 @@ and API processes and workers on different machines share one bucket.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,6 @@ class S3ArtifactStore(ArtifactStore):
             with open(tmp, "rb") as f:
                 while block := f.read(CHUNK):
                     hasher.update(block)
-                os.fsync(f.fileno())
             if hasher.hexdigest() != digest:
                 raise IntegrityError(f"object {digest} in bucket {self.bucket!r} does not match "
                                      "its hash; it was altered in the object store")

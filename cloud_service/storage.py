@@ -18,6 +18,7 @@ from pathlib import Path
 import blake3
 
 from cloud_service.errors import PayloadTooLargeError
+from hadmc_core.fsutil import replace_atomic
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -49,7 +50,8 @@ class ArtifactStore:
         return Path(name)
 
     def commit(self, tmp: Path, digest: str) -> Path:
-        """Move a fully written temp file to its content address (atomic; deduplicating)."""
+        """Move a fully written temp file to its content address (fsynced, atomic,
+        deduplicating)."""
         final = self.local_path(digest)
         if final.is_file():
             tmp.unlink(missing_ok=True)
@@ -57,7 +59,7 @@ class ArtifactStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
         # Same bytes under the same name: a concurrent rename of an identical file is harmless.
-        os.replace(tmp, final)
+        replace_atomic(tmp, final)
         return final
 
     async def ingest_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[str, int]:
@@ -74,8 +76,6 @@ class ArtifactStore:
                             "(HADMC_MAX_UPLOAD_MB)")
                     hasher.update(chunk)
                     f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
             digest = hasher.hexdigest()
             self.commit(tmp, digest)
             return digest, size
@@ -92,8 +92,6 @@ class ArtifactStore:
                 while block := fin.read(CHUNK):
                     hasher.update(block)
                     fout.write(block)
-                fout.flush()
-                os.fsync(fout.fileno())
             digest = hasher.hexdigest()
             self.commit(tmp, digest)
             return digest, self.local_path(digest).stat().st_size
@@ -108,10 +106,7 @@ class ArtifactStore:
             return digest, len(data)
         tmp = self.temp_file()
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp.write_bytes(data)
             self.commit(tmp, digest)
             return digest, len(data)
         finally:
