@@ -52,3 +52,21 @@ class ConfigError(HadmcError):
 
 class DeltaError(HadmcError):
     """Base for delta and manifest failures (see hadmc_core.delta.errors)."""
+
+
+class ModelSourceError(HadmcError):
+    """A model reference (built-in name, ``package.module:factory``, ONNX file) that cannot
+    be loaded: the message says what was wrong and how to fix it."""
+
+
+class UnsupportedOperatorError(HadmcError):
+    """An ONNX operator that the PyTorch converter does not map; ``op`` and ``node`` name it.
+
+    Loading an ONNX model does not fail on this: the model is compressed by the stages that
+    work on the graph alone, and the report names the operator and node.
+    """
+
+    def __init__(self, op: str, node: str, detail: str | None = None) -> None:
+        self.op, self.node, self.detail = op, node, detail
+        message = f"operator {op} (node {node!r}) is not convertible to PyTorch"
+        super().__init__(message + (f": {detail}" if detail else ""))
