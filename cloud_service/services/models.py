@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -12,52 +10,17 @@ from sqlalchemy.orm import Session
 
 from cloud_service.errors import InvalidInputError
 from cloud_service.models import Model
-
-MAX_HEADER = 100 * 1024 * 1024
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-               "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+from hadmc_core.safetensors_header import SafetensorsHeaderError, read_header
 
 
 def safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Parse and check a safetensors header: {name: {dtype, shape}}, metadata."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InvalidInputError("not a safetensors file: shorter than 8 bytes")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(MAX_HEADER, size - 8):
-            raise InvalidInputError("not a safetensors file: bad header length "
-                                    "(pickled PyTorch checkpoints are not accepted; "
-                                    "save with safetensors.torch.save_file)")
-        raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidInputError(f"not a safetensors file: header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise InvalidInputError("not a safetensors file: header is not an object")
-    meta = header.pop("__metadata__", None) or {}
-    data_len, end_max = size - 8 - n, 0
-    tensors = {}
-    for name, t in header.items():
-        try:
-            dtype, shape, (start, end) = t["dtype"], list(t["shape"]), t["data_offsets"]
-            count = 1
-            for d in shape:
-                count *= int(d)
-            ok = (dtype in DTYPE_BYTES and 0 <= start <= end <= data_len
-                  and end - start == count * DTYPE_BYTES[dtype])
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InvalidInputError(f"safetensors file is corrupt: tensor {name!r} has an "
-                                    "invalid dtype, shape or offsets")
-        end_max = max(end_max, end)
-        tensors[name] = {"dtype": dtype, "shape": shape}
-    if end_max != data_len:
-        raise InvalidInputError("safetensors file is truncated or has trailing bytes")
-    return tensors, {str(k): str(v) for k, v in meta.items()}
+        header = read_header(path)
+    except SafetensorsHeaderError as e:
+        raise InvalidInputError(str(e)) from e
+    tensors = {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in header.tensors}
+    return tensors, header.metadata
 
 
 def check_against_arch(tensors: dict[str, Any], spec: Any) -> None:

@@ -7,13 +7,11 @@ original bytes exactly. Supported: safetensors, ONNX (see ``onnxwire``: initiali
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 
 from hadmc_core.delta.errors import FormatError
+from hadmc_core.safetensors_header import SafetensorsHeaderError, parse_header
 
-MAX_HEADER = 100 * 1024 * 1024
 ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
              "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64"}
@@ -56,33 +54,19 @@ def fill(segments: list[Segment], size: int) -> list[Segment]:
 
 
 def safetensors_segments(data: bytes | memoryview) -> list[Segment]:
-    if len(data) < 8:
-        raise FormatError("safetensors file shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    if n > MAX_HEADER or 8 + n > len(data):
-        raise FormatError("safetensors header length is out of range (truncated file?)")
+    """The tensors of a safetensors file's bytes; an entry with an unknown dtype, or one
+    whose size disagrees with its dtype and shape, is kept as opaque bytes."""
     try:
-        header = json.loads(bytes(data[8:8 + n]))
-        items = header.items()
-    except (ValueError, RecursionError, AttributeError) as e:
-        raise FormatError(f"safetensors header is not a JSON object: {e}") from e
-    base, tensors = 8 + n, []
-    for name, info in items:
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = (int(x) for x in info["data_offsets"])
-            shape = tuple(int(d) for d in info["shape"])
-            dtype = ST_DTYPES.get(info["dtype"], "bytes")
-            count = 1
-            for d in shape:
-                count *= d
-            if count * ITEMSIZE.get(dtype, 0) != end - start:
-                dtype = "bytes"  # inconsistent entry: keep it as opaque bytes
-            if end > start:
-                tensors.append(Segment(name, base + start, end - start, dtype, shape))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise FormatError(f"safetensors entry {name!r} is malformed: {e}") from e
+        header = parse_header(data, strict=False)
+    except SafetensorsHeaderError as e:
+        raise FormatError(str(e)) from e
+    base, tensors = header.data_offset, []
+    for t in header.tensors:
+        dtype = ST_DTYPES.get(t.dtype, "bytes")
+        if t.expected_nbytes != t.nbytes:
+            dtype = "bytes"  # inconsistent entry: keep it as opaque bytes
+        if t.nbytes:
+            tensors.append(Segment(t.name, base + t.start, t.nbytes, dtype, t.shape))
     return _fill(tensors, len(data))
 
 
