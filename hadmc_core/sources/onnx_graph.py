@@ -82,6 +82,7 @@ class Node:
     attrs: dict[str, Any]
     outputs: int
     opset: int
+    scope: list[str] = field(default_factory=list)  # module path parts, sanitized
     extra: dict[str, Any] = field(default_factory=dict)
 
     def input(self, i: int) -> Value | None:
@@ -142,19 +143,33 @@ def safe_component(text: str) -> str:
     return s
 
 
-def scope_path(node_name: str) -> list[str]:
-    """Module path from an exporter's node name.
+_DOTTED = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_QUOTED = re.compile(r"'([^'\\]*)'")
 
-    torch.onnx names nodes after the module scope: ``/layer1/layer1.0/conv1/Conv`` is the
-    ``Conv`` of module ``layer1.0.conv1``; each scope segment ends with the child's name.
+
+def _parts(path: str) -> list[str]:
+    return [safe_component(p) for p in path.split(".") if _UNSAFE.sub("", p)]
+
+
+def scope_path(node_name: str, weight: str | None = None,
+               name_scopes: str | None = None) -> list[str]:
+    """Module path parts for a node with weights, from what exporters leave in the file.
+
+    In order: the weight's initializer name (``features.0.weight`` → ``features.0``), the
+    ``pkg.torch.onnx.name_scopes`` metadata of torch's dynamo exporter (its next-to-last
+    scope), the node name of torch's TorchScript exporter (``/layer1/layer1.0/conv1/Conv``
+    → ``layer1.0.conv1``: each scope segment ends with the child's name), the node name.
     """
+    if weight and weight.endswith(".weight") and _DOTTED.fullmatch(weight[:-7]):
+        return _parts(weight[:-7])
+    scopes = _QUOTED.findall(name_scopes or "")
+    if len(scopes) >= 2 and _DOTTED.fullmatch(scopes[-2]):
+        return _parts(scopes[-2])
     if "/" in node_name:
         segs = [s for s in node_name.split("/") if s]
         segs = segs[:-1] if len(segs) > 1 else segs
-        parts = [s.rsplit(".", 1)[-1] for s in segs]
-    else:
-        parts = node_name.split(".")
-    return [safe_component(p) for p in parts if _UNSAFE.sub("", p)]
+        return [safe_component(s.rsplit(".", 1)[-1]) for s in segs if _UNSAFE.sub("", s)]
+    return _parts(node_name)
 
 
 class Namer:
@@ -265,7 +280,7 @@ class Builder:
 
     def module(self, mod: nn.Module, node: Node, *args: Value) -> Tensor:
         """Attach ``mod`` under a path taken from the ONNX node name and call it."""
-        path = self.names.take(scope_path(node.name), node.op)
+        path = self.names.take(node.scope, node.op)
         mod.eval()
         self.attrs[path] = mod
         self.onnx_nodes[path] = node.name

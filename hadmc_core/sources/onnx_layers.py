@@ -203,9 +203,9 @@ def prelu(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
     slope = n.const(1, "the PRelu slope")
     channels = x.val.shape[1] if rank(x) > 1 else 1
-    per_channel = slope.numel() == channels and (
-        slope.dim() == rank(x) - 1 and slope.shape[0] == channels or slope.dim() == 1
-        and rank(x) == 2)
+    aligned = [1] * (rank(x) - slope.dim()) + list(slope.shape)
+    per_channel = len(aligned) == rank(x) > 1 and aligned[1] == channels and \
+        math.prod(aligned) == channels
     if slope.numel() != 1 and not per_channel:
         raise n.unsupported("a slope that is neither one value nor one per channel")
     mod = nn.PReLU(slope.numel())

@@ -383,8 +383,6 @@ def slice_(b: Builder, n: Node) -> Value:
     r = rank(x)
     axes = [a % max(r, 1) for a in (axes or range(len(starts)))]
     steps = steps or [1] * len(starts)
-    if any(s <= 0 for s in steps):
-        raise n.unsupported("negative slice steps")
 
     def bound(v):
         if isinstance(v, Sym):
@@ -399,6 +397,15 @@ def slice_(b: Builder, n: Node) -> Value:
     index = [slice(None)] * r
     for a, s, e, st in zip(axes, starts, ends, steps, strict=True):
         index[a] = slice(bound(s), bound(e), None if st == 1 else st)
+    if isinstance(x, Const) and not b.dynamic(index):
+        return Const(torch.from_numpy(x.val.numpy()[tuple(index)].copy()))
+    for a, st in zip(axes, steps, strict=True):
+        if st < 0:  # torch slices forwards only: pick the elements by index
+            if b.dynamic(index[a]):
+                raise n.unsupported("a backward slice with computed bounds")
+            picked = list(range(x.val.shape[a]))[index[a]]
+            x = b.call(torch.index_select, x, a, Const(torch.tensor(picked)))
+            index[a] = slice(None)
     while index and index[-1] == slice(None):
         index.pop()
     return b.call(operator.getitem, x, tuple(index))

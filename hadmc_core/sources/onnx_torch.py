@@ -18,7 +18,16 @@ from torch import fx
 from hadmc_core.errors import HadmcError, ModelSourceError, UnsupportedOperatorError
 from hadmc_core.sources import onnx_layers, onnx_ops  # noqa: F401  (they register handlers)
 from hadmc_core.sources.onnx_file import read_onnx
-from hadmc_core.sources.onnx_graph import OPS, Builder, Const, Node, ShapeVal, Tensor, Value
+from hadmc_core.sources.onnx_graph import (
+    OPS,
+    Builder,
+    Const,
+    Node,
+    ShapeVal,
+    Tensor,
+    Value,
+    scope_path,
+)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
@@ -128,6 +137,14 @@ def _fusions(model: Any, consts: dict[str, Const]) -> dict[int, tuple[int, str]]
     return plan
 
 
+def _scope(proto: Any, name: str, initializers: set[str]) -> list[str]:
+    weight = proto.input[1] if len(proto.input) > 1 and proto.input[1] in initializers \
+        else None
+    scopes = next((p.value for p in proto.metadata_props
+                   if p.key == "pkg.torch.onnx.name_scopes"), None)
+    return scope_path(name, weight, scopes)
+
+
 def _run_node(b: Builder, node: Node) -> list[Value | None]:
     try:
         out = OPS[node.op](b, node)
@@ -150,6 +167,7 @@ def convert(model: Any, input_shape: tuple[int, ...] | None = None) -> fx.GraphM
         t.name: Const(torch.from_numpy(numpy_helper.to_array(t).copy()))
         for t in model.graph.initializer}
     producers: dict[str, tuple[str, str]] = {}
+    initializers = set(env)
     b = Builder()
     for k, vi in enumerate(graph_inputs(model)):
         elem = vi.type.tensor_type.elem_type
@@ -177,7 +195,8 @@ def convert(model: Any, input_shape: tuple[int, ...] | None = None) -> fx.GraphM
                     raise UnsupportedOperatorError(
                         op, where, f"its output {x!r} is not available in the conversion")
                 inputs.append(env[x] if x else None)
-            node = Node(proto.op_type, name, inputs, _attrs(proto), len(proto.output), opset)
+            node = Node(proto.op_type, name, inputs, _attrs(proto), len(proto.output), opset,
+                        _scope(proto, name, initializers))
             outputs = list(proto.output)
             if i in plan:
                 j, bias = plan[i]
@@ -204,7 +223,7 @@ def _finish(b: Builder) -> fx.GraphModule:
     used = {n.target for n in b.graph.nodes if n.op in ("call_module", "get_attr")}
     attrs = {k: v for k, v in b.attrs.items() if k in used}
     gm = fx.GraphModule(attrs, b.graph, class_name="OnnxModel")
-    gm.onnx_nodes = {k: v for k, v in b.onnx_nodes.items() if k in used}
+    gm.meta["onnx_nodes"] = {k: v for k, v in b.onnx_nodes.items() if k in used}
     return gm.eval()
 
 

@@ -267,12 +267,33 @@ def test_weights_live_in_named_torch_modules(onnx_dir):
     names = dict(module.named_modules())
     assert isinstance(names["features.0.0"], nn.Conv2d)
     assert isinstance(names["classifier.0"], nn.Linear)
-    assert module.onnx_nodes["classifier.0"] == "/classifier/classifier.0/Gemm"
+    assert module.meta["onnx_nodes"]["classifier.0"] == "/classifier/classifier.0/Gemm"
     # x.view(x.size(0), -1) became a flatten that survives channel pruning
     assert "torch.flatten(" in module.code and "reshape" not in module.code
     dense = dict(onnx_to_torch(exported(onnx_dir, "densenet-bc")).named_modules())
     assert isinstance(dense["net.1.bottleneck.0"], nn.BatchNorm2d)
     assert dense["net.1.bottleneck.0"].running_var.min() >= 0.5
+
+
+@pytest.mark.parametrize("name,module_name", [("vgg-view", "features.0.0"),
+                                              ("densenet-bc", "net.1.bottleneck.2")])
+def test_dynamo_exported_model_converts(tmp_path, capsys, name, module_name):
+    """torch.onnx's default (dynamo) exporter names nodes differently and folds otherwise."""
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(USER_MODELS[name]().eval(), (torch.randn(1, *SHAPE),), str(path),
+                      dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    module = onnx_to_torch(path)
+    assert max_diff(module, path, batch=3) < 1e-4
+    assert isinstance(dict(module.named_modules())[module_name], nn.Conv2d)
+
+
+def test_static_batch_reshape_becomes_flatten(tmp_path):
+    path = tmp_path / "static.onnx"
+    torch.onnx.export(VGGView().eval(), (torch.randn(1, *SHAPE),), str(path), dynamo=False,
+                      input_names=["input"])
+    module = onnx_to_torch(path)
+    assert "torch.flatten(" in module.code and "reshape" not in module.code
+    assert max_diff(module, path, batch=1) < 1e-4
 
 
 @pytest.mark.parametrize("name", [*USER_MODELS, "resnet18"])
