@@ -204,10 +204,31 @@ class Sequence(nn.Module):
         return self.fc(x.reshape(x.size(0), -1))
 
 
+class Activations(nn.Module):
+    """Less common activations, reductions, instance norm, expand, gather, bicubic resize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(8, affine=True)
+        self.acts = nn.ModuleList([nn.Mish(), nn.SELU(), nn.Softplus(), nn.Softsign()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.c(x))
+        x = sum(act(x) for act in self.acts) + torch.sin(x) * torch.cos(x) - torch.sign(x)
+        x = torch.maximum(x, F.adaptive_max_pool2d(x, 1).expand_as(x) * 0.5)
+        x = torch.minimum(x, x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
+        x = F.interpolate(x, scale_factor=1.5, mode="bicubic", align_corners=False)
+        x = F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=True)
+        x = x[:, [0, 2, 4, 6]] + x[:, 1:2].exp()
+        return torch.log_softmax(x.sum((2, 3)) / 100.0, 1)
+
+
 SHAPE = (3, 16, 16)
 USER_MODELS = {"vgg-view": VGGView, "se-gating": SENet, "depthwise-silu": DepthwiseSiLU,
                "resnext-groups": ResNeXtMini, "densenet-bc": DenseBC}
-OPERATOR_MODELS = {"operators": Operators, "shapes": Shapes, "sequence": Sequence}
+OPERATOR_MODELS = {"operators": Operators, "shapes": Shapes, "sequence": Sequence,
+                   "activations": Activations}
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +281,57 @@ def max_diff(module: nn.Module, path: Path, batch: int = 3) -> float:
 def test_converted_model_computes_what_onnx_runtime_computes(onnx_dir, name):
     module = onnx_to_torch(exported(onnx_dir, name))
     assert max_diff(module, exported(onnx_dir, name), batch=3) < 1e-4
+
+
+def _w(*shape: int) -> np.ndarray:
+    return np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+
+
+# Graphs as other tools write them: auto_pad, asymmetric pads, older opsets, attributes
+# that torch.onnx does not emit.
+HAND_WRITTEN = {
+    "conv-same-upper": ([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER",
+                                          strides=[2, 2])], {"w": _w(4, 3, 3, 3)}, 17),
+    "conv-asymmetric-pads": ([helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 1, 2, 1])],
+                             {"w": _w(4, 3, 3, 3)}, 17),
+    "maxpool-same-lower": ([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
+                                             strides=[2, 2], auto_pad="SAME_LOWER")], {}, 17),
+    "avgpool-include-pad": ([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3],
+                                              pads=[1, 0, 1, 2], count_include_pad=1)], {}, 17),
+    "pad-edge": ([helper.make_node("Pad", ["x", "p"], ["y"], mode="edge")],
+                 {"p": np.array([0, 0, 1, 2, 0, 0, 3, 0], np.int64)}, 17),
+    "upsample-opset9": ([helper.make_node("Upsample", ["x", "s"], ["y"])],
+                        {"s": np.array([1, 1, 2, 3], np.float32)}, 9),
+    "resize-sizes-asymmetric": ([helper.make_node(
+        "Resize", ["x", "", "", "sz"], ["y"], mode="nearest", nearest_mode="floor",
+        coordinate_transformation_mode="asymmetric")],
+        {"sz": np.array([1, 3, 5, 13], np.int64)}, 13),
+    "softmax-opset11-axis1": ([helper.make_node("Softmax", ["x"], ["y"], axis=1)], {}, 11),
+    "gemm-transposed": ([helper.make_node("Flatten", ["x"], ["f"]),
+                         helper.make_node("Gemm", ["f", "b", "c"], ["y"], transB=0, alpha=0.5,
+                                          beta=2.0)],
+                        {"b": _w(192, 7), "c": _w(7)}, 17),
+    "clip-opset6": ([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.5)], {}, 6),
+    "transpose-nhwc": ([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                        helper.make_node("MatMul", ["t", "m"], ["u"]),
+                        helper.make_node("Add", ["u", "bias"], ["y"])],
+                       {"m": _w(3, 5), "bias": _w(5)}, 17),
+}
+
+
+@pytest.mark.parametrize("name", HAND_WRITTEN)
+def test_hand_written_graph_converts(tmp_path, name):
+    nodes, inits, opset = HAND_WRITTEN[name]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    model = onnx.shape_inference.infer_shapes(model)  # the output's type, as tools write it
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    assert max_diff(onnx_to_torch(path), path, batch=1) < 1e-4
 
 
 def test_weights_live_in_named_torch_modules(onnx_dir):
@@ -397,6 +469,15 @@ def test_external_data_beside_the_model_loads(tmp_path):
                          ids=["parent", "absolute", "climbs-out"])
 def test_external_data_outside_the_directory_is_refused(tmp_path, location):
     path = _with_external_data(tmp_path, location)
+    with pytest.raises(InputFileError, match="outside the model's directory"):
+        load(str(path))
+
+
+def test_external_data_through_a_symlink_out_of_the_directory_is_refused(tmp_path):
+    path = _with_external_data(tmp_path, "w.bin")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    (tmp_path / "w.bin").rename(outside)
+    (tmp_path / "w.bin").symlink_to(outside)
     with pytest.raises(InputFileError, match="outside the model's directory"):
         load(str(path))
 
