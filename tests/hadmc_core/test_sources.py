@@ -244,7 +244,8 @@ def exported(onnx_dir: Path, name: str) -> Path:
         if name in USER_MODELS or name in OPERATOR_MODELS:
             model, shape = {**USER_MODELS, **OPERATOR_MODELS}[name](), SHAPE
         else:
-            model, shape = build_model(ArchSpec(name, in_channels=3, num_classes=10)), (3, 32, 32)
+            model = build_model(ArchSpec(name, in_channels=3, num_classes=10, width=0.5))
+            shape = SHAPE
         _randomize_bn(model)
         export_onnx(model.eval(), torch.randn(1, *shape), path)
     return path
@@ -373,7 +374,7 @@ def test_pruning_runs_on_converted_model_and_it_re_exports(onnx_dir, tmp_path, n
     import torch_pruning as tp
 
     module = onnx_to_torch(exported(onnx_dir, name))
-    shape = (3, 32, 32) if name == "resnet18" else SHAPE
+    shape = SHAPE
     example = torch.randn(1, *shape)
     head = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
     before = sum(p.numel() for p in module.parameters())
