@@ -80,8 +80,11 @@ def spec_from_metadata(meta: dict[str, str]) -> ArchSpec | None:
                     width=float(meta["width"]))
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load strictly; on mismatch list the offending keys and shapes."""
+ZOO_HINT = "check --arch, --stem, --width, --in-channels and --num-classes"
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], hint: str = ZOO_HINT) -> None:
+    """Load strictly; on mismatch list the offending keys and shapes, then ``hint``."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -102,7 +105,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         tail = f" (+{more} more)" if more > 0 else ""
         raise WeightsMismatchError(
             "weights do not fit the architecture: " + " | ".join(parts) + tail
-            + "; check --arch, --stem, --width, --in-channels and --num-classes"
+            + "; " + hint
         )
     model.load_state_dict(state)
 
