@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hadmc_core.sources.onnx_graph import Builder, Const, Node, ShapeVal, Sym, Tensor, Value, op
-from hadmc_core.sources.onnx_ops import items_of, rank
+from hadmc_core.sources.onnx_shapes import items_of, rank
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}

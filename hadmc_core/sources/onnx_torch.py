@@ -16,7 +16,7 @@ import torch
 from torch import fx
 
 from hadmc_core.errors import HadmcError, ModelSourceError, UnsupportedOperatorError
-from hadmc_core.sources import onnx_layers, onnx_ops  # noqa: F401  (they register handlers)
+from hadmc_core.sources import onnx_layers, onnx_ops, onnx_shapes  # noqa: F401  (handlers)
 from hadmc_core.sources.onnx_file import read_onnx
 from hadmc_core.sources.onnx_graph import (
     OPS,
