@@ -88,7 +88,7 @@ def skipped_for(reason: str, op: str | None, node: str | None) -> list[dict[str,
 
 def load_onnx(ref: str, opts: LoadOptions) -> LoadedModel:
     from hadmc_core.sources.onnx_file import read_onnx
-    from hadmc_core.sources.onnx_torch import convert
+    from hadmc_core.sources.onnx_torch import convert, graph_inputs
 
     if opts.weights is not None or opts.model_args:
         raise ModelSourceError(f"{ref}: an ONNX file carries its own weights and takes no "
@@ -96,7 +96,7 @@ def load_onnx(ref: str, opts: LoadOptions) -> LoadedModel:
     path = Path(ref)
     model = read_onnx(path)
     shape = input_shape(model, opts.input_shape, path)
-    batch = 1 if model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1 else 2
+    batch = 1 if graph_inputs(model)[0].type.tensor_type.shape.dim[0].dim_value == 1 else 2
     module, skipped = None, []
     try:
         module = convert(model, shape)
