@@ -53,7 +53,9 @@ _SOURCES: dict[str, tuple[Matcher, Loader]] = {}
 
 
 def register(kind: str, matcher: Matcher, loader: Loader) -> None:
-    """Add (or replace) a model source; sources are tried in registration order."""
+    """Add (or replace) a model source. The latest registration is tried first, so a new
+    source can claim references a built-in would also take (``catalog:x`` has the form of
+    a factory)."""
     _SOURCES.pop(kind, None)
     _SOURCES[kind] = (matcher, loader)
 
@@ -83,7 +85,7 @@ def load(ref: str, *, weights: Path | None = None, model_args: dict[str, Any] | 
     opts = LoadOptions(None if weights is None else Path(weights), model_args, input_shape,
                        num_classes, in_channels, stem, width)
     allowed = None if allow is None else set(allow)
-    for kind, (matcher, loader) in _SOURCES.items():
+    for kind, (matcher, loader) in reversed(_SOURCES.items()):
         if matcher(ref):
             if allowed is not None and kind not in allowed:
                 raise ModelSourceError(f"{ref!r} is a {kind} model, which is not accepted "

@@ -709,9 +709,9 @@ def test_a_new_source_is_one_registration(monkeypatch):
                            input_shape=opts.input_shape)
 
     monkeypatch.setitem(sources_base._SOURCES, "memory",
-                        (lambda ref: ref.startswith("mem://"), loader))
-    m = load("mem://net", input_shape=(1, 4, 4))
-    assert (m.kind, m.name, m.input_shape) == ("memory", "mem://net", (1, 4, 4))
+                        (lambda ref: ref.startswith("mem:"), loader))
+    m = load("mem:net", input_shape=(1, 4, 4))  # a factory's form: the new source wins
+    assert (m.kind, m.name, m.input_shape) == ("memory", "mem:net", (1, 4, 4))
 
 
 def test_unknown_reference_is_one_clear_error():
