@@ -1,8 +1,12 @@
-"""Technique configs: small dataclasses that round-trip through JSON.
+"""Technique configs: small versioned dataclasses that round-trip through JSON.
 
-Every technique of the pipeline is a config dataclass registered here plus a handler in
-its own module, so a job can switch techniques on or off and the service can store the
-config. ``PipelineConfig.from_dict(json.loads(cfg.to_json()))`` gives back ``cfg``.
+Every technique of the pipeline is a config dataclass registered here (``register_config``,
+under its ``key``) plus a handler in its own module of ``hadmc_core.techniques``, registered
+for the config's type. A job switches techniques on or off and tunes them through the
+config, and the service stores it: ``PipelineConfig.from_dict(json.loads(cfg.to_json()))``
+gives back ``cfg``. A technique registered outside this module is read from the JSON key
+its config class names, so a new technique needs no change here. This module is torch-free
+(the service validates job configs with it).
 """
 
 from __future__ import annotations
@@ -10,16 +14,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from hadmc_core.errors import ConfigError
 
 T = TypeVar("T", bound="TechniqueConfig")
+C = TypeVar("C", bound=type["TechniqueConfig"])
 CONFIG_VERSION = 1
 
 
 @dataclass
 class TechniqueConfig:
+    """Base of every technique config. ``key`` is its name in a pipeline config's JSON;
+    ``VERSION`` changes when a field changes meaning."""
+
+    key: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
     enabled: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,13 +54,35 @@ class TechniqueConfig:
         """Raise ConfigError on an invalid value."""
 
 
+_CONFIG_TYPES: dict[str, type[TechniqueConfig]] = {}
+
+
+def register_config(cls: C) -> C:
+    """Class decorator: make a technique config readable from ``PipelineConfig`` JSON
+    under ``cls.key``."""
+    if not cls.key:
+        raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'key'")
+    known = _CONFIG_TYPES.get(cls.key)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"technique key {cls.key!r} is taken by {known.__name__}")
+    _CONFIG_TYPES[cls.key] = cls
+    return cls
+
+
+def config_types() -> dict[str, type[TechniqueConfig]]:
+    """Registered technique configs by JSON key."""
+    return dict(_CONFIG_TYPES)
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
 
 
+@register_config
 @dataclass
 class PruneConfig(TechniqueConfig):
+    key: ClassVar[str] = "prune"
     importance: str = "taylor"          # taylor (gradient sensitivity) or l1 (magnitude)
     calib_batches: int = 8              # batches for first-order Taylor importance
     batch_size: int = 64
@@ -71,16 +103,21 @@ class PruneConfig(TechniqueConfig):
                "prune.ladder: fractions of the removable latency, in [0, 1]")
 
 
+@register_config
 @dataclass
 class DistillConfig(TechniqueConfig):
+    """Recovery training of a pruned student. ``alpha_kd == beta_feature == 0`` is plain
+    fine-tuning with the task's loss (no teacher)."""
+
+    key: ClassVar[str] = "distill"
     epochs: float = 2.0
     samples: int | None = 12000         # fine-tune subset size per epoch (None = all)
     batch_size: int = 128
     lr: float = 0.02
     temperature: float = 4.0
-    alpha_kd: float = 0.7               # weight of the KL term (1 - alpha on cross-entropy)
+    alpha_kd: float = 0.7               # weight of the KL term (1 - alpha on the task loss)
     beta_feature: float = 1.0           # weight of the feature-alignment term
-    feature_stages: int = 2             # align the last N stages of the architecture
+    feature_stages: int = 2             # align the last N stages (or found feature points)
     device: str = "auto"
     precision: str = "auto"             # bf16 autocast where native (auto), or fp32 / bf16
 
@@ -89,15 +126,24 @@ class DistillConfig(TechniqueConfig):
         _check(self.precision in ("auto", "fp32", "bf16"), "distill.precision: auto|fp32|bf16")
         _check(0 <= self.alpha_kd <= 1, "distill.alpha_kd must be in [0, 1]")
         _check(self.temperature > 0, "distill.temperature must be > 0")
+        _check(self.feature_stages >= 0, "distill.feature_stages must be >= 0")
+
+    @property
+    def plain_finetune(self) -> bool:
+        return self.alpha_kd == 0 and self.beta_feature == 0
 
 
+@register_config
 @dataclass
 class FuseConfig(TechniqueConfig):
+    key: ClassVar[str] = "fuse"
     tolerance: float = 1e-4
 
 
+@register_config
 @dataclass
 class QuantizeConfig(TechniqueConfig):
+    key: ClassVar[str] = "quantize"
     calib_samples: int = 512
     sensitivity_samples: int = 256
     per_channel: bool = True
@@ -106,10 +152,31 @@ class QuantizeConfig(TechniqueConfig):
 
     def validate(self) -> None:
         _check(self.reduce_range in ("auto", "on", "off"), "quantize.reduce_range: auto|on|off")
+        _check(bool(self.keep_ladder) and all(k >= 0 for k in self.keep_ladder),
+               "quantize.keep_ladder: counts of layers kept in floating point, >= 0")
 
 
+@register_config
+@dataclass
+class Int4Config(TechniqueConfig):
+    """INT4 weight-only MatMul (ONNX Runtime ``MatMulNBits``), tried when MatMul/Gemm
+    weights are at least ``min_weight_fraction`` of the model's parameter bytes."""
+
+    key: ClassVar[str] = "int4"
+    min_weight_fraction: float = 0.25
+    block_size: int = 32
+    symmetric: bool = True
+
+    def validate(self) -> None:
+        _check(0 <= self.min_weight_fraction <= 1, "int4.min_weight_fraction must be in [0, 1]")
+        _check(self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0,
+               "int4.block_size must be a power of two >= 16")
+
+
+@register_config
 @dataclass
 class MeasureConfig(TechniqueConfig):
+    key: ClassVar[str] = "measure"
     runs: int = 50
     warmup: int = 10
     threads: int | None = None
@@ -118,9 +185,13 @@ class MeasureConfig(TechniqueConfig):
 
 @dataclass
 class Constraints:
-    max_accuracy_drop: float = 1.0      # points of top-1
+    max_accuracy_drop: float = 1.0      # points of the task's metric (top-1 for classification)
     latency_budget_ms: float | None = None
     size_budget_mb: float | None = None
+
+
+#: Built-in techniques: attributes of ``PipelineConfig`` (their JSON keys).
+BUILTIN = ("prune", "distill", "fuse", "quantize", "int4", "measure")
 
 
 @dataclass
@@ -129,14 +200,31 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    int4: Int4Config = field(default_factory=Int4Config)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     constraints: Constraints = field(default_factory=Constraints)
     max_candidates: int = 4
     seed: int = 0
     version: int = CONFIG_VERSION
+    #: techniques registered beyond the built-in ones (JSON: a top-level key each)
+    extra: list[TechniqueConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.extra = sorted(self.extra, key=lambda c: c.key)
+        keys = [c.key for c in self.extra]
+        clash = sorted({k for k in keys if keys.count(k) > 1 or k in BUILTIN})
+        if clash:
+            raise ConfigError(f"pipeline config: technique(s) {', '.join(clash)} given twice")
+
+    def techniques(self) -> list[TechniqueConfig]:
+        """Every technique config (measurement aside), built-in ones first."""
+        return [self.prune, self.distill, self.fuse, self.quantize, self.int4, *self.extra]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: dataclasses.asdict(self)[f.name] for f in dataclasses.fields(self)
+               if f.name != "extra"}
+        out.update({c.key: c.to_dict() for c in self.extra})
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -144,13 +232,19 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> PipelineConfig:
         data = dict(data or {})
-        kinds = {"prune": PruneConfig, "distill": DistillConfig, "fuse": FuseConfig,
-                 "quantize": QuantizeConfig, "measure": MeasureConfig}
-        kw: dict[str, Any] = {k: c.from_dict(data.pop(k, None)) for k, c in kinds.items()}
+        types = config_types()
+        kw: dict[str, Any] = {k: types[k].from_dict(data.pop(k, None)) for k in BUILTIN}
+        extra = [types[k].from_dict(data.pop(k)) for k in list(data)
+                 if k in types and k not in BUILTIN]
         cons = data.pop("constraints", None) or {}
+        scalars = {"max_candidates", "seed", "version"}
+        unknown = sorted(set(data) - scalars)
+        if unknown:
+            raise ConfigError(f"pipeline config: unknown key(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join(sorted({*types, *scalars, 'constraints'}))}")
         try:
             kw["constraints"] = Constraints(**cons)
-            cfg = cls(**kw, **data)
+            cfg = cls(**kw, **data, extra=extra)
         except TypeError as e:
             raise ConfigError(f"pipeline config: {e}") from e
         if cfg.version != CONFIG_VERSION:

@@ -1,11 +1,13 @@
 """Feature-aligned knowledge distillation to recover a pruned student's accuracy.
 
-Loss = (1 - a) * CE(student, y) + a * T^2 * KL(student/T || teacher/T)
-       + b * sum_stages MSE(adapter(student_feature), teacher_feature) / E[teacher^2]
-Adapters are 1x1 convolutions from the student's (pruned) channels to the teacher's,
-trained with the student and dropped afterwards. The teacher's logits and features on
-the fine-tune subset are computed once and reused by every candidate and epoch.
-Uses CUDA when available.
+Loss = (1 - a) * task.loss(student, y) + a * task.distill_loss(student, teacher, T)
+       + b * sum_points MSE(adapter(student_feature), teacher_feature) / E[teacher^2]
+For classification the task's losses are cross-entropy and T^2 * KL(student/T || teacher/T).
+The alignment points are the model's ``feature_stages()`` when it declares them, else the
+feature points the task finds in the traced graph (``hadmc_core.tasks.graph``). Adapters are
+1x1 convolutions from the student's (pruned) channels to the teacher's, trained with the
+student and dropped afterwards. The teacher's outputs and features on the fine-tune subset
+are computed once and reused by every candidate and epoch. Uses CUDA when available.
 """
 
 from __future__ import annotations
@@ -21,14 +23,29 @@ from torch import nn
 from hadmc_core.config import DistillConfig
 from hadmc_core.data import Split
 from hadmc_core.progress import ProgressFn, no_progress
+from hadmc_core.tasks import Task
 from hadmc_core.train import TrainConfig, batches, fit, pick_device, use_bf16
 
 log = logging.getLogger(__name__)
 
 
-def stage_names(model: nn.Module, n: int) -> list[str]:
-    stages = model.feature_stages() if hasattr(model, "feature_stages") else []
-    return list(stages)[-n:] if n > 0 else []
+def _task(task: Task | None) -> Task:
+    from hadmc_core import tasks
+
+    return task or tasks.get("classification")
+
+
+def stage_names(model: nn.Module, n: int, example: torch.Tensor | None = None,
+                task: Task | None = None) -> list[str]:
+    """The last ``n`` alignment points: the model's ``feature_stages()`` when it declares
+    them, else the task's feature points in the traced graph (needs ``example``)."""
+    if n <= 0:
+        return []
+    if hasattr(model, "feature_stages"):
+        return list(model.feature_stages())[-n:]
+    if example is None:
+        return []
+    return _task(task).feature_points(model, example, n)
 
 
 class _Features:
@@ -54,9 +71,11 @@ class TeacherCache:
     """Teacher outputs for a fixed subset, in float16 to halve memory."""
 
     split: Split
-    logits: np.ndarray
+    logits: np.ndarray                  # the teacher's (first) output
     features: dict[str, np.ndarray]
     scale: dict[str, float]
+    #: where the points came from: "feature_stages" (declared) or "graph" (found)
+    alignment_source: str = "feature_stages"
 
 
 def finetune_subset(data: Split, cfg: DistillConfig) -> Split:
@@ -68,12 +87,19 @@ def finetune_subset(data: Split, cfg: DistillConfig) -> Split:
 
 @torch.no_grad()
 def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
-                  progress: ProgressFn = no_progress) -> TeacherCache:
+                  progress: ProgressFn = no_progress, *, task: Task | None = None,
+                  points: list[str] | None = None) -> TeacherCache:
+    """Teacher outputs and features at ``points`` (default: ``stage_names``) on the
+    fine-tune subset."""
     subset = finetune_subset(data, cfg)
     n = len(subset)
     device = pick_device(cfg.device)
     teacher = teacher.to(device).eval()
-    names = stage_names(teacher, cfg.feature_stages) if cfg.beta_feature > 0 else []
+    if points is None and cfg.beta_feature > 0:
+        example = torch.from_numpy(subset.x[:2]).to(device)
+        points = stage_names(teacher, cfg.feature_stages, example, task)
+    names = list(points or []) if cfg.beta_feature > 0 else []
+    source = "feature_stages" if hasattr(teacher, "feature_stages") else "graph"
     hooks = _Features(teacher, names)
     logits, feats = [], {k: [] for k in names}
     total = (n + 255) // 256
@@ -89,12 +115,14 @@ def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
     features = {k: np.concatenate(v) for k, v in feats.items()}
     scale = {k: float(np.mean(np.square(v[:512].astype(np.float32)))) + 1e-8
              for k, v in features.items()}
-    return TeacherCache(subset, np.concatenate(logits), features, scale)
+    return TeacherCache(subset, np.concatenate(logits), features, scale, source)
 
 
 def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
-            progress: ProgressFn = no_progress, stage: str = "distill") -> list[float]:
+            progress: ProgressFn = no_progress, stage: str = "distill",
+            task: Task | None = None) -> list[float]:
     """Train ``student`` in place against the cached teacher; returns the loss curve."""
+    task = _task(task)
     device = pick_device(cfg.device)
     student.to(device)
     names = list(cache.features)
@@ -116,11 +144,10 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
         r = rows.view(-1).long().cpu().numpy()
         x = order_x[r].to(device)
         out = model(x)
-        loss = (1 - a) * F.cross_entropy(out, y)
+        loss = (1 - a) * task.loss(out, y)
         if a > 0:
             tl = torch.from_numpy(cache.logits[r]).to(device)
-            loss = loss + a * t * t * F.kl_div(F.log_softmax(out / t, 1),
-                                               F.softmax(tl / t, 1), reduction="batchmean")
+            loss = loss + a * task.distill_loss(out, tl, t)
         for k in names:
             if b <= 0:
                 break

@@ -20,11 +20,13 @@ from torch import nn
 
 from hadmc_core.config import PruneConfig
 from hadmc_core.data import Split
+from hadmc_core.errors import HadmcError
 from hadmc_core.hal.latency import LayerGeom
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.train import batches
 
 log = logging.getLogger(__name__)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -79,46 +81,51 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
     return table
 
 
-def _output_layer(model: nn.Module) -> nn.Module:
-    last = None
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            last = mod
-    if last is None:
-        raise ValueError("model has no final linear layer")
-    return last
+def _graph(model: nn.Module, example: torch.Tensor,
+           head: str | None) -> tuple[tp.DependencyGraph, list]:
+    """Torch-Pruning's groups, the head (the layer that produces the output) left whole."""
+    from hadmc_core.tasks.graph import find_head
 
-
-def _graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, list]:
+    head = head if head is not None else find_head(model, example)
+    if head is None:
+        raise HadmcError("no output layer (a module with a weight) was found on the path to "
+                         "the model's output, so pruning could change the output's width; "
+                         "switch pruning off (prune.enabled: false)")
+    ignored = [dict(model.named_modules())[head]]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    groups = list(dg.get_all_groups(ignored_layers=[_output_layer(model)],
+    groups = list(dg.get_all_groups(ignored_layers=ignored,
                                     root_module_types=[nn.Conv2d, nn.Linear]))
     return dg, groups
 
 
 def _accumulate_gradients(model: nn.Module, data: Split, cfg: PruneConfig,
-                          progress: ProgressFn) -> None:
+                          progress: ProgressFn, loss: LossFn) -> None:
     model.eval()
     model.zero_grad()
     device = next(model.parameters()).device
     limit = cfg.calib_batches * cfg.batch_size
     for i, (x, y) in enumerate(batches(data, cfg.batch_size, True, seed=1, limit=limit)):
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        loss(model(x.to(device)), y.to(device)).backward()
         progress("sensitivity", i + 1, cfg.calib_batches)
 
 
 def analyze(model: nn.Module, data: Split, cfg: PruneConfig, example: torch.Tensor,
-            progress: ProgressFn = no_progress) -> tuple[list[Group], dict[str, Layer]]:
-    """Score every channel of every prunable group (on a copy; ``model`` is untouched)."""
+            progress: ProgressFn = no_progress, *, loss: LossFn = F.cross_entropy,
+            head: str | None = None) -> tuple[list[Group], dict[str, Layer]]:
+    """Score every channel of every prunable group (on a copy; ``model`` is untouched).
+
+    ``loss(outputs, targets)`` drives the Taylor importance (the task's loss); ``head`` is
+    the output layer, never pruned (found from the graph when not given).
+    """
     work = copy.deepcopy(model).cpu()
     names = {m: n for n, m in work.named_modules()}
     if cfg.importance == "taylor":
-        _accumulate_gradients(work, data, cfg, progress)
+        _accumulate_gradients(work, data, cfg, progress, loss)
         imp = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
     else:
         imp = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum",
                                                      normalizer=None)
-    _dg, raw_groups = _graph(work, example)
+    _dg, raw_groups = _graph(work, example, head)
     layers = layer_table(work, example)
     groups: list[Group] = []
     for g in raw_groups:

@@ -1,0 +1,84 @@
+"""What a task is: how a model's outputs are scored and trained, and where its graph
+ends (the head) and where a student can be aligned with its teacher.
+
+A task is one module with a class that satisfies ``Task`` and a ``register`` call in
+``hadmc_core.tasks``. ``GraphTask`` gives the structural parts (head, feature points) found
+from the model's traced graph, so a new task usually writes only its loss, metric, output
+check and data reader.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hadmc_core.tasks import graph
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hadmc_core.data import DataSplits, Split
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    #: what ``metric`` returns, e.g. "top1" (points, higher is better)
+    metric_name: str
+
+    def loss(self, outputs: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (fine-tuning, distillation's hard-label term)."""
+        ...
+
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+        """Output-distillation loss of a batch against the teacher's outputs."""
+        ...
+
+    def metric(self, outputs: list[np.ndarray], split: Split) -> float:
+        """Score (points, higher is better) of a runtime's outputs on ``split``."""
+        ...
+
+    def check_model(self, model_outputs_shape: tuple[int, ...], data: DataSplits) -> None:
+        """Raise a HadmcError saying what to fix when the outputs do not fit the data."""
+        ...
+
+    def warnings(self, baseline_metric: float, data: DataSplits) -> list[str]:
+        """Sentences about a baseline that looks wrong for the data (report ``warnings``)."""
+        ...
+
+    def head(self, module: nn.Module, example: torch.Tensor) -> str | None:
+        """Name of the layer that produces the model's output (never pruned)."""
+        ...
+
+    def feature_points(self, module: nn.Module, example: torch.Tensor, n: int) -> list[str]:
+        """Up to ``n`` module names whose outputs distillation aligns, deepest last."""
+        ...
+
+    def load_data(self, name_or_path: str, **options: object) -> DataSplits:
+        """Read a dataset with the task's train/validation/test splits."""
+        ...
+
+
+class GraphTask:
+    """Structural parts shared by tasks: head and feature points from the traced graph
+    (``hadmc_core.tasks.graph`` documents the rules). Output distillation is the KL
+    divergence of temperature-softened outputs along dimension 1."""
+
+    name = ""
+    metric_name = ""
+
+    def head(self, module: nn.Module, example: torch.Tensor) -> str | None:
+        return graph.find_head(module, example)
+
+    def feature_points(self, module: nn.Module, example: torch.Tensor, n: int) -> list[str]:
+        return graph.feature_points(module, example, n, self.head(module, example))
+
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+        t = temperature
+        return t * t * F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1),
+                                reduction="batchmean")
