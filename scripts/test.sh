@@ -9,6 +9,6 @@ python -m pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build; satisfies every torch requirement
 pip install -q -e ".[core,cloud,dev]"
 ruff check .
-mypy cloud_service edge_agent
+mypy hadmc_core cloud_service edge_agent
 lint-imports                            # import rules: [tool.importlinter] in pyproject.toml
 python -m pytest "$@"

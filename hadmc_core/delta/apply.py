@@ -6,7 +6,7 @@ import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import blake3
 import numpy as np
@@ -101,14 +101,14 @@ def _check_base(old_path: Path, base: list[BaseFile], chunk_size: int) -> Manife
         entries = file_entries(old_path, base[0].path, chunk_size)
     except FormatError as e:
         raise BaseMismatchError(f"base {old_path} cannot be read: {e}") from e
-    if [e.path for e in entries] != [b.path for b in base]:
+    if [entry.path for entry in entries] != [b.path for b in base]:
         raise BaseMismatchError(f"base {old_path} has other files than the delta expects "
                                 f"({[b.path for b in base]}); fetch the full file instead")
-    for e, b, p in zip(entries, base, paths, strict=True):
-        if e.blake3 != b.blake3:
+    for entry, b, p in zip(entries, base, paths, strict=True):
+        if entry.blake3 != b.blake3:
             raise BaseMismatchError(
                 f"{p} is not the version this delta was made against (expected BLAKE3 "
-                f"{b.blake3[:16]}, got {e.blake3[:16]}); fetch the full file instead")
+                f"{b.blake3[:16]}, got {entry.blake3[:16]}); fetch the full file instead")
     return Manifest("", 0, 0, 0, chunk_size, entries)
 
 
@@ -207,12 +207,12 @@ def base_start(m: Manifest, fi: int) -> int:
     return sum(f.size for f in m.files[:fi])
 
 
-def _gather_base(h: Header, cache: dict[int, np.ndarray], base: Files, fi: int, seg: object,
-                 idx: int, what: str) -> np.ndarray:
-    if idx >= len(h.maps) or h.maps[idx][:2] != (fi, seg.name):  # type: ignore[attr-defined]
+def _gather_base(h: Header, cache: dict[int, np.ndarray], base: Files, fi: int,
+                 seg: SegmentEntry, idx: int, what: str) -> np.ndarray:
+    if idx >= len(h.maps) or h.maps[idx][:2] != (fi, seg.name):
         raise FormatError(f"chunk {what}: tensor map {idx} belongs to another tensor")
     tm = h.maps[idx][2]
-    if ITEMSIZE[tm.dtype] != ITEMSIZE.get(seg.dtype, 0):  # type: ignore[attr-defined]
+    if ITEMSIZE[tm.dtype] != ITEMSIZE.get(seg.dtype, 0):
         raise FormatError(f"chunk {what}: tensor map dtype differs from the tensor's")
     if idx not in cache:
         _release(cache, base, h)  # one base tensor view at a time
@@ -232,7 +232,9 @@ def _release(cache: dict[int, np.ndarray], base: Files, h: Header) -> None:
 def _write_full(f: BinaryIO, length: int, m: Manifest,
                 temps: list[tuple[BinaryIO, str]]) -> None:
     out = _Out(m, temps)
-    reader = zstandard.ZstdDecompressor().stream_reader(_Limited(f, length))
+    # stream_reader only calls read(); _Limited is that much of a file, not a whole IO
+    source = cast(IO[bytes], _Limited(f, length))
+    reader = zstandard.ZstdDecompressor().stream_reader(source)
     try:
         for fi, seg, i, h, _start, n in chunks(m):
             what = label(m, fi, seg, i)

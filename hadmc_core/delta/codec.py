@@ -65,20 +65,20 @@ def planes(data: bytes, itemsize: int) -> bytes:
     return arr.T.tobytes() + data[n:]
 
 
-def unplanes(data: bytes, itemsize: int) -> bytes:
+def unplanes(data: bytes | memoryview, itemsize: int) -> bytes:
     if itemsize <= 1:
-        return data
+        return bytes(data)
     n = len(data) // itemsize * itemsize
     arr = np.frombuffer(data, np.uint8, count=n).reshape(itemsize, -1)
     return arr.T.tobytes() + data[n:]
 
 
-def _words(data: bytes, itemsize: int) -> tuple[np.ndarray, bytes]:
+def _words(data: bytes | memoryview, itemsize: int) -> tuple[np.ndarray, bytes | memoryview]:
     n = len(data) // itemsize * itemsize
     return np.frombuffer(data, UINT[itemsize], count=n // itemsize), data[n:]
 
 
-def xor(a: bytes, b: bytes) -> bytes:
+def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
     return (np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).tobytes()
 
 
@@ -92,7 +92,7 @@ def sub(new: bytes, old: bytes, itemsize: int) -> bytes:
     return z.astype(UINT[itemsize]).tobytes() + xor(tail_a, tail_b)
 
 
-def unsub(diff: bytes, old: bytes, itemsize: int) -> bytes:
+def unsub(diff: bytes | memoryview, old: bytes, itemsize: int) -> bytes:
     z, tail_z = _words(diff, itemsize)
     b, tail_b = _words(old, itemsize)
     one = UINT[itemsize](1)
@@ -159,6 +159,7 @@ def untransform(kind: int, view: memoryview, pos: int, n: int, base: bytes | Non
     """Rebuild an ``n``-byte chunk from the transformed bytes at ``pos`` of a group; the
     chunk and the position after it."""
     k = kind & ~(GATHER | CONT)
+    data: bytes | memoryview
     if k == SPARSE:
         data, end = sparse.unpack(view, pos, n, itemsize, label)
     else:

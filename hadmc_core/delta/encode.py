@@ -70,8 +70,9 @@ class _Encoder:
         self.maps: list[tuple[int, str, TensorMap]] = []
         self.stats = DeltaStats(target_bytes=self.m.size)
 
-    def _tensor_base(self, fi: int, seg: SegmentEntry) -> tuple[int, object] | None:
-        """(map index or -1, base bytes source) for a tensor with a same-name base."""
+    def _tensor_base(self, fi: int, seg: SegmentEntry) -> tuple[int, int | bytes] | None:
+        """For a tensor with a same-name base: (-1, the base tensor's offset in the base) when
+        the shape is unchanged, else (map index, the whole gathered base tensor)."""
         found = self.index.tensors.get(seg.name) if seg.name else None
         if found is None or self.old is None or seg.dtype == "bytes":
             return None
@@ -119,22 +120,26 @@ class _Encoder:
         return gaps[k] if k < len(gaps) else None
 
     def _changed(self, fi: int, seg: SegmentEntry, start: int, n: int,
-                 tbase: tuple[int, object] | None, gap: tuple[int, int] | None
+                 tbase: tuple[int, int | bytes] | None, gap: tuple[int, int] | None
                  ) -> tuple[int, int, bytes | None]:
         """(kind, base offset, data) of a chunk the base lacks."""
         chunk = self.new.read(self.new.start(fi) + start, n)
-        base, dict_data, off, rel = None, None, 0, start - seg.offset
-        if tbase is not None and tbase[0] < 0:
-            off = tbase[1] + rel  # type: ignore[operator]
-            base = self.old.read(off, n)  # type: ignore[union-attr]
-        elif tbase is not None:
-            off, base = tbase[0], tbase[1][rel:rel + n]  # type: ignore[index]
-        elif gap is not None:
+        base: bytes | None = None
+        dict_data: bytes | None = None
+        off, rel, old = 0, start - seg.offset, self.old
+        if tbase is not None:
+            off, src = tbase
+            if isinstance(src, bytes):  # gathered: off is the map index
+                base = src[rel:rel + n]
+            elif old is not None:
+                off = src + rel
+                base = old.read(off, n)
+        elif gap is not None and old is not None:
             lo = max(0, rel - DICT_BACK)
             dn = min(codec.MAX_DICT, gap[1] - lo)
             if dn > 0:
                 off = gap[0] + lo
-                dict_data = self.old.read(off, dn)  # type: ignore[union-attr]
+                dict_data = old.read(off, dn)
         kind, data = self._candidates(chunk, ITEMSIZE.get(seg.dtype, 1), base, dict_data)
         if tbase is not None and tbase[0] >= 0 and kind in codec.BASED:
             kind |= codec.GATHER
@@ -147,7 +152,7 @@ class _Encoder:
         for DICT, the transformed bytes for grouped kinds)."""
         ops: list[list] = []
         current: tuple[int, str] | None = None
-        tbase: tuple[int, object] | None = None
+        tbase: tuple[int, int | bytes] | None = None
         ordinal: dict[int, int] = {}
         gap: tuple[int, int] | None = None
         for fi, seg, _i, h, start, n in chunks(self.m):
@@ -239,7 +244,7 @@ def encode(target: SignedManifest, new_path: Path, base: Manifest,
     if len(head) + len(payload) > len(plain) + len(full):
         stats.fallback = True
         log.info("delta not smaller than the full compressed target; sending it in full")
-        head, payload = plain, bytearray(full)
+        head, payload = plain, full
         stats.ops, stats.op_bytes = {"full": 1}, {"full": len(full)}
     out = b"".join([head, payload])
     stats.header_bytes = len(head)
