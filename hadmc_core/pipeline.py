@@ -1,263 +1,72 @@
-"""The HAD-MC pipeline: profile -> sensitivity -> pruning -> distillation -> fusion ->
-mixed-precision quantization -> export -> measurement, under accuracy-aware control.
+"""The HAD-MC controller: baseline -> techniques -> candidates -> choice -> report.
 
-The controller walks a ladder of latency targets, most aggressive first. For each it
-allocates channels per group against the latency model, prunes, distills, fuses and
-quantizes, then measures. If the validation accuracy drop exceeds the limit it first
-keeps more layers at higher precision, then backs off to less pruning. The first
-candidate within every constraint wins; when none is, the best one found is returned
-together with a clear message (``CompressionResult.met`` is False).
+One ``Controller`` runs every technique registered for the configs of the run
+(``hadmc_core.techniques``), in their order: prune -> distill -> fuse on the PyTorch model
+(module phase), then mixed-precision INT8 and INT4 weight-only on the exported graph (graph
+phase), each candidate measured by the backend of the target profile.
+
+It walks a ladder of latency targets, most aggressive first. For each it builds a
+candidate (the module phase allocates channels against the latency model, prunes,
+distills, fuses), exports it, and lets each graph-phase technique offer variants (for
+quantization: more and more layers kept in floating point) until one is within the
+accuracy limit; if the FP32 export is already over the limit, it backs off to less
+pruning. The first candidate within every constraint ends the ladder; when none is, the
+best one found is returned with a clear message (``CompressionResult.met`` is False).
+A model that exists only as an ONNX graph runs the same loop with one rung and the graph
+phase alone; the report lists the stages skipped and why.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hadmc_core import distill as kd
-from hadmc_core import prune, quantize, search
+from hadmc_core import graph_stats, prune, quantize, techniques
 from hadmc_core.config import PipelineConfig
+from hadmc_core.context import Context, Variant, Work
 from hadmc_core.data import DataSplits
-from hadmc_core.errors import BudgetError, HadmcError
-from hadmc_core.fuse import FusionResult, fold_batchnorm
+from hadmc_core.errors import BudgetError
 from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.hal.profile import HardwareProfile
-from hadmc_core.models import ArchSpec
-from hadmc_core.onnx_io import export_onnx, measure_latency, onnx_accuracy
+from hadmc_core.measure import Measurer, latency_source
+from hadmc_core.onnx_io import export_onnx
 from hadmc_core.progress import ProgressFn, no_progress
-from hadmc_core.report import ModelStats
-from hadmc_core.train import TrainConfig, fit, use_bf16
+from hadmc_core.report import Candidate, LayerDecision, ModelStats, Report
+from hadmc_core.tasks import Task
+from hadmc_core.train import use_bf16
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Candidate:
-    id: str
-    latency_fraction: float
-    higher_precision_layers: int
-    val_accuracy: float
-    latency_ms: float
-    size_bytes: int
-    params: int
-    macs: int
-    estimated_ms: float | None = None
-    status: str = "tried"
-    chosen: bool = False
-    path: Path | None = None
-    layers: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("path", "layers")}
-
-
-@dataclass
-class Context:
-    """Everything the stages share for one run."""
-
-    model: nn.Module
-    spec: ArchSpec
-    data: DataSplits
-    profile: HardwareProfile
-    cfg: PipelineConfig
-    work: Path
-    progress: ProgressFn
-    example: torch.Tensor
-    lat: LatencyModel
-    timings: dict[str, float] = field(default_factory=dict)
-    candidates: list[Candidate] = field(default_factory=list)
-    teacher: kd.TeacherCache | None = None
-    baseline: ModelStats | None = None
-    #: estimated latency of the unpruned model at the search precision / at FP32
-    precision_ratio: float = 1.0
-    #: estimated latency with every group at its floor / of the unpruned model
-    floor_fraction: float = 0.0
-
-    @property
-    def channel_multiple(self) -> int:
-        """Channel counts round to this: the config's ``prune.round_to`` or the profile's."""
-        return self.cfg.prune.round_to or self.profile.channel_multiple
-
-    @contextmanager
-    def stage(self, name: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t, 3)
-
-
-def make_context(model: nn.Module, spec: ArchSpec, data: DataSplits, profile: HardwareProfile,
-                 cfg: PipelineConfig, work: Path, progress: ProgressFn,
+def make_context(model: nn.Module | None, data: DataSplits, profile: HardwareProfile,
+                 cfg: PipelineConfig, work: Path, progress: ProgressFn, *, task: Task,
+                 backend: Any, example: torch.Tensor, graph: Path | None = None,
+                 spec: Any = None, origin: dict[str, Any] | None = None,
+                 source_skipped: list[dict[str, Any]] | None = None,
                  measure_layers: bool | None = None,
                  device_table: dict[str, list[float]] | None = None) -> Context:
     measure = runs_here(profile) if measure_layers is None else measure_layers
-    threads = cfg.measure.threads
-    lat = LatencyModel(profile, measure=measure, table=device_table, threads=threads)
-    example = torch.from_numpy(data.val.x[:2])
-    return Context(model.cpu().eval(), spec, data, profile, cfg, work, progress, example, lat)
+    lat = LatencyModel(profile, measure=measure, table=device_table, threads=cfg.measure.threads)
+    measurer = Measurer(backend, task, lat, cfg.measure, tuple(data.train.x.shape[1:]),
+                        latency_source(profile, device_table))
+    return Context(model.cpu().eval() if model is not None else None, graph, spec, data,
+                   profile, cfg, work, progress, example, lat, task, measurer,
+                   origin=dict(origin or {}), source_skipped=list(source_skipped or []))
 
 
 def counts(ctx: Context, model: nn.Module) -> tuple[int, int]:
     return prune.count_params(model), prune.count_macs(model, ctx.example)
 
 
-def stats_of(ctx: Context, onnx_path: Path, sizes: tuple[int, int], test: bool) -> ModelStats:
-    m = ctx.cfg.measure
-    lat = measure_latency(onnx_path, tuple(ctx.example.shape), m.runs, m.warmup, m.threads)
-    return ModelStats(
-        accuracy=onnx_accuracy(onnx_path, ctx.data.test) if test else float("nan"),
-        val_accuracy=onnx_accuracy(onnx_path, ctx.data.val),
-        latency_ms=lat.median_ms, latency_p90_ms=lat.p90_ms,
-        size_bytes=onnx_path.stat().st_size, params=sizes[0], macs=sizes[1])
-
-
-def run_baseline(ctx: Context) -> tuple[ModelStats, Path]:
-    with ctx.stage("baseline"):
-        ctx.progress("baseline", 0, 1)
-        path = export_onnx(ctx.model, ctx.example, ctx.work / "baseline.onnx")
-        ctx.baseline = stats_of(ctx, path, counts(ctx, ctx.model), test=True)
-        ctx.progress("baseline", 1, 1)
-    return ctx.baseline, path
-
-
-def build_student(ctx: Context, fraction: float, groups, layers, precision: str
-                  ) -> tuple[nn.Module, search.Allocation | None]:
-    pc = ctx.cfg.prune
-    if not pc.enabled or (fraction >= 1.0 and pc.uniform_ratio is None):
-        return ctx.model, None
-    with ctx.stage("search"):
-        alloc = search.allocate(groups, layers, ctx.lat, fraction, precision,
-                                round_to=ctx.channel_multiple,
-                                min_keep=pc.min_keep, uniform_ratio=pc.uniform_ratio,
-                                size_weight=pc.size_weight)
-    with ctx.stage("prune"):
-        student = prune.apply(ctx.model, groups, alloc.keep, ctx.example)
-    dc = ctx.cfg.distill
-    if dc.enabled and dc.alpha_kd == 0 and dc.beta_feature == 0:
-        with ctx.stage("finetune"):  # plain cross-entropy: no teacher needed
-            fit(student, kd.finetune_subset(ctx.data.train, dc),
-                TrainConfig(epochs=dc.epochs, batch_size=dc.batch_size, lr=dc.lr,
-                            device=dc.device,
-                            bf16=use_bf16(dc.precision, dc.device)),
-                progress=ctx.progress, stage="finetune")
-    elif dc.enabled:
-        with ctx.stage("distill"):
-            if ctx.teacher is None:
-                ctx.teacher = kd.cache_teacher(ctx.model, ctx.data.train, dc, ctx.progress)
-            kd.distill(student, ctx.teacher, dc, ctx.progress, stage=f"distill@{fraction:g}")
-    return student, alloc
-
-
-def search_precision(ctx: Context, fused: nn.Module, fp32_path: Path, cid: str,
-                     fraction: float, est: float | None) -> Candidate:
-    """Try the quantize ladder; return the first variant within the accuracy limit."""
-    qc, base = ctx.cfg.quantize, ctx.baseline
-    assert base is not None
-    limit = ctx.cfg.constraints.max_accuracy_drop
-    with ctx.stage("measure"):
-        fp32_acc = onnx_accuracy(fp32_path, ctx.data.val)
-    if base.val_accuracy - fp32_acc > limit:
-        # Quantization can only lose more: back off the pruning instead.
-        with ctx.stage("measure"):
-            st = stats_of(ctx, fp32_path, counts(ctx, fused), test=False)
-        cand = Candidate(f"{cid}-fp32", fraction, -1, st.val_accuracy, st.latency_ms,
-                         st.size_bytes, st.params, st.macs, est, status="accuracy",
-                         path=fp32_path)
-        cand.layers = layer_decisions(ctx, None, {}, 0, prune.layer_table(fused, ctx.example))
-        ctx.candidates.append(cand)
-        log.info("candidate %s: FP32 val accuracy %.2f (baseline %.2f): backing off",
-                 cand.id, st.val_accuracy, base.val_accuracy)
-        return cand
-    rr = quantize.use_reduce_range(qc, ctx.profile)
-    with ctx.stage("quantize"):
-        sens = quantize.sensitivity(fused, ctx.data.train, qc, rr, ctx.progress)
-        names = quantize.torch_to_onnx_names(fused, ctx.example, fp32_path)
-        layers = prune.layer_table(fused, ctx.example)
-        gain = {n: ctx.lat.layer_ms(ly.geom, ly.cin, ly.cout, "fp32")
-                - ctx.lat.layer_ms(ly.geom, ly.cin, ly.cout, "int8") for n, ly in layers.items()}
-        ranking = quantize.rank_layers({n: s for n, s in sens.items() if n in names}, gain)
-    cand = None
-    for step, n_keep in enumerate(qc.keep_ladder):
-        ctx.progress(f"quantize {cid}", step, len(qc.keep_ladder))
-        n_keep = min(n_keep, len(ranking.order))
-        path = ctx.work / f"{cid}-q{n_keep}.onnx"
-        with ctx.stage("quantize"):
-            quantize.quantize_qdq(fp32_path, path, ctx.data.train, qc, rr,
-                                  [names[n] for n in ranking.order[:n_keep]])
-        with ctx.stage("measure"):
-            st = stats_of(ctx, path, counts(ctx, fused), test=False)
-        cand = Candidate(f"{cid}-q{n_keep}", fraction, n_keep, st.val_accuracy, st.latency_ms,
-                         st.size_bytes, st.params, st.macs, est, path=path)
-        cand.layers = layer_decisions(ctx, ranking, names, n_keep, layers)
-        ctx.candidates.append(cand)
-        log.info("candidate %s: val accuracy %.2f, %.3f ms, %d bytes", cand.id,
-                 st.val_accuracy, st.latency_ms, st.size_bytes)
-        if base.val_accuracy - st.val_accuracy <= limit:
-            ctx.progress(f"quantize {cid}", len(qc.keep_ladder), len(qc.keep_ladder))
-            return cand
-        cand.status = "accuracy"
-    assert cand is not None
-    return cand
-
-
-def layer_decisions(ctx: Context, ranking: quantize.Ranking | None, names: dict[str, str],
-                    n_keep: int, layers: dict[str, prune.Layer]) -> list[dict[str, Any]]:
-    """Per-layer channels and precision; ``ranking=None`` means nothing was quantized."""
-    full = prune.layer_table(ctx.model, ctx.example)
-    hp = quantize.higher_precision(ctx.profile)
-    if ranking is None:
-        ranking, names = quantize.Ranking([], {}, {}), {}
-    kept = set(ranking.order[:n_keep])
-    out = []
-    for name, layer in layers.items():
-        orig = full.get(name)
-        out.append({
-            "layer": name, "onnx_node": names.get(name), "kind": layer.geom.kind,
-            "in_channels": layer.cin, "out_channels": layer.cout,
-            "original_out_channels": orig.cout if orig else None,
-            "precision": hp if name in kept or name not in names else "int8",
-            "executed_as": "fp32" if name in kept or name not in names else "int8",
-            "quant_sensitivity": ranking.sensitivity.get(name),
-            "int8_gain_ms_estimate": round(ranking.int8_gain_ms.get(name, 0.0), 5),
-        })
-    return out
-
-
-def try_fraction(ctx: Context, fraction: float, groups, layers, precision: str
-                 ) -> tuple[Candidate, FusionResult]:
-    cid = f"c{len({c.latency_fraction for c in ctx.candidates})}"
-    student, alloc = build_student(ctx, fraction, groups, layers, precision)
-    with ctx.stage("fuse"):
-        fused = fold_batchnorm(student, ctx.example) if ctx.cfg.fuse.enabled else FusionResult(
-            student, 0, 0.0)
-        if fused.max_abs_diff > ctx.cfg.fuse.tolerance * 10:
-            raise HadmcError(f"fusion changed outputs by {fused.max_abs_diff:g}")
-        fp32_path = export_onnx(fused.model, ctx.example, ctx.work / f"{cid}-fp32.onnx")
-    est = alloc.estimated_ms if alloc else None
-    if not ctx.cfg.quantize.enabled:
-        with ctx.stage("measure"):
-            st = stats_of(ctx, fp32_path, counts(ctx, fused.model), test=False)
-        cand = Candidate(f"{cid}-fp32", fraction, -1, st.val_accuracy, st.latency_ms,
-                         st.size_bytes, st.params, st.macs, est, path=fp32_path)
-        cand.layers = layer_decisions(ctx, None, {}, 0,
-                                      prune.layer_table(fused.model, ctx.example))
-        ctx.candidates.append(cand)
-        return cand, fused
-    return search_precision(ctx, fused.model, fp32_path, cid, fraction, est), fused
-
-
-def ladder(ctx: Context) -> list[float]:
+def ladder(ctx: Any) -> list[float]:
     pc, cons = ctx.cfg.prune, ctx.cfg.constraints
-    if not pc.enabled or pc.uniform_ratio is not None:
+    if not pc.enabled or pc.uniform_ratio is not None or not getattr(ctx, "prunable", True):
         return [1.0]
     # Rungs are fractions of the latency pruning can remove (above the floor estimate),
     # so a rung never asks for less than the floor and crushes every layer to it.
@@ -265,13 +74,14 @@ def ladder(ctx: Context) -> list[float]:
     steps = sorted({round(floor + r * (1 - floor), 4) for r in pc.ladder})
     if cons.latency_budget_ms and ctx.baseline:
         # The ladder's fractions are of the unpruned model at the search precision; the
-        # budget is measured wall-clock, so scale by the model's FP32-to-INT8 ratio.
+        # budget is wall-clock of the whole model, so scale by its FP32-to-INT8 ratio.
         f = min(1.0, cons.latency_budget_ms / ctx.baseline.latency_ms / ctx.precision_ratio)
         steps = sorted({round(f, 3), *[s for s in steps if s > f]})
     return steps
 
 
-def meets(ctx: Context, c: Candidate) -> list[str]:
+def violations(ctx: Context, c: Candidate) -> list[str]:
+    """The constraints ``c`` breaks, in words; empty when it meets every one."""
     cons, base = ctx.cfg.constraints, ctx.baseline
     assert base is not None
     why = []
@@ -286,18 +96,242 @@ def meets(ctx: Context, c: Candidate) -> list[str]:
 
 
 def choose(ctx: Context) -> tuple[Candidate, list[str]]:
-    ok = [c for c in ctx.candidates if not meets(ctx, c)]
+    ok = [c for c in ctx.candidates if not violations(ctx, c)]
     if ok:
         return min(ok, key=lambda c: c.latency_ms), []
     acc_ok = [c for c in ctx.candidates if c.status != "accuracy"]
     best = (min(acc_ok, key=lambda c: c.latency_ms) if acc_ok
             else max(ctx.candidates, key=lambda c: c.val_accuracy))
-    return best, meets(ctx, best)
+    return best, violations(ctx, best)
+
+
+class Controller:
+    """Runs one compression (see module doc)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.techs: list[tuple[techniques.Technique, Any]] = []
+        self._built: dict[str, tuple[Path, dict[str, str], tuple[int, int]]] = {}
+        self._original: dict[str, prune.Layer] | None = None
+
+    def run(self) -> Report:
+        ctx = self.ctx
+        self.baseline()
+        self.prepare()
+        rungs, tried = ladder(ctx), 0
+        budget = ctx.cfg.constraints.latency_budget_ms
+        while rungs and tried < ctx.cfg.max_candidates:
+            fraction = rungs.pop(0)
+            cand = self.candidate(fraction)
+            tried += 1
+            if not violations(ctx, cand):
+                break
+            if cand.status != "accuracy" and budget and cand.latency_ms > budget \
+                    and fraction > 0.02:
+                # Accurate but slower than the budget: the estimate was optimistic, so aim
+                # lower in proportion before backing off.
+                rungs.insert(0, round(fraction * budget / cand.latency_ms * 0.95, 4))
+        best, why = choose(ctx)
+        best.chosen = True
+        with ctx.stage("measure"):
+            final = self.stats(best.id, best.path, test=True)  # type: ignore[arg-type]
+        for handler, cfg in self.techs:  # prepared but never applied
+            ctx.stages.skip(handler.stage_name(cfg), self.unused_reason(handler))
+        return self.report(final, best, why)
+
+    def unused_reason(self, handler: techniques.Technique) -> str:
+        cands = self.ctx.candidates
+        if handler.phase == "module":
+            return "no candidate needed it" + (
+                "" if "prune" in self.ctx.stages.ran else " (no candidate was pruned)")
+        if cands and all(c.id.endswith("-fp32") and c.status == "accuracy" for c in cands):
+            return ("not reached: every candidate's FP32 graph was already over the accuracy "
+                    "limit")
+        return "no candidate reached it"
+
+    def baseline(self) -> None:
+        ctx = self.ctx
+        with ctx.stage("baseline"):
+            ctx.progress("baseline", 0, 1)
+            path = ctx.work / "baseline.onnx"
+            if ctx.model is not None:
+                export_onnx(ctx.model, ctx.example, path)
+                sizes = counts(ctx, ctx.model)
+            else:
+                assert ctx.graph is not None
+                shutil.copyfile(ctx.graph, path)
+                sizes = graph_stats.sizes(path)
+            ctx.baseline_path = path
+            self._built["baseline"] = (path, {}, sizes)
+            ctx.baseline = self.stats("baseline", path, test=True)
+            ctx.progress("baseline", 1, 1)
+
+    def prepare(self) -> None:
+        ctx = self.ctx
+        for handler, cfg in techniques.ordered(ctx.cfg.techniques()):
+            stage = handler.stage_name(cfg)
+            if handler.phase == "module" and ctx.model is None:
+                handler.without_module(ctx, cfg)
+            elif not cfg.enabled:
+                ctx.stages.skip(stage, "switched off in the config")
+            elif handler.prepare(ctx, cfg):
+                self.techs.append((handler, cfg))
+
+    def stats(self, cid: str, path: Path, test: bool) -> ModelStats:
+        fp32, precisions, sizes = self._built[cid]
+        d = self.ctx.data
+        return self.ctx.measurer.stats(path, sizes, fp32_path=fp32, precisions=precisions,
+                                       test=test, val=d.val, test_split=d.test)
+
+    def candidate(self, fraction: float) -> Candidate:
+        ctx = self.ctx
+        base = ctx.baseline
+        assert base is not None and ctx.baseline_path is not None
+        cid = f"c{len({c.latency_fraction for c in ctx.candidates})}"
+        work = Work(cid, fraction, copy.deepcopy(ctx.model) if ctx.model is not None else None)
+        for handler, cfg in self.techs:
+            if handler.phase == "module":
+                handler.apply(ctx, cfg, work)
+        with ctx.stage("export"):
+            if work.module is not None:
+                work.fp32_path = export_onnx(work.module, ctx.example,
+                                             ctx.work / f"{cid}-fp32.onnx")
+                work.sizes = counts(ctx, work.module)
+                work.onnx_names = quantize.torch_to_onnx_names(work.module, ctx.example,
+                                                               work.fp32_path)
+            else:
+                work.fp32_path, work.sizes = ctx.baseline_path, self._built["baseline"][2]
+        fp32 = Variant("fp32", work.fp32_path, -1, {})
+        graph_techs = [(h, c) for h, c in self.techs if h.phase == "graph"]
+        if not graph_techs:
+            return self.measure(work, fp32)
+        limit = ctx.cfg.constraints.max_accuracy_drop
+        with ctx.stage("measure"):
+            fp32_val = ctx.measurer.metric(work.fp32_path, ctx.data.val)
+        if base.val_accuracy - fp32_val > limit:
+            # Graph techniques can only lose more: back off the pruning instead.
+            cand = self.measure(work, fp32)
+            cand.status = "accuracy"
+            log.info("candidate %s: FP32 val accuracy %.2f (baseline %.2f): backing off",
+                     cand.id, cand.val_accuracy, base.val_accuracy)
+            return cand
+        current = fp32
+        for handler, cfg in graph_techs:
+            accepted, last = None, None
+            for v in handler.variants(ctx, cfg, work, current):
+                v.parent = current.candidate
+                cand = v.candidate = self.measure(work, v)
+                if base.val_accuracy - cand.val_accuracy > limit:
+                    cand.status, last = "accuracy", cand
+                handler.measured(ctx, cfg, v, cand)
+                if cand.status != "accuracy":
+                    accepted = v
+                    break
+            if accepted is not None:
+                current = accepted
+            elif last is not None and not handler.optional:
+                return last
+        return current.candidate or self.measure(work, fp32)
+
+    def measure(self, work: Work, v: Variant) -> Candidate:
+        ctx = self.ctx
+        assert work.fp32_path is not None
+        cid = f"{v.parent.id if v.parent else work.cid}-{v.suffix}"
+        self._built[cid] = (work.fp32_path, v.precisions, work.sizes)
+        with ctx.stage("measure"):
+            st = self.stats(cid, v.path, test=False)
+        cand = Candidate(cid, work.fraction, v.higher_precision_layers, st.val_accuracy,
+                         st.latency_ms, st.size_bytes, st.params, st.macs, work.estimated_ms,
+                         measured_on_worker_ms=st.measured_on_worker_ms, path=v.path)
+        cand.layers = self.decisions(work, v)
+        ctx.candidates.append(cand)
+        log.info("candidate %s: val %s %.2f, %.3f ms (%s), %d bytes", cand.id,
+                 ctx.task.metric_name, st.val_accuracy, st.latency_ms,
+                 ctx.measurer.source, st.size_bytes)
+        return cand
+
+    def decisions(self, work: Work, v: Variant) -> list[LayerDecision]:
+        """Per-layer channels and precision of a candidate: PyTorch layers when there is a
+        model, the graph's weight nodes otherwise."""
+        ctx = self.ctx
+        assert work.fp32_path is not None and ctx.baseline_path is not None
+        sens, gain = v.info.get("sensitivity", {}), v.info.get("gain_ms", {})
+        rows: list[tuple[str, str | None, str, int, int, int | None]] = []
+        if work.module is not None:
+            if self._original is None:
+                assert ctx.model is not None
+                self._original = prune.layer_table(ctx.model, ctx.example)
+            for name, ly in prune.layer_table(work.module, ctx.example).items():
+                orig = self._original.get(name)
+                rows.append((name, work.onnx_names.get(name), ly.geom.kind, ly.cin, ly.cout,
+                             orig.cout if orig else None))
+        else:
+            for node, gl in graph_stats.layers(work.fp32_path).items():
+                rows.append((node, node, gl.geom.kind, gl.cin, gl.cout, gl.cout))
+        out = []
+        for name, node, kind, cin, cout, orig_out in rows:
+            p = v.precisions.get(node, "fp32") if node else "fp32"
+            out.append(LayerDecision(
+                name, node, kind, cin, cout, orig_out, p, self.executed_as(p),
+                sens.get(node) if node else None,
+                round(gain.get(node, 0.0), 5) if node else 0.0))
+        return out
+
+    def executed_as(self, precision: str) -> str:
+        if precision == "int4":
+            return f"int4 weights, {self.ctx.backend.executes_as('fp32')} compute"
+        return str(self.ctx.backend.executes_as(precision))
+
+    def int4_summary(self, best: Candidate) -> dict[str, Any]:
+        info = dict(self.ctx.state.get("int4") or {})
+        if not self.ctx.cfg.int4.enabled:
+            return {"applied": False, "reason": "switched off in the config"}
+        info["applied"] = best.id.endswith("-int4")
+        tried = info.get("tried") or []
+        if tried and not info["applied"] and "reason" not in info:
+            ok = [t for t in tried if t["status"] != "accuracy"]
+            info["reason"] = (f"tried, not chosen: {best.id} is faster or fits the "
+                              "constraints better" if ok else
+                              "tried: over the accuracy limit")
+        elif not tried and "reason" not in info:
+            info["reason"] = "not tried: no candidate reached the INT4 step"
+        return info
+
+    def report(self, final: ModelStats, best: Candidate, why: list[str]) -> Report:
+        ctx = self.ctx
+        base = ctx.baseline
+        assert base is not None
+        cons, dc = ctx.cfg.constraints, ctx.cfg.distill
+        fusion = ctx.state.get("fusion") or {"fused_conv_bn": 0, "max_abs_diff": 0.0,
+                                             "relu": f"fused by {ctx.backend.name} at "
+                                                     "session creation"}
+        model = dict(ctx.origin)
+        return Report(
+            model=model, arch=ctx.spec.to_dict() if ctx.spec is not None else None,
+            task=ctx.task.name, metric=ctx.task.metric_name, dataset=ctx.data.name,
+            profile=ctx.profile.model_dump(mode="json"), backend=ctx.backend.name,
+            latency_source=ctx.measurer.source, latency_model=ctx.lat.source,
+            baseline=base, compressed=final,
+            constraints={"max_accuracy_drop": cons.max_accuracy_drop,
+                         "latency_budget_ms": cons.latency_budget_ms,
+                         "size_budget_mb": cons.size_budget_mb},
+            violations=why,
+            warnings=[*ctx.warnings, *ctx.task.warnings(base.val_accuracy, ctx.data)],
+            candidates=ctx.candidates, layers=best.layers, stages=ctx.stages, fusion=fusion,
+            int4_weight_only=self.int4_summary(best),
+            distill_alignment=list(ctx.state.get("distill_alignment", [])),
+            distill_alignment_source=ctx.state.get("distill_alignment_source"),
+            distill_precision="bf16" if use_bf16(dc.precision, dc.device) else "fp32",
+            stages_seconds=ctx.timings, config=ctx.cfg.to_dict())
+
+
+def run_pipeline(ctx: Context) -> Report:
+    return Controller(ctx).run()
 
 
 def cleanup(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["BudgetError", "Context", "make_context", "run_baseline", "try_fraction",
-           "ladder", "choose", "meets", "no_progress"]
+__all__ = ["BudgetError", "Context", "Controller", "choose", "ladder", "make_context",
+           "no_progress", "run_pipeline", "violations"]

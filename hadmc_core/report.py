@@ -1,10 +1,12 @@
-"""The compression report: report.json (schema in docs/report.md) and report.png."""
+"""The compression report: typed here, written as report.json (schema in docs/report.md)
+and report.png."""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -15,22 +17,166 @@ SCHEMA = "hadmc.report/1"
 
 @dataclass
 class ModelStats:
-    accuracy: float          # top-1 % on the test split, evaluated by ONNX Runtime
-    val_accuracy: float      # top-1 % on the validation split (used for decisions)
-    latency_ms: float        # median wall-clock, batch 1, ONNX Runtime
+    """Baseline or compressed model. Accuracy is the task's metric (top-1 % for
+    classification) from the backend's outputs; latency is at batch 1 from the report's
+    ``latency_source``."""
+
+    accuracy: float          # test split
+    val_accuracy: float      # validation split (used for decisions)
+    latency_ms: float
     latency_p90_ms: float
-    size_bytes: int          # bytes of the ONNX file
+    size_bytes: int          # bytes of the artifact
     params: int
     macs: int
+    #: this worker's median when the latency is estimated or from a device table
+    measured_on_worker_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["measured_on_worker_ms"] is None:
+            del out["measured_on_worker_ms"]
+        return out
+
+
+@dataclass
+class LayerDecision:
+    """One conv/linear layer of the chosen model. ``precision`` is what the artifact
+    stores it in; ``executed_as`` what the backend runs it as."""
+
+    layer: str
+    onnx_node: str | None
+    kind: str
+    in_channels: int
+    out_channels: int
+    original_out_channels: int | None
+    precision: str
+    executed_as: str
+    quant_sensitivity: float | None = None
+    int8_gain_ms_estimate: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """One variant tried (a row of ``candidates``)."""
+
+    id: str
+    latency_fraction: float
+    higher_precision_layers: int
+    val_accuracy: float
+    latency_ms: float
+    size_bytes: int
+    params: int
+    macs: int
+    estimated_ms: float | None = None
+    status: str = "tried"                # "accuracy": over the accuracy limit
+    chosen: bool = False
+    measured_on_worker_ms: float | None = None
+    path: Path | None = None             # not serialised
+    layers: list[LayerDecision] = field(default_factory=list)  # not serialised
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("path", "layers")}
+        if out["measured_on_worker_ms"] is None:
+            del out["measured_on_worker_ms"]
+        return out
+
+
+@dataclass
+class Stages:
+    """Stages that ran, and those skipped with why (operator and node when a graph
+    operator kept a stage out)."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_ran(self, stage: str) -> None:
+        if stage not in self.ran:
+            self.ran.append(stage)
+
+    def skip(self, stage: str, reason: str, op: str | None = None,
+             node: str | None = None) -> None:
+        if stage not in self.ran and all(s["stage"] != stage for s in self.skipped):
+            self.skipped.append({"stage": stage, "reason": reason, "op": op, "node": node})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ran": list(self.ran), "skipped": [dict(s) for s in self.skipped]}
+
+
+@dataclass
+class Report:
+    model: dict[str, Any]
+    arch: dict[str, Any] | None
+    task: str
+    metric: str
+    dataset: str
+    profile: dict[str, Any]
+    backend: str
+    latency_source: str
+    latency_model: str
+    baseline: ModelStats
+    compressed: ModelStats
+    constraints: dict[str, Any]          # the configured limits
+    violations: list[str]
+    warnings: list[str]
+    candidates: list[Candidate]
+    layers: list[LayerDecision]
+    stages: Stages
+    fusion: dict[str, Any]
+    int4_weight_only: dict[str, Any]
+    distill_alignment: list[str]
+    distill_precision: str
+    stages_seconds: dict[str, float]
+    config: dict[str, Any]
+    #: "feature_stages" (declared by the model) or "graph" (found by the task)
+    distill_alignment_source: str | None = None
+    created: str = field(default_factory=lambda: now_iso())
+    versions: dict[str, str] = field(default_factory=lambda: library_versions())
+
+    @property
+    def met(self) -> bool:
+        return not self.violations
+
+    @property
+    def message(self) -> str:
+        return ("all constraints met" if self.met else
+                "constraints not met; best result found is reported: "
+                + "; ".join(self.violations))
+
+    def summary(self) -> dict[str, float]:
+        b, c = self.baseline, self.compressed
+        return {
+            "accuracy_drop_points": round(b.accuracy - c.accuracy, 3),
+            "val_accuracy_drop_points": round(b.val_accuracy - c.val_accuracy, 3),
+            "speedup": round(b.latency_ms / c.latency_ms, 3) if c.latency_ms else math.nan,
+            "compression": round(b.size_bytes / c.size_bytes, 3),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "created": self.created, "model": self.model, "arch": self.arch,
+            "task": self.task, "metric": self.metric, "dataset": self.dataset,
+            "profile": self.profile, "backend": self.backend,
+            "latency_source": self.latency_source, "latency_model": self.latency_model,
+            "baseline": self.baseline.to_dict(), "compressed": self.compressed.to_dict(),
+            "summary": self.summary(),
+            "constraints": {**self.constraints, "met": self.met, "message": self.message},
+            "warnings": list(self.warnings),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "layers": [asdict(d) for d in self.layers],
+            "stages": self.stages.to_dict(), "fusion": self.fusion,
+            "int4_weight_only": self.int4_weight_only,
+            "distill_alignment": list(self.distill_alignment),
+            "distill_alignment_source": self.distill_alignment_source,
+            "distill_precision": self.distill_precision,
+            "stages_seconds": self.stages_seconds, "config": self.config,
+            "versions": self.versions,
+        }
 
 
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("hadmc", "torch", "torch-pruning", "onnx", "onnxruntime", "numpy",
-                 "safetensors"):
+    for dist in ("hadmc", "torch", "torch-pruning", "onnx", "onnxruntime", "openvino", "nncf",
+                 "numpy", "safetensors"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -44,6 +190,11 @@ def now_iso() -> str:
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def _title(report: dict[str, Any]) -> str:
+    name = (report.get("arch") or {}).get("arch") or (report.get("model") or {}).get("name")
+    return f"{name or 'model'} on {report['dataset']} -> {report['profile']['name']}"
 
 
 def plot(path: Path, report: dict[str, Any]) -> None:
@@ -74,9 +225,10 @@ def plot(path: Path, report: dict[str, Any]) -> None:
     if budget:
         ax.axvline(budget, ls=":", c="tab:orange", lw=1, label="latency budget")
     ax.set_xscale("log")
-    ax.set_xlabel("latency, ms (batch 1, ONNX Runtime, measured)")
-    ax.set_ylabel("top-1 accuracy, % (validation)")
-    ax.set_title(f"{report['arch']['arch']} on {report['dataset']} -> {report['profile']['name']}")
+    source = report.get("latency_source", "measured")
+    ax.set_xlabel(f"latency, ms (batch 1, {report.get('backend', 'onnxruntime')}, {source})")
+    ax.set_ylabel(f"{report.get('metric', 'top1')}, % (validation)")
+    ax.set_title(_title(report))
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

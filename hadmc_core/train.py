@@ -14,6 +14,11 @@ from torch import nn
 
 from hadmc_core.data import Split
 from hadmc_core.progress import ProgressFn, no_progress
+from hadmc_core.tasks.classification import (  # noqa: F401  (re-exported for hadmc train)
+    NEAR_CHANCE_POINTS,
+    chance_accuracy,
+    near_chance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 512,
 #: (one epoch at least). Fashion-MNIST (430 steps an epoch at batch 128) trains one epoch;
 #: digits (10 steps an epoch) ten, to about 98 % top-1 (docs/data.md).
 MIN_DEFAULT_STEPS = 100
-#: A model whose top-1 is within this many points of chance has learned next to nothing.
-NEAR_CHANCE_POINTS = 5.0
 
 
 def default_epochs(num_samples: int, batch_size: int,
@@ -78,16 +81,6 @@ def default_epochs(num_samples: int, batch_size: int,
     """Whole epochs that give at least ``min_steps`` optimizer steps (one at least)."""
     per_epoch = max(1, math.ceil(num_samples / batch_size))
     return max(1, math.ceil(min_steps / per_epoch))
-
-
-def chance_accuracy(num_classes: int) -> float:
-    """Top-1 % of guessing (uniformly) among ``num_classes``."""
-    return 100.0 / max(1, num_classes)
-
-
-def near_chance(accuracy: float, num_classes: int) -> bool:
-    """Whether a top-1 % is within NEAR_CHANCE_POINTS of chance (or below it)."""
-    return accuracy < chance_accuracy(num_classes) + NEAR_CHANCE_POINTS
 
 
 @dataclass

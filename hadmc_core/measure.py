@@ -1,0 +1,161 @@
+"""Measuring candidates: which backend builds and runs them, where their latency comes
+from, and their statistics.
+
+Latency source, as the report states it:
+- ``device_table``: a device's own per-layer table was given; the latency is the latency
+  model's estimate from that table.
+- ``measured``: the profile describes this machine (``runs_here``) and no table was given;
+  the latency is the backend's median wall-clock at batch 1.
+- ``estimated``: otherwise; the latency is the latency model's estimate for the profile
+  (roofline). The worker's own timing is kept apart as ``measured_on_worker_ms`` and never
+  reported as the device's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hadmc_core import graph_stats
+from hadmc_core.config import MeasureConfig
+from hadmc_core.errors import ConfigError
+from hadmc_core.hal.latency import LatencyModel, runs_here
+from hadmc_core.report import ModelStats
+
+if TYPE_CHECKING:
+    from hadmc_core.data import Split
+    from hadmc_core.hal.profile import HardwareProfile
+    from hadmc_core.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def latency_source(profile: HardwareProfile, device_table: dict | None) -> str:
+    if device_table:
+        return "device_table"
+    return "measured" if runs_here(profile) else "estimated"
+
+
+class OnnxRuntimeFallback:
+    """The ONNX Runtime backend's contract (``hadmc_core.backends``) over ``onnx_io`` and
+    ONNX Runtime's quantizer, used only where that package is not installed. The device
+    receives an ONNX file with QDQ INT8 nodes."""
+
+    name = "onnxruntime"
+    artifact_format = "onnx-qdq"
+
+    def available(self) -> bool:
+        return True
+
+    def time_model(self, path: Path, input_shape: tuple[int, ...], runs: int = 50,
+                   warmup: int = 10, threads: int | None = None) -> Any:
+        from hadmc_core.onnx_io import measure_latency
+
+        return measure_latency(path, input_shape, runs, warmup, threads)
+
+    def predict(self, path: Path, x: np.ndarray, batch_size: int = 256,
+                threads: int | None = None) -> list[np.ndarray]:
+        from hadmc_core.onnx_io import session
+
+        sess = session(path, threads)
+        name = sess.get_inputs()[0].name
+        parts = [sess.run(None, {name: x[i:i + batch_size]}) for i in range(0, len(x), batch_size)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def profile_nodes(self, path: Path, threads: int, runs: int = 150,
+                      warmup: int = 20) -> dict[str, float]:
+        from hadmc_core.hal.latency import profile_nodes
+
+        return profile_nodes(path, threads, runs, warmup)
+
+    def quantize_int8(self, fp32_path: Path, out_path: Path, calib_x: np.ndarray, *,
+                      keep_fp32: list[str] | tuple[str, ...] = (), per_channel: bool = True,
+                      reduce_range: bool = False) -> Path:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from hadmc_core.onnx_io import session
+
+        out_path = Path(out_path)
+        prepped = out_path.with_name(out_path.stem + ".prep.onnx")
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        name = session(fp32_path, 1).get_inputs()[0].name
+        batches = iter([{name: calib_x[i:i + 32]} for i in range(0, len(calib_x), 32)])
+
+        class Reader:
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(batches, None)
+
+        quantize_static(
+            str(prepped), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            per_channel=per_channel, reduce_range=reduce_range,
+            nodes_to_exclude=list(keep_fp32),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        prepped.unlink(missing_ok=True)
+        return out_path
+
+    def executes_as(self, precision: str) -> str:
+        return "int8" if precision == "int8" else "fp32"
+
+
+def backend_for(profile: HardwareProfile) -> tuple[Any, str | None]:
+    """The backend that builds and checks the profile's artifact, and a note when it is not
+    one of the profile's runtimes (then ONNX Runtime builds an ONNX QDQ file and its
+    accuracy is checked here; the latency is estimated)."""
+    try:
+        from hadmc_core import backends  # type: ignore[attr-defined]
+    except ImportError:
+        return OnnxRuntimeFallback(), None
+    try:
+        return backends.for_profile(profile), None
+    except ConfigError as e:
+        note = (f"none of the profile's runtimes ({', '.join(profile.runtimes)}) runs here "
+                f"({e}); the artifact is built and checked with ONNX Runtime")
+        return backends.get("onnxruntime"), note
+
+
+@dataclass
+class Measurer:
+    """Accuracy and latency of candidate graphs for one run."""
+
+    backend: Any
+    task: Task
+    lat: LatencyModel
+    cfg: MeasureConfig
+    input_shape: tuple[int, ...]          # (C, H, W)
+    source: str                           # measured | device_table | estimated
+    _graphs: dict[Path, dict[str, graph_stats.GraphLayer]] = field(default_factory=dict)
+
+    def predict(self, path: Path, x: np.ndarray) -> list[np.ndarray]:
+        return self.backend.predict(path, x, threads=self.cfg.threads)
+
+    def metric(self, path: Path, split: Split) -> float:
+        return self.task.metric(self.predict(path, split.x), split)
+
+    def estimate_ms(self, fp32_path: Path, precisions: dict[str, str]) -> float:
+        """The latency model's estimate of the graph built from ``fp32_path`` with each
+        weight node at its precision."""
+        if fp32_path not in self._graphs:
+            self._graphs[fp32_path] = graph_stats.layers(fp32_path)
+        return graph_stats.estimate_ms(self.lat, self._graphs[fp32_path], precisions)
+
+    def stats(self, path: Path, sizes: tuple[int, int], *, fp32_path: Path,
+              precisions: dict[str, str], test: bool, val: Split, test_split: Split
+              ) -> ModelStats:
+        m = self.cfg
+        timing = self.backend.time_model(path, (1, *self.input_shape), m.runs, m.warmup,
+                                         m.threads)
+        latency, p90, worker = timing.median_ms, timing.p90_ms, None
+        if self.source != "measured":
+            latency = p90 = self.estimate_ms(fp32_path, precisions)
+            worker = timing.median_ms
+        return ModelStats(
+            accuracy=self.metric(path, test_split) if test else float("nan"),
+            val_accuracy=self.metric(path, val),
+            latency_ms=latency, latency_p90_ms=p90, size_bytes=Path(path).stat().st_size,
+            params=sizes[0], macs=sizes[1], measured_on_worker_ms=worker)
