@@ -41,8 +41,9 @@ def stage_names(model: nn.Module, n: int, example: torch.Tensor | None = None,
     them, else the task's feature points in the traced graph (needs ``example``)."""
     if n <= 0:
         return []
-    if hasattr(model, "feature_stages"):
-        return list(model.feature_stages())[-n:]
+    declared = getattr(model, "feature_stages", None)
+    if callable(declared):
+        return list(declared())[-n:]
     if example is None:
         return []
     return _task(task).feature_points(model, example, n)
@@ -101,7 +102,8 @@ def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
     names = list(points or []) if cfg.beta_feature > 0 else []
     source = "feature_stages" if hasattr(teacher, "feature_stages") else "graph"
     hooks = _Features(teacher, names)
-    logits, feats = [], {k: [] for k in names}
+    logits: list[np.ndarray] = []
+    feats: dict[str, list[np.ndarray]] = {k: [] for k in names}
     total = (n + 255) // 256
     bf16 = use_bf16(cfg.precision, device)
     for i, (x, _y) in enumerate(batches(subset, 256, shuffle=False)):

@@ -37,9 +37,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> FusionResult:
                 and isinstance(modules.get(prev.target), nn.Conv2d)
                 and len(prev.users) == 1):
             continue
-        conv, bn = modules[prev.target], modules[node.target]
+        conv, bn = modules[str(prev.target)], modules[str(node.target)]
         new_conv = fuse_conv_bn_eval(conv, bn)
-        _set_module(gm, prev.target, new_conv)
+        _set_module(gm, str(prev.target), new_conv)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         fused += 1

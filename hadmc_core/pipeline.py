@@ -266,11 +266,11 @@ class Controller:
                 rows.append((name, work.onnx_names.get(name), ly.geom.kind, ly.cin, ly.cout,
                              orig.cout if orig else None))
         else:
-            for node, gl in graph_stats.layers(work.fp32_path).items():
-                rows.append((node, node, gl.geom.kind, gl.cin, gl.cout, gl.cout))
+            for gname, gl in graph_stats.layers(work.fp32_path).items():
+                rows.append((gname, gname, gl.geom.kind, gl.cin, gl.cout, gl.cout))
         out = []
         for name, node, kind, cin, cout, orig_out in rows:
-            p = v.precisions.get(node, "fp32") if node else "fp32"
+            p = "fp32" if node is None else v.precisions.get(node, "fp32")
             out.append(LayerDecision(
                 name, node, kind, cin, cout, orig_out, p, self.executed_as(p),
                 sens.get(node) if node else None,

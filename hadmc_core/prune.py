@@ -62,8 +62,9 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
                 dw = mod.groups > 1 and mod.groups == mod.in_channels
                 geom = LayerGeom("dwconv" if dw else "conv", mod.kernel_size[0],
                                  mod.stride[0], int(x.shape[2]), int(x.shape[3]))
-                table[name] = Layer(name, geom, mod.in_channels, mod.out_channels)
+                table[name] = Layer(name, geom, int(mod.in_channels), int(mod.out_channels))
             else:
+                assert isinstance(mod, nn.Linear)
                 table[name] = Layer(name, LayerGeom("linear"), mod.in_features,
                                     mod.out_features)
         return fn

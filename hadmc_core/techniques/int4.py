@@ -51,7 +51,7 @@ def gemm_to_matmul(src: Path, dst: Path, nodes: list[str]) -> dict[str, list[str
     model = onnx.load(str(src))
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    out_nodes, made = [], {}
+    out_nodes, made = [], {}  # type: list[Any], dict[str, list[str]]
     for node in g.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 \
