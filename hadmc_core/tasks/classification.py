@@ -28,6 +28,16 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
     return accuracy < chance_accuracy(num_classes) + NEAR_CHANCE_POINTS
 
 
+def chance_warnings(accuracy: float, num_classes: int) -> list[str]:
+    """The report's warning for a baseline top-1 near chance (none otherwise)."""
+    if not near_chance(accuracy, num_classes):
+        return []
+    return [f"the baseline's validation top-1 is {accuracy:.1f}%, within "
+            f"{NEAR_CHANCE_POINTS:g} points of chance ({chance_accuracy(num_classes):.1f}% "
+            f"for {num_classes} classes): it looks untrained, or trained for other data, so "
+            "the accuracy kept by compression means little; train it first (hadmc train)"]
+
+
 class Classification(GraphTask):
     name = "classification"
     metric_name = "top1"
@@ -54,13 +64,7 @@ class Classification(GraphTask):
                              f"({data.num_classes}) or relabel the dataset")
 
     def warnings(self, baseline_metric: float, data: DataSplits) -> list[str]:
-        k = data.num_classes
-        if not near_chance(baseline_metric, k):
-            return []
-        return [f"the baseline's validation top-1 is {baseline_metric:.1f}%, within "
-                f"{NEAR_CHANCE_POINTS:g} points of chance ({chance_accuracy(k):.1f}% for "
-                f"{k} classes): it looks untrained, or trained for other data, so the "
-                "accuracy kept by compression means little; train it first (hadmc train)"]
+        return chance_warnings(baseline_metric, data.num_classes)
 
     def load_data(self, name_or_path: str, **options: object) -> DataSplits:
         from hadmc_core.data import load_dataset
