@@ -124,7 +124,8 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
             example=example, graph=loaded.onnx_path if loaded is not None else None,
             spec=spec, origin=_origin(model, spec),
             source_skipped=loaded.skipped if loaded is not None else None,
-            measure_layers=measure_layers, device_table=device_table)
+            measure_layers=measure_layers, device_table=device_table,
+            profile_backend=note is None)
         if note:
             ctx.warnings.append(note)
         rep = pipeline.Controller(ctx).run()

@@ -34,10 +34,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def latency_source(profile: HardwareProfile, device_table: dict | None) -> str:
+def latency_source(profile: HardwareProfile, device_table: dict | None,
+                   profile_backend: bool = True) -> str:
+    """``profile_backend``: the backend is one of the profile's runtimes (a timing with a
+    stand-in runtime is not the device's, so it is estimated instead)."""
     if device_table:
         return "device_table"
-    return "measured" if runs_here(profile) else "estimated"
+    return "measured" if runs_here(profile) and profile_backend else "estimated"
 
 
 class OnnxRuntimeFallback:
@@ -108,15 +111,15 @@ def backend_for(profile: HardwareProfile) -> tuple[Any, str | None]:
     one of the profile's runtimes (then ONNX Runtime builds an ONNX QDQ file and its
     accuracy is checked here; the latency is estimated)."""
     try:
-        from hadmc_core import backends  # type: ignore[attr-defined]
+        from hadmc_core.backends import for_profile, get  # type: ignore[attr-defined]
     except ImportError:
         return OnnxRuntimeFallback(), None
     try:
-        return backends.for_profile(profile), None
+        return for_profile(profile), None
     except ConfigError as e:
         note = (f"none of the profile's runtimes ({', '.join(profile.runtimes)}) runs here "
                 f"({e}); the artifact is built and checked with ONNX Runtime")
-        return backends.get("onnxruntime"), note
+        return get("onnxruntime"), note
 
 
 @dataclass

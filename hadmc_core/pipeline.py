@@ -50,11 +50,14 @@ def make_context(model: nn.Module | None, data: DataSplits, profile: HardwarePro
                  spec: Any = None, origin: dict[str, Any] | None = None,
                  source_skipped: list[dict[str, Any]] | None = None,
                  measure_layers: bool | None = None,
-                 device_table: dict[str, list[float]] | None = None) -> Context:
+                 device_table: dict[str, list[float]] | None = None,
+                 profile_backend: bool = True) -> Context:
+    """``profile_backend`` is False when ``backend`` stands in for runtimes of the profile
+    that are not on this machine."""
     measure = runs_here(profile) if measure_layers is None else measure_layers
     lat = LatencyModel(profile, measure=measure, table=device_table, threads=cfg.measure.threads)
     measurer = Measurer(backend, task, lat, cfg.measure, tuple(data.train.x.shape[1:]),
-                        latency_source(profile, device_table))
+                        latency_source(profile, device_table, profile_backend))
     return Context(model.cpu().eval() if model is not None else None, graph, spec, data,
                    profile, cfg, work, progress, example, lat, task, measurer,
                    origin=dict(origin or {}), source_skipped=list(source_skipped or []))

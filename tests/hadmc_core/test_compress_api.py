@@ -37,8 +37,11 @@ def _left_nothing(out):
 
 def test_older_call_form_with_an_archspec_second_still_works(digits, tmp_path):
     spec = ArchSpec("resnet18", 1, 10, "small", 0.25)
+    seen: list[str] = []
+    # the service's worker calls it with seven positional arguments, progress last
     res = compress(build_model(spec), spec, digits, load_profile("x86-avx2"), tmp_path / "o",
-                   QUICK, overwrite=True)
+                   QUICK, lambda stage, done, total: seen.append(stage))
+    assert {"baseline", "q-sensitivity"} <= set(seen)
     assert res.report["arch"] == spec.to_dict()
     assert res.report["model"] == {"kind": "zoo", "name": "resnet18"}
     assert (tmp_path / "o" / "model.onnx").is_file()
