@@ -45,6 +45,14 @@ def _load(path: Path) -> Any:
     return onnx.load(str(path))
 
 
+def save_inline(src: Path, dst: Path) -> Path:
+    """Copy an ONNX model with any external weights (files beside it) stored inside."""
+    import onnx
+
+    onnx.save(onnx.load(str(src)), str(dst))
+    return dst
+
+
 def _static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Shapes of every value, batch (first input dimension) set to 1 where symbolic."""
     import onnx

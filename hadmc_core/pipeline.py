@@ -162,7 +162,7 @@ class Controller:
                 sizes = counts(ctx, ctx.model)
             else:
                 assert ctx.graph is not None
-                shutil.copyfile(ctx.graph, path)
+                graph_stats.save_inline(ctx.graph, path)
                 sizes = graph_stats.sizes(path)
             ctx.baseline_path = path
             self._built["baseline"] = (path, {}, sizes)

@@ -53,6 +53,14 @@ def test_report_matches_an_independent_evaluation(compressed, digits):
     assert rep["compressed"]["params"] < rep["baseline"]["params"]
     assert rep["compressed"]["size_bytes"] < rep["baseline"]["size_bytes"] / 4
     assert rep["latency_model"] == "measured-onnxruntime-in-graph"
+    assert rep["latency_source"] == "measured" and rep["backend"] == "onnxruntime"
+    assert rep["model"]["kind"] == "zoo" and rep["arch"]["arch"] == "resnet18"
+    # The zoo model declares its stages; distillation aligned the last two.
+    assert rep["distill_alignment"] == ["layer3", "layer4"]
+    assert rep["distill_alignment_source"] == "feature_stages"
+    assert {"prune", "distill", "fuse", "quantize"} <= set(rep["stages"]["ran"])
+    assert [s["stage"] for s in rep["stages"]["skipped"]] == ["int4"]
+    assert {layer["executed_as"] for layer in rep["layers"]} <= {"int8", "fp32"}
     assert rep["fusion"]["fused_conv_bn"] > 0 and rep["fusion"]["max_abs_diff"] < 1e-4
     chosen = [c for c in rep["candidates"] if c["chosen"]]
     assert len(chosen) == 1
