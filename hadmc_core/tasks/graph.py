@@ -7,8 +7,10 @@ first module that has a ``weight`` of two or more dimensions (``nn.Linear``, a 1
 ``nn.Conv2d``, ...). When tracing fails (data-dependent control flow), the head is the last
 such module to run in one forward pass.
 
-Feature points (distillation alignment when the model declares no ``feature_stages()``):
-one forward pass with hooks on every submodule records, in the order they finish, the
+Feature points (distillation alignment when the model declares no ``feature_stages()``)
+must be module names, since distillation reads them with forward hooks; a ``torch.fx``
+trace flattens blocks into leaf calls and functions, so the points come from execution
+instead: one forward pass with hooks on every submodule records, in the order they finish, the
 modules whose output is a 4-D feature map (N, C, H, W) larger than 1x1 (a globally pooled
 vector is not a map), stopping when the head starts.
 Modules called more than once (a shared activation) are left out, since a hook would see
