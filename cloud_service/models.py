@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -158,10 +159,9 @@ class Device(Base):
     profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     latency: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str | None] = mapped_column(String(100))
-    current_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="SET NULL"))
-    previous_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    #: The agent keeps several models apart (it sent a heartbeat with per-model versions);
+    #: False for agents that run one model only.
+    multi_model: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: Bytes the server sent this device (model.onnx and delta downloads).
     bytes_downloaded: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -176,6 +176,23 @@ class Device(Base):
     revoker: Mapped[User | None] = relationship(viewonly=True, foreign_keys=[revoked_by])
     tags_updater: Mapped[User | None] = relationship(viewonly=True,
                                                      foreign_keys=[tags_updated_by])
+    #: One per model the device runs, oldest first: the first is its primary model.
+    deployments: Mapped[list[Deployment]] = relationship(
+        viewonly=True, order_by="Deployment.id", lazy="selectin")
+
+    @property
+    def primary(self) -> Deployment | None:
+        """The deployment of the device's first model (what a single-model agent runs)."""
+        return self.deployments[0] if self.deployments else None
+
+    @property
+    def current_version_id(self) -> int | None:
+        """The version of the primary model the device runs."""
+        return self.primary.current_version_id if self.primary else None
+
+    @property
+    def previous_version_id(self) -> int | None:
+        return self.primary.previous_version_id if self.primary else None
 
     @property
     def revoked_by_name(self) -> str | None:
@@ -184,6 +201,30 @@ class Device(Base):
     @property
     def tags_updated_by_name(self) -> str | None:
         return _name(self.tags_updater)
+
+
+class Deployment(Base):
+    """One model on one device: the version it runs and the one it ran before (what a
+    rollback of this model goes back to), and the phase of its last update report."""
+
+    __table_args__ = (UniqueConstraint("device_id", "model_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          index=True)
+    current_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    previous_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"))
+    #: The phase of the last update report for this model (probation, done, health, ...).
+    phase: Mapped[str | None] = mapped_column(String(20))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def model(self) -> str:
+        """The model line the agent and the signed manifests name (``model-<id>``)."""
+        return f"model-{self.model_id}"
 
 
 class LatencyReport(Base):

@@ -200,10 +200,37 @@ class DeviceRegistered(BaseModel):
     manifest_public_key: str = Field(description="PEM of the server's Ed25519 public key.")
 
 
+#: A model line as agents and signed manifests name it: ``model-<model id>``.
+ModelLine = Annotated[str, Field(pattern=r"^model-[1-9][0-9]{0,9}$", max_length=20)]
+
+
+class ModelBeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: ModelLine | None = Field(default=None, description="The model line "
+                                    "(`model-<id>`); checked against the version's.")
+    version_id: DbId | None = Field(default=None, description="The version of that model "
+                                    "the device runs (null: none yet).")
+
+
 class Heartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.HEARTBEAT))
-    current_version_id: DbId | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.HEARTBEAT,
+                                                                            ex.HEARTBEAT_OLD))
+    current_version_id: DbId | None = Field(default=None, description="The version of the "
+                                            "device's primary (or only) model.")
     status: Name | None = Field(default=None, max_length=100)
+    models: list[ModelBeat] | None = Field(
+        default=None, max_length=100, description="Each model the device runs; agents that "
+        "run one model send `current_version_id` only.")
+
+    def claims(self) -> dict[int, str | None]:
+        """``{version id: model line or None}`` of every version the beat names."""
+        out: dict[int, str | None] = {}
+        if self.current_version_id is not None:
+            out[self.current_version_id] = None
+        for m in self.models or []:
+            if m.version_id is not None:
+                out[m.version_id] = m.model or out.get(m.version_id)
+        return out
 
 
 class HeartbeatAck(BaseModel):
@@ -221,6 +248,16 @@ class LatencyReportCreate(BaseModel):
         default_factory=dict, description="Measured per-operator latency table (ms).")
 
 
+class DeploymentPublic(Public):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DEPLOYMENT))
+    model_id: int
+    model: str = Field(description="The model line agents name it by (`model-<id>`).")
+    current_version_id: int | None
+    previous_version_id: int | None
+    phase: str | None = Field(description="Phase of the last update report for this model.")
+    updated_at: datetime
+
+
 class DevicePublic(Public):
     model_config = ConfigDict(json_schema_extra=ex.examples(ex.DEVICE))
     id: int
@@ -228,8 +265,14 @@ class DevicePublic(Public):
     profile: dict[str, Any] | None
     latency: dict[str, Any] | None
     status: str | None
-    current_version_id: int | None
+    current_version_id: int | None = Field(description="The version of its primary model "
+                                                       "(the first it ran).")
     previous_version_id: int | None
+    models: list[DeploymentPublic] = Field(
+        default_factory=list, validation_alias="deployments",
+        description="Each model the device runs, primary first.")
+    multi_model: bool = Field(default=False, description="Its agent keeps several models "
+                                                         "apart (it reports per model).")
     tags: list[str]
     bytes_downloaded: int = Field(description="Bytes the server sent it (ONNX and deltas).")
     last_seen_at: datetime | None

@@ -56,12 +56,21 @@ DEVICE_REGISTERED = {"device_id": 5,
                      "manifest_public_key": "-----BEGIN PUBLIC KEY-----\n"
                      "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
                      "-----END PUBLIC KEY-----\n"}
-HEARTBEAT = {"current_version_id": 7, "status": "ok"}
+HEARTBEAT = {"current_version_id": 7, "status": "ok",
+             "models": [{"model": "model-1", "version_id": 7},
+                        {"model": "model-4", "version_id": 12}]}
+HEARTBEAT_OLD = {"current_version_id": 7, "status": "ok"}
+DEPLOYMENT = {"model_id": 1, "model": "model-1", "current_version_id": 7,
+              "previous_version_id": 6, "phase": "done", "updated_at": NOW}
 HEARTBEAT_ACK = {"device_id": 5, "last_seen_at": NOW}
 LATENCY = {"version_id": 7, "p50_ms": 3.2, "p99_ms": 5.9,
            "operators": {"Conv": [0.41, 0.39], "Gemm": [0.05]}}
 DEVICE = {"id": 5, "name": "camera-17", "profile": PROFILE, "latency": None, "status": "ok",
-          "current_version_id": 7, "previous_version_id": 6, "tags": ["line-3"],
+          "current_version_id": 7, "previous_version_id": 6,
+          "models": [DEPLOYMENT, {"model_id": 4, "model": "model-4", "current_version_id": 12,
+                                  "previous_version_id": None, "phase": "probation",
+                                  "updated_at": NOW}],
+          "multi_model": True, "tags": ["line-3"],
           "bytes_downloaded": 2_310_144, "last_seen_at": NOW, "created_at": NOW,
           "revoked_at": None, "revoked_by_name": None, "tags_updated_by_name": "alice",
           "tags_updated_at": NOW}
@@ -90,7 +99,8 @@ ROLLOUT_EVENT = {"id": 11, "at": NOW, "kind": "advance",
 ROLLOUT_EVENT_BY_USER = {"id": 12, "at": NOW, "kind": "pause",
                          "reason": "pause requested by user alice",
                          "details": {"user_id": 1, "user_name": "alice"}, "by": "alice"}
-UPDATE_REPORT = {"version_id": 7, "rollout_id": 3, "ok": False, "phase": "verify",
+UPDATE_REPORT = {"version_id": 7, "model": "model-1", "rollout_id": 3, "ok": False,
+                 "phase": "verify",
                  "reason": "chunk layer2.weight#3 (xor): hash mismatch", "p50_ms": None,
                  "p95_ms": None, "bytes_downloaded": 81_234}
 UPDATE_REPORT_PUBLIC = {"id": 21, "device_id": 5, "version_id": 7, "rollout_id": 3,
@@ -101,8 +111,16 @@ ROLLBACK_ORDER = {"order": {"kind": "rollback", "device_id": 5, "model": "model-
                             "version": 1, "version_id": 6, "issued": 1764000000,
                             "expires": 1764086400},
                   "signature": SIGNATURE}
+DESIRED_MODEL = {"model": "model-1", "model_id": 1, "name": "detector", "version_id": 7,
+                 "number": 2, "onnx_hash": HASH, "onnx_size": 11_240_512, "rollout_id": 3,
+                 "rollback_order": None, "hold": False}
 DESIRED = {"version_id": 7, "model_id": 1, "number": 2, "onnx_hash": HASH,
-           "onnx_size": 11_240_512, "rollout_id": 3, "rollback_order": None, "hold": False}
+           "onnx_size": 11_240_512, "rollout_id": 3, "rollback_order": None, "hold": False,
+           "models": [DESIRED_MODEL,
+                      {"model": "model-4", "model_id": 4, "name": "classifier",
+                       "version_id": 12, "number": 1, "onnx_hash": HASH2,
+                       "onnx_size": 402_112, "rollout_id": 5, "rollback_order": None,
+                       "hold": True}]}
 MANIFEST = {"manifest": {
     "format": "hadmc.manifest/1", "model": "model-1", "version": 2, "created": 1764000000,
     "expires": 1766592000, "chunk_size": 65536, "extra": {}, "root": HASH2,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_service import schemas_examples as ex
-from cloud_service.schemas import DbId, Public, Tag, Text
+from cloud_service.schemas import DbId, ModelLine, Public, Tag, Text
 
 RolloutState = Literal["active", "paused", "completed", "aborted", "rolled_back"]
 DeviceStatus = Literal["pending", "assigned", "succeeded", "failed", "cancelled", "rolled_back",
@@ -135,6 +135,9 @@ class RolloutEventsPublic(BaseModel):
 class UpdateReportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.UPDATE_REPORT))
     version_id: DbId
+    model: ModelLine | None = Field(default=None, description="The version's model line "
+                                    "(`model-<id>`), checked; optional (the version names "
+                                    "its model).")
     rollout_id: DbId | None = None
     ok: bool
     phase: Phase
@@ -163,7 +166,26 @@ class RollbackOrder(BaseModel):
     signature: str = Field(description="Hex Ed25519 over the canonical JSON of `order`.")
 
 
+class DesiredModel(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples(ex.DESIRED_MODEL))
+    model: str = Field(description="The model line (`model-<id>`), as the signed manifests "
+                                   "and rollback orders name it.")
+    model_id: int
+    name: str | None = Field(default=None, description="The model's name.")
+    version_id: int | None = Field(description="null: keep what you run of this model.")
+    number: int | None
+    onnx_hash: str | None
+    onnx_size: int | None
+    rollout_id: int | None
+    rollback_order: RollbackOrder | None
+    hold: bool = Field(default=False, description="Stay on the version you run of this "
+                                                  "model (its rollout is paused).")
+
+
 class DesiredPublic(BaseModel):
+    """The top-level fields are the device's primary model (what an agent that runs one
+    model reads); ``models`` has one entry per model a rollout names for the device."""
+
     model_config = ConfigDict(json_schema_extra=ex.examples(ex.DESIRED))
     version_id: int | None
     model_id: int | None
@@ -174,3 +196,4 @@ class DesiredPublic(BaseModel):
     rollback_order: RollbackOrder | None
     hold: bool = Field(default=False, description="Stay on the version you run (the "
                                                   "rollout is paused); do not update.")
+    models: list[DesiredModel] = Field(default_factory=list, description="Per model.")

@@ -1,12 +1,16 @@
-"""Does a version fit a device? Model line, input/output signature, hardware and runtime.
+"""Does a version fit a device? Input/output signature, several models, hardware and runtime.
 
 A rollout assigns a version only to devices it fits; the others are listed as ``skipped``
 with the reason (``services.rollouts``). The rules:
 
-- **Model line and signature.** A device that runs a version of another model, or of the
-  same model with other inputs or outputs (names, element types, shapes; symbolic
-  dimensions match any size), is not given the version unless the rollout says
-  ``replace_model``: applications on the device read those inputs and outputs.
+- **Signature.** A device that runs a version of the same model with other inputs or
+  outputs (names, element types, shapes; symbolic dimensions match any size) is not given
+  the version unless the rollout says ``replace_model``: applications on the device read
+  those inputs and outputs.
+- **Several models.** A version of a model the device does not run yet is a new
+  deployment beside the models it runs (``services.deployments``), unless the device's
+  agent runs one model only (it never sent per-model versions in a heartbeat) and already
+  runs another model.
 - **Hardware.** The version was built for a hardware profile; the device reports its own.
   The instruction set and the kind of accelerator (cpu, gpu, npu) must be the same, and a
   GPU or NPU version needs the accelerator's flags (``cuda``, ...). CPU extension flags
@@ -137,15 +141,20 @@ def misfit(*, session: Session, store: ArtifactStore, version: ModelVersion, dev
     why = hardware_difference(version.profile, device.profile)
     if why is not None:
         return why
-    if replace_model or device.current_version_id is None \
-            or device.current_version_id == version.id:
+    deps = {d.model_id: d for d in device.deployments}
+    dep = deps.get(version.model_id)
+    if dep is None:  # a model the device does not run yet: a deployment of its own
+        others = sorted(m for m, d in deps.items() if d.current_version_id is not None)
+        if others and not device.multi_model:
+            return (f"the device's agent runs one model (model {others[0]}) and cannot add "
+                    f"model {version.model_id}; upgrade hadmc-agent on it")
         return None
-    running = session.get(ModelVersion, device.current_version_id)
+    if replace_model or dep.current_version_id is None \
+            or dep.current_version_id == version.id:
+        return None
+    running = session.get(ModelVersion, dep.current_version_id)
     if running is None:
         return None
-    if running.model_id != version.model_id:
-        return (f"the device runs model {running.model_id}, not model {version.model_id}; "
-                "set replace_model to replace it")
     diff = signature_difference(ensure_signature(session=session, store=store, version=running),
                                 ensure_signature(session=session, store=store, version=version))
     if diff is not None:

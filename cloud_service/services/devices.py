@@ -19,6 +19,8 @@ from cloud_service.models import (
     Rollout,
     RolloutDevice,
 )
+from cloud_service.services import deployments
+from cloud_service.services.heartbeats import device_statement
 
 R = TypeVar("R", Device, EnrollmentToken)
 
@@ -107,20 +109,24 @@ def _check_version(session: Session, version_id: int | None) -> None:
 
 
 def heartbeat(*, session: Session, device_id: int, credential: str,
-              current_version_id: int | None, status: str | None) -> datetime | None:
-    """Authenticate and record a heartbeat in one UPDATE (the hottest path: every device,
-    every 30 s). Returns the time, or None when no live device has this id and credential
-    (the caller then finds out why)."""
-    _check_version(session, current_version_id)
+              claims: dict[int, str | None], status: str | None, multi: bool = False
+              ) -> datetime | None:
+    """Authenticate and record a heartbeat: liveness and status in one UPDATE (the hottest
+    path: every device, every 30 s), then the versions it runs (``{version id: model line
+    or None}``) in its deployments. Returns the time, or None when no live device has this
+    id and credential (the caller then finds out why)."""
+    deployments.check_claims(session, claims)
     now = utcnow()
-    values: dict[str, Any] = {"last_seen_at": now, "current_version_id": current_version_id}
+    row: dict[str, Any] = {"b_id": device_id, "last_seen_at": now, "b_multi": multi}
     if status is not None:
-        values["status"] = status
-    res = session.execute(
-        update(Device).where(Device.id == device_id,
-                             Device.credential_hash == security.hash_token(credential),
-                             Device.revoked_at.is_(None)).values(**values))
-    return now if res.rowcount else None  # type: ignore[attr-defined]
+        row["status"] = status
+    res = session.execute(device_statement(status is not None).where(
+        Device.credential_hash == security.hash_token(credential)), row)
+    if not res.rowcount:  # type: ignore[attr-defined]
+        return None
+    deployments.confirm_versions(session, [{"b_id": device_id, "b_vid": vid, "b_at": now}
+                                           for vid in claims])
+    return now
 
 
 def set_profile(*, session: Session, device_id: int, profile: dict[str, Any]) -> Device | None:

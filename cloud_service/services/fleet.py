@@ -2,9 +2,11 @@
 
 One rule decides a device's state, for ``/metrics``, the dashboard and the fleet overview:
 
-1. ``updating``: its row in the latest rollout that reached it is ``assigned`` while that
-   rollout is active or paused (it has not committed the version yet);
-2. ``failed``: its row in the latest rollout that reached it is ``failed``;
+1. ``updating``: its row in the latest rollout that reached it (of any of its models) is
+   ``assigned`` while that rollout is active or paused (it has not committed the version
+   yet);
+2. ``failed``: its row in the latest rollout that reached it (of any of its models) is
+   ``failed``;
 3. ``offline``: not heard from (heartbeat, profile or latency report; registration for a
    device that has never reported) for longer than the offline threshold;
 4. ``updating``: its last heartbeat status starts with ``updating`` or ``probation`` (what
@@ -14,9 +16,9 @@ One rule decides a device's state, for ``/metrics``, the dashboard and the fleet
 The first rule that holds wins. A device in an open rollout stays ``updating`` when it goes
 quiet (an agent restarts while it switches versions; the wave's timeout decides), while a
 heartbeat status counts only as long as the device is heard from. Revoked devices have no
-state and are never counted. "The latest rollout that reached it" is the one the desired
-version comes from (``services.desired``): the newest rollout in which the device is
-neither ``pending`` nor ``skipped``.
+state and are never counted. "The latest rollout that reached it" is, per model, the one
+the desired version of that model comes from (``services.desired``): the newest rollout
+of a version of the model in which the device is neither ``pending`` nor ``skipped``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from typing import Any, Literal, Protocol, get_args
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, UpdateReport
+from cloud_service.models import (
+    Deployment,
+    Device,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+    UpdateReport,
+)
 from cloud_service.schemas_rollouts import DeviceStatus, Phase, RolloutState
 from cloud_service.settings import Settings
 
@@ -87,11 +96,16 @@ def device_state(device: DeviceFacts, now: datetime, *, offline_after_seconds: f
 
 def placements(*, session: Session, device_ids: list[int] | None = None
                ) -> dict[int, Placement]:
-    """Each device's row in the latest rollout that reached it (devices no rollout reached
-    are absent); ``device_ids`` limits the query to those devices."""
+    """Each device's row in the latest rollout that reached it, per model; of those, the
+    one that decides its state (assigned in an open rollout, else failed, else the
+    latest). Devices no rollout reached are absent; ``device_ids`` limits the query to
+    those devices."""
     reached = RolloutDevice.status.not_in(("pending", "skipped"))
-    latest = select(RolloutDevice.device_id, func.max(RolloutDevice.rollout_id).label("rid")) \
-        .where(reached).group_by(RolloutDevice.device_id)
+    latest = (select(RolloutDevice.device_id, ModelVersion.model_id,
+                     func.max(RolloutDevice.rollout_id).label("rid"))
+              .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+              .join(ModelVersion, ModelVersion.id == Rollout.version_id)
+              .where(reached).group_by(RolloutDevice.device_id, ModelVersion.model_id))
     if device_ids is not None:
         latest = latest.where(RolloutDevice.device_id.in_(device_ids))
     sub = latest.subquery()
@@ -101,7 +115,17 @@ def placements(*, session: Session, device_ids: list[int] | None = None
         .join(sub, and_(RolloutDevice.device_id == sub.c.device_id,
                         RolloutDevice.rollout_id == sub.c.rid))
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id))
-    return {dev: Placement(rid, status, state) for dev, rid, status, state in rows}
+    out: dict[int, Placement] = {}
+    for dev, rid, status, state in rows:
+        here, seen = Placement(rid, status, state), out.get(dev)
+        if seen is None or _weight(here) > _weight(seen):
+            out[dev] = here
+    return out
+
+
+def _weight(p: Placement) -> tuple[int, int]:
+    moving = p.status == "assigned" and p.rollout_state in OPEN_ROLLOUTS
+    return (2 if moving else 1 if p.status == "failed" else 0, p.rollout_id)
 
 
 def device_states(*, session: Session, now: datetime, offline_after_seconds: float,
@@ -115,31 +139,32 @@ def device_states(*, session: Session, now: datetime, offline_after_seconds: flo
 
 def fleet_counts(*, session: Session, now: datetime, offline_after_seconds: float
                  ) -> dict[str, Any]:
-    """Devices that are not revoked, counted by state and by the version they run:
+    """Devices that are not revoked, counted by state and, per model, by the version they
+    run (a device that runs two models counts once for each):
 
     ``{"total": N, "states": {"online": n, "offline": n, "updating": n, "failed": n},
     "versions": [{"model_id", "version_id", "number", "devices"}, ...] (by version id),
     "unversioned": n}`` (devices that run no version the server knows)."""
     rows = session.execute(
-        select(Device.id, Device.last_seen_at, Device.created_at, Device.status,
-               Device.current_version_id, ModelVersion.model_id, ModelVersion.number)
-        .outerjoin(ModelVersion, ModelVersion.id == Device.current_version_id)
+        select(Device.id, Device.last_seen_at, Device.created_at, Device.status)
         .where(Device.revoked_at.is_(None))).all()
     where = placements(session=session)
     states: Counter[str] = Counter({s: 0 for s in STATES})
-    versions: Counter[tuple[int, int, int]] = Counter()
-    unversioned = 0
     for row in rows:
         states[device_state(row, now, offline_after_seconds=offline_after_seconds,
                             placement=where.get(row.id))] += 1
-        if row.current_version_id is None or row.model_id is None:
-            unversioned += 1
-        else:
-            versions[(row.current_version_id, row.model_id, row.number)] += 1
+    running = session.execute(
+        select(Deployment.device_id, ModelVersion.id, ModelVersion.model_id,
+               ModelVersion.number)
+        .join(ModelVersion, ModelVersion.id == Deployment.current_version_id)
+        .join(Device, Device.id == Deployment.device_id)
+        .where(Device.revoked_at.is_(None))).all()
+    versions: Counter[tuple[int, int, int]] = Counter(
+        (vid, model, number) for _dev, vid, model, number in running)
     return {"total": len(rows), "states": dict(states),
             "versions": [{"model_id": m, "version_id": v, "number": n, "devices": c}
                          for (v, m, n), c in sorted(versions.items())],
-            "unversioned": unversioned}
+            "unversioned": len(rows) - len({dev for dev, *_ in running})}
 
 
 def rollout_counts(*, session: Session) -> dict[str, int]:

@@ -10,17 +10,24 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.orm import Session
 
 from cloud_service.db import page, utcnow
 from cloud_service.errors import ConflictError, InvalidInputError
-from cloud_service.models import Device, ModelVersion, Rollout, RolloutDevice, RolloutEvent
+from cloud_service.models import (
+    Deployment,
+    Device,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+    RolloutEvent,
+)
 from cloud_service.services.auth import actor
 from cloud_service.services.compat import misfit
 from cloud_service.storage import ArtifactStore
 
-#: Rollout states in which a device counts as taken (it may be in one such rollout only).
+#: Rollout states in which a device counts as taken (in one such rollout per model).
 OPEN = ("active", "paused")
 CREATE_LOCK = 0x6861646D63  # pg advisory lock key ("hadmc")
 #: Allowed user transitions: action -> (states it may start from, state it leads to).
@@ -62,32 +69,41 @@ def select_devices(session: Session, selector: dict[str, Any]) -> list[Device]:
     return devices
 
 
-def _check_free(session: Session, device_ids: list[int]) -> None:
+def _check_free(session: Session, device_ids: list[int], model_id: int) -> None:
+    """A device takes part in at most one open rollout per model (rollouts of other models
+    run beside it: each model is its own deployment)."""
     busy = session.execute(
         select(RolloutDevice.device_id, Rollout.id).join(Rollout)
+        .join(ModelVersion, ModelVersion.id == Rollout.version_id)
         .where(Rollout.state.in_(OPEN), RolloutDevice.device_id.in_(device_ids),
-               RolloutDevice.status != "skipped")
+               RolloutDevice.status != "skipped", ModelVersion.model_id == model_id)
         .limit(20)).all()
     if busy:
         pairs = ", ".join(f"device {d} in rollout {r}" for d, r in busy)
-        raise ConflictError(f"devices already in an active rollout: {pairs}; abort or finish "
-                            "it first")
+        raise ConflictError(f"devices already in an active rollout of model {model_id}: "
+                            f"{pairs}; abort or finish it first")
 
 
 def assign_wave(session: Session, rollout: Rollout, wave: int, now: datetime) -> int:
-    """Move the wave's pending devices to assigned (their desired version changes now);
-    a device already on the version succeeds at once, a device revoked since the rollout
+    """Move the wave's pending devices to assigned (their desired version of the rollout's
+    model changes now; ``from_version_id`` is the version of that model each runs); a
+    device already on the version succeeds at once, a device revoked since the rollout
     was created is skipped. Returns how many were assigned."""
+    model_id = session.scalar(select(ModelVersion.model_id)
+                              .where(ModelVersion.id == rollout.version_id))
     rows = session.execute(
-        select(RolloutDevice, Device).join(Device, Device.id == RolloutDevice.device_id)
+        select(RolloutDevice, Device.revoked_at, Deployment.current_version_id)
+        .join(Device, Device.id == RolloutDevice.device_id)
+        .outerjoin(Deployment, and_(Deployment.device_id == RolloutDevice.device_id,
+                                    Deployment.model_id == model_id))
         .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.wave == wave,
                RolloutDevice.status == "pending")).all()
     moved = 0
-    for rd, dev in rows:
-        rd.from_version_id, rd.updated_at = dev.current_version_id, now
-        if dev.revoked_at is not None:
+    for rd, revoked_at, running in rows:
+        rd.from_version_id, rd.updated_at = running, now
+        if revoked_at is not None:
             rd.status, rd.reason = "skipped", "device revoked"
-        elif dev.current_version_id == rollout.version_id:
+        elif running == rollout.version_id:
             rd.status, rd.reason = "succeeded", "already on this version"
         else:
             rd.status = "assigned"
@@ -128,7 +144,7 @@ def create_rollout(*, session: Session, store: ArtifactStore, spec: dict[str, An
         more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
         raise ConflictError(f"version {version.id} fits none of the {len(selected)} selected "
                             f"devices: {reasons}{more}")
-    _check_free(session, [d.id for d in devices])
+    _check_free(session, [d.id for d in devices], version.model_id)
     now = utcnow()
     rollout = Rollout(**{**spec, "selector": selector}, state="active", current_wave=0,
                       wave_started_at=now, created_by=created_by, created_at=now,

@@ -17,7 +17,7 @@ from cloud_service.services import auth as auth_svc
 from cloud_service.services import rollouts as svc
 from cloud_service.services import versions as versions_svc
 from cloud_service.ui.charts import stacked
-from cloud_service.ui.lookups import model_names, version_labels
+from cloud_service.ui.lookups import flush_heartbeats, model_names, version_labels
 from cloud_service.ui.render import error_page, render
 from cloud_service.ui.session import OperatorDep, OperatorFormDep, ViewerDep
 
@@ -123,6 +123,7 @@ def new_rollout(request: Request, session: SessionDep, viewer: OperatorDep,
 @router.post("")
 def create_rollout(request: Request, session: SessionDep, store: StoreDep,
                    viewer: OperatorDep, form: OperatorFormDep) -> Response:
+    flush_heartbeats(request)
     try:
         body = RolloutCreate.model_validate(spec_from_form(form))
         row = svc.create_rollout(session=session, store=store, spec=body.model_dump(),

@@ -92,10 +92,10 @@ def test_a_failed_flush_keeps_the_beats_for_the_next(settings: Settings, auth: d
 
     rec = HeartbeatRecorder(flaky, flush_seconds=0)  # type: ignore[arg-type]
     with real() as s:
-        assert rec.record(s, d["device_id"], d["credential"], None, "first") is not None
+        assert rec.record(s, d["device_id"], d["credential"], {}, "first") is not None
     with pytest.raises(ConnectionError):
         rec.flush()
-    assert rec.record_cached(d["device_id"], d["credential"], None, None) is not None
+    assert rec.record_cached(d["device_id"], d["credential"], {}, None) is not None
     assert rec.flush() == 1
     row = _row(settings, d["device_id"])
     assert row.status == "first" and row.last_seen_at is not None

@@ -230,3 +230,54 @@ def test_0005_tokens_made_before_roles_are_admin_and_it_goes_down_and_up(empty_u
         assert _tables(empty_url) == set(Base.metadata.tables)
     finally:
         engine.dispose()
+
+
+def test_0006_each_device_keeps_its_version_as_a_deployment_and_it_goes_down_and_up(
+        empty_url: str) -> None:
+    """A device's version at 0005 becomes its one deployment (the previous version stays
+    when it is of the same model); a device that runs nothing gets none. Going down, each
+    device gets back the versions of its first deployment; 0006 goes up again."""
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    now = "CURRENT_TIMESTAMP"
+    try:
+        with engine.begin() as conn:
+            for mid in (1, 2):
+                conn.execute(text("INSERT INTO models (id, name, format, artifact_hash, "
+                                  f"size_bytes, details, created_at) VALUES ({mid}, 'm{mid}', "
+                                  f"'onnx', 'h', 1, '{{}}', {now})"))
+            for vid, mid, number in ((1, 1, 1), (2, 1, 2), (3, 2, 1)):
+                conn.execute(text(
+                    "INSERT INTO model_versions (id, model_id, number, profile, onnx_hash, "
+                    "onnx_size, report_hash, summary, constraints_met, created_at) VALUES "
+                    f"({vid}, {mid}, {number}, 'x86-avx2', 'h', 1, 'r', '{{}}', TRUE, {now})"))
+            for dev, cur, prev in ((1, "2", "1"), (2, "3", "1"), (3, "NULL", "NULL")):
+                conn.execute(text(
+                    "INSERT INTO devices (id, name, credential_hash, current_version_id, "
+                    f"previous_version_id, created_at) VALUES ({dev}, 'd{dev}', 'c{dev}', "
+                    f"{cur}, {prev}, {now})"))
+        migrate.upgrade(empty_url, "0006")
+        columns = {c["name"] for c in inspect(engine).get_columns("devices")}
+        assert "current_version_id" not in columns and "multi_model" in columns
+        with engine.begin() as conn:
+            rows = conn.execute(text(
+                "SELECT device_id, model_id, current_version_id, previous_version_id, phase "
+                "FROM deployments ORDER BY device_id")).all()
+            assert [tuple(r) for r in rows] == [(1, 1, 2, 1, None), (2, 2, 3, None, None)]
+            assert not any(conn.execute(text("SELECT multi_model FROM devices")).scalars())
+            conn.execute(text("INSERT INTO deployments (device_id, model_id, "
+                              f"current_version_id, updated_at) VALUES (1, 2, 3, {now})"))
+        migrate.downgrade(empty_url, "0005")
+        assert "deployments" not in _tables(empty_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, current_version_id, previous_version_id "
+                                     "FROM devices ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [(1, 2, 1), (2, 3, None), (3, None, None)]
+        migrate.upgrade(empty_url)
+        assert _tables(empty_url) == set(Base.metadata.tables)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM deployments")).scalar() == 2
+    finally:
+        engine.dispose()

@@ -244,15 +244,33 @@ def test_versions_go_only_to_devices_they_fit(client: TestClient, auth: dict,
     detail = none.json()["detail"]
     assert f"device {x86.id}: built for jetson-orin" in detail and f"device {arm.id}" in detail
 
-    # another input/output signature, or another model: skipped unless replace_model
-    for version, why in ((wide, "input 'x' [N,16] instead of 'x' [N,32]"),
-                         (other, f"the device runs model {v1['model_id']}")):
+    # another input/output signature of the same model: skipped unless replace_model;
+    # another model on an agent that runs one model: skipped, replace_model or not
+    for version, why, replace in (
+            (wide, "input 'x' [N,16] instead of 'x' [N,32]", False),
+            (other, f"the device's agent runs one model (model {v1['model_id']})", False),
+            (other, "upgrade hadmc-agent", True)):
         refused = client.post("/v1/rollouts", headers=auth, json={
-            "version_id": version["id"], "selector": {"device_ids": [x86.id]}})
+            "version_id": version["id"], "selector": {"device_ids": [x86.id]},
+            "replace_model": replace})
         assert refused.status_code == 409 and why in refused.json()["detail"], refused.text
     replaced = client.post("/v1/rollouts", headers=auth, json={
-        "version_id": other["id"], "selector": {"device_ids": [x86.id]},
+        "version_id": wide["id"], "selector": {"device_ids": [x86.id]},
         "replace_model": True})
     assert replaced.status_code == 201, replaced.text
     assert replaced.json()["replace_model"] is True
-    assert desired(client, x86)["version_id"] == other["id"]
+    assert desired(client, x86)["version_id"] == wide["id"]
+    post(client, auth, replaced.json()["id"], "abort")
+
+    # once its agent reports per model, another model is a deployment beside the first
+    beat = client.post(f"/v1/devices/{x86.id}/heartbeat", headers=x86.headers, json={
+        "models": [{"model": f"model-{v1['model_id']}", "version_id": v1["id"]}]})
+    assert beat.status_code == 200, beat.text
+    added = client.post("/v1/rollouts", headers=auth, json={
+        "version_id": other["id"], "selector": {"device_ids": [x86.id]}})
+    assert added.status_code == 201, added.text
+    assert rows(client, auth, added.json()["id"])[x86.id]["from_version_id"] is None
+    want = desired(client, x86)
+    assert want["version_id"] == v1["id"]  # the primary model: what it had (aborted)
+    assert {m["model_id"]: m["version_id"] for m in want["models"]} == {
+        v1["model_id"]: v1["id"], other["model_id"]: other["id"]}

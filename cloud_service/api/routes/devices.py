@@ -183,16 +183,15 @@ def put_profile(device_id: PathId, session: SessionDep, me: OwnDevice,
 
 def _heartbeat(request: Request, device_id: int, token: str, body: Heartbeat) -> HeartbeatAck:
     recorder = request.app.state.heartbeats
+    claims, multi = body.claims(), body.models is not None
     with request.app.state.sessionmaker() as session:
-        if body.current_version_id is not None:  # authenticate before saying a version exists
+        if claims:  # authenticate before saying whether a version exists
             check_own_device(resolve(session=session, token=token), device_id)
         if recorder is not None:
-            seen = recorder.record(session, device_id, token, body.current_version_id,
-                                   body.status)
+            seen = recorder.record(session, device_id, token, claims, body.status, multi)
         else:
             seen = svc.heartbeat(session=session, device_id=device_id, credential=token,
-                                 current_version_id=body.current_version_id,
-                                 status=body.status)
+                                 claims=claims, status=body.status, multi=multi)
             session.commit()
         if seen is not None:
             return HeartbeatAck(device_id=device_id, last_seen_at=seen)
@@ -202,9 +201,12 @@ def _heartbeat(request: Request, device_id: int, token: str, body: Heartbeat) ->
 
 @router.post("/devices/{device_id}/heartbeat", response_model=HeartbeatAck,
              summary="Heartbeat (device only)",
-             description="Records last seen, current version and status. Written in batches "
+             description="Records last seen, status and the version the device runs of each "
+                         "model (`models`; agents that run one model send "
+                         "`current_version_id`). Written in batches "
                          "(HADMC_HEARTBEAT_FLUSH_SECONDS); reads through the same API process "
-                         "see it at once. 422 for a version that does not exist. "
+                         "see it at once. 422 for a version that does not exist or is not of "
+                         "the model named with it. "
                          + DEVICE_ONLY, responses=problems(404))
 async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
                     creds: BearerDep) -> HeartbeatAck:
@@ -214,7 +216,8 @@ async def heartbeat(device_id: DeviceId, body: Heartbeat, request: Request,
     token = bearer_token(creds)
     recorder = request.app.state.heartbeats
     if recorder is not None:
-        seen = recorder.record_cached(device_id, token, body.current_version_id, body.status)
+        seen = recorder.record_cached(device_id, token, body.claims(), body.status,
+                                      body.models is not None)
         if seen is not None:
             return HeartbeatAck(device_id=device_id, last_seen_at=seen)
     return await run_in_threadpool(_heartbeat, request, device_id, token, body)
@@ -269,9 +272,11 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 @router.get("/devices/{device_id}/desired", response_model=DesiredPublic,
-            summary="The version this device should run (device only)",
-            description="Conditional: send the last ETag as If-None-Match to get 304 when "
-                        "nothing changed. `rollback_order` (signed) is present when the "
+            summary="The versions this device should run (device only)",
+            description="Per model in `models`; the top-level fields are the primary "
+                        "model's (an agent that runs one model reads only those). "
+                        "Conditional: send the last ETag as If-None-Match to get 304 when "
+                        "nothing changed. `rollback_order` (signed) is present when a "
                         "version is lower than one the device accepted. " + DEVICE_ONLY,
             responses={304: {"description": "Not modified: the ETag still matches."},
                        200: {"headers": {"ETag": {"schema": {"type": "string"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from cloud_service.api.deps import (
     Offset,
@@ -53,9 +53,11 @@ def _found(session: SessionDep, rollout_id: int) -> Rollout:
                          "are listed as `skipped` with the reason) and assigns the first wave. "
                          "Operator or admin role. 422 for an unknown version, an empty selection "
                          "or bad waves; 409 when a selected device is already in another active "
-                         "rollout or the version fits none of them.")
-def create_rollout(body: RolloutCreate, session: SessionDep, store: StoreDep,
-                   user: OperatorUser) -> RolloutPublic:
+                         "rollout of the version's model or the version fits none of them.")
+def create_rollout(body: RolloutCreate, request: Request, session: SessionDep,
+                   store: StoreDep, user: OperatorUser) -> RolloutPublic:
+    if request.app.state.heartbeats is not None:  # what the devices run, written first
+        request.app.state.heartbeats.flush()
     row = svc.create_rollout(session=session, store=store, spec=body.model_dump(),
                              created_by=user.id)
     session.commit()
