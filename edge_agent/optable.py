@@ -2,8 +2,9 @@
 table (``hadmc_core.hal.latency``): ``{"<geometry>|<precision>": [a_ms, b_ms_per_MMAC]}``.
 
 Each operator class (conv / depthwise conv / linear at a kernel, stride and input size) is
-timed at three widths with ONNX Runtime on this device and fitted to ``ms = a + b * MMACs``.
-The one-layer graphs are written as protobuf bytes, so neither torch nor ``onnx`` is needed.
+timed at three widths on this device, by the runtime it serves with (ONNX Runtime where
+installed, else OpenVINO), and fitted to ``ms = a + b * MMACs``. The one-layer graphs are
+written as protobuf bytes, so neither torch nor ``onnx`` is needed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
+from hadmc_core import backends
+from hadmc_core.backends import Backend
 from hadmc_core.hal.latency import MEASURE_PRECISIONS, LayerGeom, fit_layer
 
 log = logging.getLogger(__name__)
@@ -34,19 +37,22 @@ OPERATORS: list[tuple[LayerGeom, int, int]] = [
 
 def operator_table(threads: int = 1,
                    operators: list[tuple[LayerGeom, int, int]] | None = None,
-                   precisions: tuple[str, ...] = MEASURE_PRECISIONS) -> dict[str, list[float]]:
-    """Fit every operator class at every precision; a class that fails is left out."""
+                   precisions: tuple[str, ...] = MEASURE_PRECISIONS,
+                   backend: str | Backend | None = None) -> dict[str, list[float]]:
+    """Fit every operator class at every precision; a class that fails is left out.
+    ``backend``: a name or a backend; the first runtime installed here when None."""
+    runtime = backends.default() if backend is None else backends.resolve(backend)
     table: dict[str, list[float]] = {}
     start = time.perf_counter()
     for geom, cin, cout in OPERATORS if operators is None else operators:
         for precision in precisions:
             key = f"{geom.key}|{precision}"
             try:
-                a, b = fit_layer(geom, precision, (cin, cout), threads)
-            except Exception as e:  # noqa: BLE001 - ORT raises its own types
+                a, b = fit_layer(geom, precision, (cin, cout), threads, backend=runtime)
+            except Exception as e:  # noqa: BLE001 - runtimes raise their own types
                 log.warning("latency of %s not measured: %s", key, str(e)[:200])
                 continue
             table[key] = [round(a, 6), round(b, 6)]
-    log.info("latency table: %d operator classes in %.1f s", len(table),
-             time.perf_counter() - start)
+    log.info("latency table: %d operator classes in %.1f s by %s", len(table),
+             time.perf_counter() - start, runtime.name)
     return table

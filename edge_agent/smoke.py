@@ -1,11 +1,11 @@
-"""Smoke test of a staged version: load it in ONNX Runtime, run the probe inputs shipped with
-the version, compare with the expected outputs within tolerance, time p50 / p95 / p99."""
+"""Smoke test of a staged version: load it in the runtime (ONNX Runtime where installed, else
+OpenVINO), run the probe inputs shipped with the version, compare with the expected outputs
+within tolerance, time p50 / p95 / p99 with the project's one timing loop
+(``hadmc_core.backends.time_runs``)."""
 
 from __future__ import annotations
 
 import io
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import SmokeTestError
+from hadmc_core import backends
+from hadmc_core.backends import Backend, Session
+from hadmc_core.backends.onnxruntime import inference_session
+from hadmc_core.errors import HadmcError
 
 
 @dataclass
@@ -32,15 +36,9 @@ class SmokeResult:
 
 
 def open_session(path: Path, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session (import here: tests of other modules stay light)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """An ONNX Runtime CPU ``InferenceSession`` with the ONNX Runtime backend's options
+    (``threads`` intra-op threads, all CPUs when 0)."""
+    return inference_session(path, threads or None)
 
 
 def load_probe(data: bytes) -> Probe:
@@ -62,20 +60,19 @@ def load_probe(data: bytes) -> Probe:
     return Probe(inputs.astype(np.float32, copy=False), outputs, atol, rtol)
 
 
-def _first_input(sess: Any) -> str:
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        raise SmokeTestError(f"the model has {len(inputs)} inputs; the agent serves and "
-                             "smoke-tests single-input models only")
-    return str(inputs[0].name)
+def _first_input(sess: Session) -> str:
+    if len(sess.input_names) != 1:
+        raise SmokeTestError(f"the model has {len(sess.input_names)} inputs; the agent serves "
+                             "and smoke-tests single-input models only")
+    return sess.input_names[0]
 
 
-def compare(sess: Any, probe: Probe) -> float:
+def compare(sess: Session, probe: Probe) -> float:
     """Max absolute error of the model's first output against the probe's."""
     name = _first_input(sess)
     try:
-        got = np.asarray(sess.run(None, {name: probe.inputs})[0])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own types
+        got = np.asarray(sess.run({name: probe.inputs})[0])
+    except Exception as e:  # noqa: BLE001 - runtimes raise their own types
         raise SmokeTestError(f"the model does not run on the probe inputs "
                              f"{probe.inputs.shape}: {str(e)[:200]}") from e
     want = probe.outputs
@@ -88,43 +85,31 @@ def compare(sess: Any, probe: Probe) -> float:
     return err
 
 
-def time_runs(sess: Any, x: np.ndarray, runs: int) -> list[float]:
-    name = _first_input(sess)
-    for _ in range(3):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
-def percentile(times: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(times), q))
-
-
-def _batch_one(sess: Any, probe: Probe | None) -> np.ndarray:
+def _batch_one(sess: Session, probe: Probe | None) -> np.ndarray:
     if probe is not None:
         return probe.inputs[:1]
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.get_inputs()[0].shape]
-    return np.zeros(shape, np.float32)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in sess.input_shapes[0]]
+    return np.zeros(shape, sess.input_dtypes[0])
 
 
-def smoke_test(model: Path, probe: Probe | None, runs: int = 30,
-               threads: int = 0) -> SmokeResult:
+def smoke_test(model: Path, probe: Probe | None, runs: int = 30, threads: int = 0,
+               backend: str | Backend | None = None) -> SmokeResult:
     """Raise SmokeTestError unless the model loads and matches the probe; time batch 1.
-    Without a probe (a version published before probes existed) only load and run."""
+    Without a probe (a version published before probes existed) only load and run.
+    ``backend``: a name or a backend; the first runtime installed here when None."""
     try:
-        sess = open_session(model, threads)
+        runtime = backends.default() if backend is None else backends.resolve(backend)
+    except HadmcError as e:
+        raise SmokeTestError(str(e)) from e
+    try:
+        sess = runtime.open(model, threads or None)
     except Exception as e:  # noqa: BLE001
-        raise SmokeTestError(f"ONNX Runtime cannot load the model: {str(e)[:200]}") from e
+        raise SmokeTestError(f"{runtime.name} cannot load the model: {str(e)[:200]}") from e
     err = compare(sess, probe) if probe is not None else None
+    feeds = {_first_input(sess): _batch_one(sess, probe)}
     try:
-        times = time_runs(sess, _batch_one(sess, probe), runs)
-    except SmokeTestError:
-        raise
+        timing = backends.time_runs(lambda: sess.run(feeds), runs, 3)
     except Exception as e:  # noqa: BLE001
         raise SmokeTestError(f"the model fails at batch 1: {str(e)[:200]}") from e
-    return SmokeResult(round(statistics.median(times), 4), round(percentile(times, 95), 4),
-                       round(percentile(times, 99), 4), err)
+    return SmokeResult(round(timing.median_ms, 4), round(timing.p95_ms, 4),
+                       round(timing.percentile(99), 4), err)

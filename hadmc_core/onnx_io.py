@@ -1,18 +1,17 @@
-"""ONNX export and ONNX Runtime measurement: latency, accuracy, size."""
+"""ONNX export, and latency and accuracy of ONNX files by a backend (ONNX Runtime unless
+another is named; see ``hadmc_core.backends``)."""
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from hadmc_core import backends
+from hadmc_core.backends import Backend, Timing
 from hadmc_core.data import Split
 
 
@@ -71,53 +70,33 @@ def inline_shared_initializers(path: Path) -> int:
     return added
 
 
-def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
+def session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU ``InferenceSession`` (the ONNX Runtime backend's options)."""
+    from hadmc_core.backends.onnxruntime import inference_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return inference_session(path, threads)
 
 
-@dataclass
-class Latency:
-    median_ms: float
-    p90_ms: float
-    runs: int
-    threads: int
+#: Whole-model latency: the backends' ``Timing`` (median, p90, p95, runs, threads).
+Latency = Timing
 
 
 def measure_latency(path: Path, input_shape: tuple[int, ...], runs: int = 50,
-                    warmup: int = 10, threads: int | None = None) -> Latency:
-    """Median wall-clock latency at batch 1 of ``runs`` runs after ``warmup``."""
-    threads = threads or os.cpu_count() or 1
-    sess = session(path, threads)
-    x = np.random.default_rng(0).standard_normal((1, *input_shape[1:])).astype(np.float32)
-    name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], runs, threads)
+                    warmup: int = 10, threads: int | None = None,
+                    backend: str | Backend = "onnxruntime") -> Timing:
+    """Median wall-clock latency at batch 1 of ``runs`` runs after ``warmup``, by
+    ``backend`` (a name or a ``hadmc_core.backends.Backend``)."""
+    return backends.resolve(backend).time_model(path, input_shape, runs, warmup, threads)
 
 
 def onnx_accuracy(path: Path, split: Split, batch_size: int = 256,
-                  threads: int | None = None) -> float:
-    """Top-1 accuracy in percent of an ONNX model, evaluated by ONNX Runtime."""
-    sess = session(path, threads)
-    name = sess.get_inputs()[0].name
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        logits = sess.run(None, {name: split.x[i:i + batch_size]})[0]
-        correct += int((logits.argmax(1) == split.y[i:i + batch_size]).sum())
-    return 100.0 * correct / max(1, len(split))
+                  threads: int | None = None,
+                  backend: str | Backend = "onnxruntime") -> float:
+    """Top-1 accuracy in percent of an ONNX model's first output, run by ``backend``."""
+    if not len(split):
+        return 0.0
+    logits = backends.resolve(backend).predict(path, split.x, batch_size, threads)[0]
+    return 100.0 * int((logits.argmax(1) == split.y).sum()) / len(split)
 
 
 def weight_layers(path: Path) -> list[tuple[str, tuple[int, ...]]]:

@@ -7,9 +7,10 @@
    it according to the latency model, so layers that are both touchy and cheap stay
    at higher precision first.
 3. The N most deserving layers (N from ``keep_ladder``, chosen by the controller)
-   stay at the profile's higher precision; the rest become INT8 with ORT's static
-   QDQ quantizer (per-channel weights; ``reduce_range`` on CPUs without an INT8
-   dot-product instruction, which avoids saturation in the u8s8 kernels).
+   stay at the profile's higher precision; the rest become INT8 with the backend's
+   static QDQ quantizer (ONNX Runtime's or NNCF's; per-channel weights; ``reduce_range``
+   on CPUs without an INT8 dot-product instruction, which avoids saturation in the u8s8
+   kernels).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
+from hadmc_core import backends
+from hadmc_core.backends import Backend
 from hadmc_core.config import QuantizeConfig
 from hadmc_core.data import Split
 from hadmc_core.onnx_io import weight_layers
@@ -127,37 +129,11 @@ def rank_layers(sens: dict[str, float], gain_ms: dict[str, float]) -> Ranking:
     return Ranking(sorted(score, key=score.get, reverse=True), sens, gain_ms)  # type: ignore[arg-type]
 
 
-class _Reader:
-    def __init__(self, data: Split, n: int, input_name: str, batch: int = 32) -> None:
-        self.batches = [data.x[i:i + batch] for i in range(0, min(n, len(data)), batch)]
-        self.i, self.name = 0, input_name
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.batches):
-            return None
-        self.i += 1
-        return {self.name: self.batches[self.i - 1]}
-
-    def rewind(self) -> None:
-        self.i = 0
-
-
 def quantize_qdq(fp32_path: Path, out_path: Path, calib: Split, cfg: QuantizeConfig,
-                 reduce_range: bool, exclude_nodes: list[str] | None = None) -> Path:
-    """ORT static QDQ quantization with per-channel INT8 weights."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out_path = Path(out_path)
-    prepped = out_path.with_name(out_path.stem + ".prep.onnx")
-    quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-    reader = _Reader(calib, cfg.calib_samples, "input")
-    quantize_static(
-        str(prepped), str(out_path), reader, quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        per_channel=cfg.per_channel, reduce_range=reduce_range,
-        nodes_to_exclude=list(exclude_nodes or []),
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
-    prepped.unlink(missing_ok=True)
-    return out_path
+                 reduce_range: bool, exclude_nodes: list[str] | None = None,
+                 backend: str | Backend = "onnxruntime") -> Path:
+    """Static INT8 quantization by ``backend`` (ONNX Runtime's QDQ quantizer by default) on
+    the first ``cfg.calib_samples`` samples; ``exclude_nodes`` stay in floating point."""
+    return backends.resolve(backend).quantize_int8(
+        fp32_path, out_path, calib.x[:cfg.calib_samples], keep_fp32=list(exclude_nodes or []),
+        per_channel=cfg.per_channel, reduce_range=reduce_range)

@@ -14,12 +14,14 @@ import re
 import socket
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from hadmc_core.hal.profile import HardwareProfile
+from hadmc_core.hal.profile import HardwareProfile, Precision
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,8 @@ ORT_PROVIDER_NAMES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "c
                       "CoreMLExecutionProvider": "coreml", "DmlExecutionProvider": "dml"}
 
 
-def _cpuinfo() -> dict[str, str]:
-    """Fields of the first processor block of /proc/cpuinfo (empty off Linux)."""
+@lru_cache(maxsize=1)
+def _read_cpuinfo() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -57,6 +59,19 @@ def _cpuinfo() -> dict[str, str]:
             k, v = (x.strip() for x in line.split(":", 1))
             info.setdefault(k, v)
     return info
+
+
+def cpuinfo() -> dict[str, str]:
+    """Fields of the first processor block of /proc/cpuinfo (empty off Linux). The one
+    reader of /proc/cpuinfo in the project; read once per process."""
+    return dict(_read_cpuinfo())
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo spells them (x86 ``flags``, Arm
+    ``Features``); empty off Linux."""
+    info = _read_cpuinfo()
+    return set((info.get("flags") or info.get("Features") or "").split())
 
 
 def _mem_gb() -> float:
@@ -85,11 +100,21 @@ def _ghz(info: dict[str, str]) -> float:
     return FALLBACK_GHZ
 
 
+def cores() -> int:
+    """CPUs this process may run on."""
+    return _cores()
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the Arm core's name where /proc/cpuinfo has none)."""
+    return _cpu_model(_read_cpuinfo())
 
 
 def _cpu_model(info: dict[str, str]) -> str:
@@ -109,14 +134,22 @@ def _onnxruntime() -> tuple[str | None, list[str]]:
     return ort.__version__, list(ort.get_available_providers())
 
 
+def _openvino() -> str | None:
+    """OpenVINO's version when it is installed (read from its metadata, not imported)."""
+    try:
+        return version("openvino")
+    except PackageNotFoundError:
+        return None
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
 
 
 def detect_cpu_info() -> dict[str, Any]:
     """Raw facts about this machine, as the edge agent reports them (JSON-serializable)."""
-    info = _cpuinfo()
-    flags = (info.get("flags") or info.get("Features") or "").split()
+    info = cpuinfo()
+    flags = cpu_flags()
     ort_version, providers = _onnxruntime()
     return {
         "hostname": socket.gethostname(),
@@ -130,6 +163,7 @@ def detect_cpu_info() -> dict[str, Any]:
         "flags": sorted(set(flags)),
         "onnxruntime": ort_version,
         "execution_providers": providers,
+        "openvino": _openvino(),
     }
 
 
@@ -151,7 +185,7 @@ def measure_bandwidth_gbs(mb: int = 128, repeats: int = 3) -> float:
     return round(2 * src.nbytes / max(best, 1e-9) / 1e9, 1)
 
 
-def _isa(machine: str) -> str:
+def _isa(machine: str) -> Literal["x86_64", "arm64", "other"]:
     m = machine.lower()
     if m in ("x86_64", "amd64"):
         return "x86_64"
@@ -170,12 +204,19 @@ def _fp32_ops_per_cycle(isa: str, flags: set[str]) -> int:
     return 8
 
 
-def _runtimes(ort_version: str | None, providers: list[str]) -> list[str]:
-    if not ort_version:
-        return ["none"]
-    mm = ".".join(str(x) for x in _version_tuple(ort_version))
-    names = [ORT_PROVIDER_NAMES[p] for p in providers if p in ORT_PROVIDER_NAMES]
-    return [f"onnxruntime-{n}-{mm}" for n in names] or [f"onnxruntime-cpu-{mm}"]
+def _runtimes(ort_version: str | None, providers: list[str],
+              openvino_version: str | None = None) -> list[str]:
+    """``onnxruntime-<provider>-<major.minor>`` per execution provider, then
+    ``openvino-cpu-<major.minor>``; the backend names lead (``hadmc_core.backends``)."""
+    found = []
+    if ort_version:
+        mm = ".".join(str(x) for x in _version_tuple(ort_version))
+        names = [ORT_PROVIDER_NAMES[p] for p in providers if p in ORT_PROVIDER_NAMES]
+        found += [f"onnxruntime-{n}-{mm}" for n in names] or [f"onnxruntime-cpu-{mm}"]
+    if openvino_version:
+        mm = ".".join(str(x) for x in _version_tuple(openvino_version))
+        found.append(f"openvino-cpu-{mm}")
+    return found or ["none"]
 
 
 def detect_profile(name: str | None = None) -> HardwareProfile:
@@ -187,8 +228,9 @@ def detect_profile(name: str | None = None) -> HardwareProfile:
     fp32 = round(cpu["cores"] * cpu["ghz"] * _fp32_ops_per_cycle(isa, flags), 1)
     # INT8: dot-product instructions (VNNI, SDOT) do 4 MACs per 32-bit lane = 4x FP32;
     # without them (vpmaddubsw + vpmaddwd, or SMLAL) about 2x.
-    peaks = {"fp32": fp32, "int8": round(fp32 * (4 if flags & INT8_DOT else 2), 1)}
-    precisions = ["fp32", "int8"]
+    peaks: dict[Precision, float] = {"fp32": fp32,
+                                     "int8": round(fp32 * (4 if flags & INT8_DOT else 2), 1)}
+    precisions: list[Precision] = ["fp32", "int8"]
     if flags & FP16_ARITH:
         peaks["fp16"] = round(fp32 * 2, 1)
         precisions.insert(1, "fp16")
@@ -200,7 +242,8 @@ def detect_profile(name: str | None = None) -> HardwareProfile:
         description=f"{cpu['cpu_model']} ({cpu['cores']} cores at {cpu['ghz']:g} GHz), detected",
         isa=isa, accelerator="cpu", cores=cpu["cores"], memory_gb=max(cpu["memory_gb"], 0.1),
         peak_gops=peaks, memory_bandwidth_gbs=max(0.1, measure_bandwidth_gbs(mem_mb)),
-        precisions=precisions, runtimes=_runtimes(ort_version, cpu["execution_providers"]),
+        precisions=precisions, runtimes=_runtimes(ort_version, cpu["execution_providers"],
+                                                       cpu["openvino"]),
         # ONNX Runtime's MatMulNBits (INT4 weight-only) contrib op exists from 1.17.
         int4_weight_only=bool(ort_version) and _version_tuple(ort_version) >= (1, 17),
         channel_multiple=8, flags=sorted(flags & KEEP_FLAGS),

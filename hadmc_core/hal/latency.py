@@ -2,8 +2,9 @@
 
 Each convolution or linear layer has a *geometry* (kind, kernel, stride, input size)
 and channel counts. For a geometry and a precision the model holds a line
-``ms = a + b * MMACs`` fitted to ONNX Runtime timings of that single layer at three
-widths (the lookup table, cached on disk per CPU, ORT version and thread count).
+``ms = a + b * MMACs`` fitted to timings of that single layer at three widths by a
+backend (ONNX Runtime here; the lookup table, cached on disk per CPU, ORT version and
+thread count).
 A device's own measured table (same key format, sent by the edge agent) overrides
 both. Torch-free: the edge agent can build the same table on the device.
 """
@@ -15,15 +16,16 @@ import json
 import logging
 import os
 import platform
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hadmc_core import backends
+from hadmc_core.backends import Backend
 from hadmc_core.fsutil import write_atomic
+from hadmc_core.hal.detect import cpu_flags, cpu_model
 
 if TYPE_CHECKING:
     from hadmc_core.hal.profile import HardwareProfile
@@ -69,17 +71,8 @@ class LayerGeom:
 
 
 def _machine_id(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime as ort
-
-    raw = f"{cpu}|{ort.__version__}|{threads}|{TABLE_FORMAT}"
+    """The latency cache's key: CPU model, ONNX Runtime version, threads, table format."""
+    raw = f"{cpu_model()}|{backends.get('onnxruntime').version()}|{threads}|{TABLE_FORMAT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -181,8 +174,8 @@ class LatencyModel:
 
 
 def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],
-              threads: int) -> list[float]:
-    """Time the layer at three widths and fit ms = a + b * MMACs (a, b >= 0)."""
+              threads: int, backend: str | Backend = "onnxruntime") -> list[float]:
+    """Time the layer at three widths in ``backend`` and fit ms = a + b * MMACs (a, b >= 0)."""
     cin, cout = ref
     xs, ys = [], []
     for frac in (1.0, 0.5, 0.25):
@@ -191,7 +184,7 @@ def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],
         if geom.kind == "dwconv":
             ci = co
         xs.append(geom.macs(ci, co) / 1e6)
-        ys.append(time_layer(geom, ci, co, precision, threads))
+        ys.append(time_layer(geom, ci, co, precision, threads, backend=backend))
     return _fit_line(xs, ys)
 
 
@@ -268,99 +261,25 @@ def _layer_onnx(geom: LayerGeom, cin: int, cout: int, precision: str) -> bytes:
                     name="layer")
 
 
-def _session_options(threads: int):
-    """ORT options for timing: ``threads`` intra-op threads, one inter-op, quiet."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
-
-
 def time_layer(geom: LayerGeom, cin: int, cout: int, precision: str, threads: int,
-               min_runs: int = 15, min_seconds: float = 0.02) -> float:
-    """Median wall-clock ms of one layer at batch 1 in ONNX Runtime."""
-    import onnxruntime as ort
-
-    opts = _session_options(threads)
-    sess = ort.InferenceSession(_layer_onnx(geom, cin, cout, precision), opts,
-                                providers=["CPUExecutionProvider"])
+               min_runs: int = 15, min_seconds: float = 0.02,
+               backend: str | Backend = "onnxruntime") -> float:
+    """Median wall-clock ms of one layer at batch 1 in ``backend`` (ONNX Runtime unless
+    named): 3 warm-up runs, then at least ``min_runs`` runs and ``min_seconds`` (at most
+    200 runs)."""
+    sess = backends.resolve(backend).open(_layer_onnx(geom, cin, cout, precision), threads,
+                                          batch=1)
     shape = [1, cin] if geom.kind == "linear" else [1, cin, geom.h, geom.w]
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    for _ in range(3):
-        sess.run(None, {"x": x})
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        sess.run(None, {"x": x})
-        times.append((time.perf_counter() - t) * 1e3)
-        if len(times) > 200:
-            break
-    return statistics.median(times)
+    feeds = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+    return backends.time_runs(lambda: sess.run(feeds), min_runs, 3, min_seconds, threads,
+                              max_runs=200).median_ms
 
 
 def profile_nodes(path: Path, threads: int, runs: int = 150, warmup: int = 20
                   ) -> dict[str, float]:
-    """Median kernel time in ms of every Conv/Gemm/MatMul of an ONNX model as ONNX Runtime
-    really runs it (fused, in its own layout), from ORT's profiler at batch 1.
-
-    Keys are the names of the nodes of ``path``'s graph: ORT's fused kernels are traced
-    back to the node they replaced (``<name>_token_N`` for integer kernels, the output
-    tensor plus ``_nchwc`` for blocked-layout FP32 convolutions, through a fused Relu).
-    """
-    import json
-    import re
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    producer = {o: n for n in graph.node for o in n.output}
-    names = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-
-    def origin(event_name: str) -> str | None:
-        name = re.sub(r"_token_\d+$", "", event_name)
-        if name in names:
-            return name
-        node = producer.get(event_name.removesuffix("_nchwc"))
-        while node is not None and node.name not in names and node.op_type in (
-                "Relu", "Clip", "Add", "BatchNormalization"):
-            node = producer.get(node.input[0])
-        return node.name if node is not None and node.name in names else None
-
-    opts = _session_options(threads)
-    opts.enable_profiling = True
-    with tempfile.TemporaryDirectory(prefix="hadmc-prof-") as tmp:
-        opts.profile_file_prefix = str(Path(tmp) / "p")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-        for _ in range(warmup + runs):
-            sess.run(None, {inp.name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    times: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
-            continue
-        name = origin(e["name"][: -len("_kernel_time")])
-        if name is not None:
-            times.setdefault(name, []).append(e["dur"] / 1e3)
-    return {n: statistics.median(v[warmup:] or v) for n, v in times.items()}
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """Median kernel ms of every Conv/Gemm/MatMul node as ONNX Runtime runs the model
+    (``hadmc_core.backends.get("onnxruntime").profile_nodes``)."""
+    return backends.get("onnxruntime").profile_nodes(path, threads, runs, warmup)
 
 
 def runs_here(profile: HardwareProfile) -> bool:
