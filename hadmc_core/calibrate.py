@@ -39,9 +39,9 @@ def in_graph_samples(model: nn.Module, groups: list[prune.Group], example: torch
                      progress: ProgressFn = no_progress, backend: Any = None) -> list[Sample]:
     """Per-layer (geometry, cin, cout, precision, ms) of the model at uniform ``ratios``."""
     if backend is None:
-        from hadmc_core.measure import OnnxRuntimeFallback
+        from hadmc_core.backends import get
 
-        backend = OnnxRuntimeFallback()
+        backend = get("onnxruntime")
     samples: list[Sample] = []
     for i, ratio in enumerate(ratios):
         keep = {g.root: search.round_channels(g.channels * (1 - ratio), round_to, g.channels)

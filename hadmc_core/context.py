@@ -21,6 +21,7 @@ from hadmc_core.progress import ProgressFn
 from hadmc_core.report import Candidate, ModelStats, Stages
 
 if TYPE_CHECKING:
+    from hadmc_core.backends import Backend
     from hadmc_core.measure import Measurer
     from hadmc_core.models import ArchSpec
     from hadmc_core.tasks import Task
@@ -60,7 +61,7 @@ class Context:
     floor_fraction: float = 0.0
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         return self.measurer.backend
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.report import ModelStats
 
 if TYPE_CHECKING:
+    from hadmc_core.backends import Backend
     from hadmc_core.data import Split
     from hadmc_core.hal.profile import HardwareProfile
     from hadmc_core.tasks import Task
@@ -43,77 +44,12 @@ def latency_source(profile: HardwareProfile, device_table: dict | None,
     return "measured" if runs_here(profile) and profile_backend else "estimated"
 
 
-class OnnxRuntimeFallback:
-    """The ONNX Runtime backend's contract (``hadmc_core.backends``) over ``onnx_io`` and
-    ONNX Runtime's quantizer, used only where that package is not installed. The device
-    receives an ONNX file with QDQ INT8 nodes."""
-
-    name = "onnxruntime"
-    artifact_format = "onnx-qdq"
-
-    def available(self) -> bool:
-        return True
-
-    def time_model(self, path: Path, input_shape: tuple[int, ...], runs: int = 50,
-                   warmup: int = 10, threads: int | None = None) -> Any:
-        from hadmc_core.onnx_io import measure_latency
-
-        return measure_latency(path, input_shape, runs, warmup, threads)
-
-    def predict(self, path: Path, x: np.ndarray, batch_size: int = 256,
-                threads: int | None = None) -> list[np.ndarray]:
-        from hadmc_core.onnx_io import session
-
-        sess = session(path, threads)
-        name = sess.get_inputs()[0].name
-        parts = [sess.run(None, {name: x[i:i + batch_size]}) for i in range(0, len(x), batch_size)]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-
-    def profile_nodes(self, path: Path, threads: int, runs: int = 150,
-                      warmup: int = 20) -> dict[str, float]:
-        from hadmc_core.hal.latency import profile_nodes
-
-        return profile_nodes(path, threads, runs, warmup)
-
-    def quantize_int8(self, fp32_path: Path, out_path: Path, calib_x: np.ndarray, *,
-                      keep_fp32: list[str] | tuple[str, ...] = (), per_channel: bool = True,
-                      reduce_range: bool = False) -> Path:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        from hadmc_core.onnx_io import session
-
-        out_path = Path(out_path)
-        prepped = out_path.with_name(out_path.stem + ".prep.onnx")
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        name = session(fp32_path, 1).get_inputs()[0].name
-        batches = iter([{name: calib_x[i:i + 32]} for i in range(0, len(calib_x), 32)])
-
-        class Reader:
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(batches, None)
-
-        quantize_static(
-            str(prepped), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, reduce_range=reduce_range,
-            nodes_to_exclude=list(keep_fp32),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        prepped.unlink(missing_ok=True)
-        return out_path
-
-    def executes_as(self, precision: str) -> str:
-        return "int8" if precision == "int8" else "fp32"
-
-
-def backend_for(profile: HardwareProfile) -> tuple[Any, str | None]:
+def backend_for(profile: HardwareProfile) -> tuple[Backend, str | None]:
     """The backend that builds and checks the profile's artifact, and a note when it is not
     one of the profile's runtimes (then ONNX Runtime builds an ONNX QDQ file and its
     accuracy is checked here; the latency is estimated)."""
-    try:
-        from hadmc_core.backends import for_profile, get  # type: ignore[attr-defined]
-    except ImportError:
-        return OnnxRuntimeFallback(), None
+    from hadmc_core.backends import for_profile, get
+
     try:
         return for_profile(profile), None
     except ConfigError as e:
@@ -126,7 +62,7 @@ def backend_for(profile: HardwareProfile) -> tuple[Any, str | None]:
 class Measurer:
     """Accuracy and latency of candidate graphs for one run."""
 
-    backend: Any
+    backend: Backend
     task: Task
     lat: LatencyModel
     cfg: MeasureConfig
