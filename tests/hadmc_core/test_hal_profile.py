@@ -17,8 +17,8 @@ from hadmc_core.hal import (
 )
 from hadmc_core.hal.profile import PROFILE_DIR, parse_profile
 
-REQUIRED = ["x86-avx512-vnni", "x86-avx2", "arm64-generic", "jetson-orin", "ascend-310",
-            "mlu370"]
+REQUIRED = ["x86-avx512-vnni", "x86-avx2", "x86-openvino", "arm64-generic", "jetson-orin",
+            "ascend-310", "mlu370"]
 
 
 def _cpuinfo_flags() -> set[str]:
