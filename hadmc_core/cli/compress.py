@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -32,17 +33,65 @@ def _load_config(path: Path | None, overrides: dict) -> object:
     return PipelineConfig.from_dict(data)
 
 
+MODEL_HELP = ("The model: a built-in architecture (resnet18, mobilenetv2, densenet), an ONNX "
+              "file (model.onnx) or your factory 'package.module:function'.")
+
+
+def _model_ref(model: str | None, arch: str | None, weights: Path | None) -> str:
+    """The reference to load: --model, --arch (a built-in name) or the weights file alone."""
+    from hadmc_core.errors import UnknownNameError
+    from hadmc_core.models import ARCHITECTURES
+
+    if arch is not None:
+        if arch not in ARCHITECTURES:
+            raise UnknownNameError("architecture", arch, list(ARCHITECTURES))
+        if model is not None and model != arch:
+            raise ConfigError(f"--arch {arch} and --model {model} name two models; --arch is "
+                              "--model for a built-in architecture, give one of them")
+        return arch
+    if model is not None:
+        return model
+    if weights is not None:
+        return str(weights)
+    raise ConfigError("name the model: --model NAME|FILE.onnx|package.module:factory, or "
+                      "--weights FILE.safetensors written by `hadmc train`")
+
+
+def _print_result(result: Any) -> None:
+    r = result.report
+    b, c, s = r["baseline"], r["compressed"], r["summary"]
+    out.print(f"baseline   : {b['accuracy']:.2f}% top-1, {b['latency_ms']:.3f} ms, "
+              f"{b['size_bytes'] / 1e6:.2f} MB")
+    out.print(f"compressed : {c['accuracy']:.2f}% top-1, {c['latency_ms']:.3f} ms, "
+              f"{c['size_bytes'] / 1e6:.2f} MB")
+    out.print(f"drop {s['accuracy_drop_points']:.2f} pts, speedup {s['speedup']:.2f}x, "
+              f"{s['compression']:.2f}x smaller -> {result.out_dir}")
+    for warning in r.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 @friendly
 def compress_cmd(
-    weights: Path = typer.Option(..., help="Trained weights (.safetensors) to compress."),
     data: str = typer.Option(..., help="fashion-mnist, digits, a .npz file or an image folder."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    weights: Path | None = typer.Option(
+        None, help="safetensors weights: of a built-in architecture (alone enough when "
+                   "written by `hadmc train`), or of the factory's module."),
+    model_args: str | None = typer.Option(
+        None, help="JSON object of keyword arguments for the factory, e.g. '{\"width\": 2}'."),
+    input_shape: str | None = typer.Option(
+        None, help="The model's input C,H,W, e.g. 3,32,32. Needed for a factory (unless the "
+                   "weights' metadata has 'input_shape') and for dynamic ONNX sizes other "
+                   "than the dataset's."),
+    arch: str | None = typer.Option(None, help="A built-in architecture: the same as --model "
+                                    "NAME."),
+    stem: str | None = typer.Option(None, help="Stem of a built-in architecture (small or "
+                                    "imagenet; default: the weights' metadata, else small)."),
+    width: float | None = typer.Option(None, help="Width of a built-in architecture "
+                                       "(default: the weights' metadata, else 1.0)."),
     profile: str = typer.Option("local", help="Target hardware profile name or YAML path; "
                                 "'local' detects this machine."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    arch: str | None = typer.Option(None, help="Architecture (default: from the weights' "
-                                    "metadata)."),
-    stem: str = typer.Option("small", help="Stem used when --arch is given."),
-    width: float = typer.Option(1.0, help="Width used when --arch is given."),
     max_accuracy_drop: float = typer.Option(1.0, help="Largest allowed top-1 drop, points."),
     latency_budget_ms: float | None = typer.Option(None, help="Latency budget, ms at batch 1."),
     size_budget_mb: float | None = typer.Option(None, help="Model file size budget, MB."),
@@ -55,11 +104,15 @@ def compress_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
-    """Compress a trained model for a target device under accuracy/latency/size limits."""
+    """Compress a trained model for a target device under accuracy/latency/size limits.
+
+    The dataset's images are fitted to the model's input (padded, resized, channels
+    replicated or converted; one line says how).
+    """
     from hadmc_core.compress import compress
     from hadmc_core.data import load_dataset
     from hadmc_core.hal import detect_profile, load_profile
-    from hadmc_core.models import ArchSpec, load_model
+    from hadmc_core.prepare import parse_model_args, parse_shape, prepare
 
     overrides = {"prune.enabled": False if no_prune else None,
                  "distill.enabled": False if no_distill else None,
@@ -69,22 +122,18 @@ def compress_cmd(
                  "constraints.latency_budget_ms": latency_budget_ms,
                  "constraints.size_budget_mb": size_budget_mb}
     cfg = _load_config(config, overrides)
+    ref = _model_ref(model, arch, weights)
+    args = parse_model_args(model_args)
+    shape = parse_shape(input_shape, "--input-shape") if input_shape else None
     prof = detect_profile() if profile == "local" else load_profile(profile)
     ds = load_dataset(data)
-    spec = ArchSpec(arch, ds.in_channels, ds.num_classes, stem, width) if arch else None
-    model, spec = load_model(weights, spec)
+    loaded, ds, note = prepare(ref, ds, weights=weights, model_args=args, input_shape=shape,
+                               stem=stem, width=width)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
     with progress_bar(not quiet) as prog:
-        result = compress(model, spec, ds, prof, out_dir, cfg, prog, overwrite=overwrite)
-    r = result.report
-    b, c, s = r["baseline"], r["compressed"], r["summary"]
-    out.print(f"baseline   : {b['accuracy']:.2f}% top-1, {b['latency_ms']:.3f} ms, "
-              f"{b['size_bytes'] / 1e6:.2f} MB")
-    out.print(f"compressed : {c['accuracy']:.2f}% top-1, {c['latency_ms']:.3f} ms, "
-              f"{c['size_bytes'] / 1e6:.2f} MB")
-    out.print(f"drop {s['accuracy_drop_points']:.2f} pts, speedup {s['speedup']:.2f}x, "
-              f"{s['compression']:.2f}x smaller -> {result.out_dir}")
-    for warning in r.get("warnings", []):
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        result = compress(loaded, ds, prof, out_dir, cfg, prog, overwrite=overwrite)
+    _print_result(result)
     if not result.met:
         console.print(f"[bold yellow]warning:[/] {result.message}", highlight=False)
         raise typer.Exit(3)
