@@ -153,15 +153,22 @@ def load_for(ref: str, data: DataSplits, *, weights: Path | None = None,
     return loaded
 
 
+def fit(loaded: LoadedModel, data: DataSplits, task: str = "classification"
+        ) -> tuple[DataSplits, str | None]:
+    """``data`` fitted to ``loaded``'s input and the line that says how (None when nothing
+    changed); a model whose output does not fit the data (``task.check_model``) is refused
+    before the images are touched."""
+    from hadmc_core import tasks
+
+    if loaded.num_outputs is not None:
+        tasks.get(task).check_model((1, loaded.num_outputs), data)
+    return adapt(data, loaded.input_shape)
+
+
 def prepare(ref: str, data: DataSplits, *, task: str = "classification", **options: Any
             ) -> tuple[LoadedModel, DataSplits, str | None]:
     """The model ``ref`` names, ``data`` fitted to its input, and the line that says how
-    (None when nothing changed). ``options`` are ``load_for``'s. A model whose output does
-    not fit the data (``task.check_model``) is refused before the images are touched."""
-    from hadmc_core import tasks
-
+    (None when nothing changed). ``options`` are ``load_for``'s."""
     loaded = load_for(ref, data, **options)
-    if loaded.num_outputs is not None:
-        tasks.get(task).check_model((1, loaded.num_outputs), data)
-    data, note = adapt(data, loaded.input_shape)
+    data, note = fit(loaded, data, task)
     return loaded, data, note

@@ -13,6 +13,8 @@ from cloud_service.models import Dataset, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CONSTRAINT_KEYS = ("max_accuracy_drop", "latency_budget_ms", "size_budget_mb")
+#: Base model formats a job compresses: safetensors of a built-in architecture, or ONNX.
+COMPRESSIBLE = ("safetensors", "onnx")
 
 
 def check_profile(name: str) -> None:
@@ -53,9 +55,9 @@ def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str
     dataset = session.get(Dataset, dataset_id)
     if model is None or dataset is None:
         return None
-    if model.format != "safetensors":
-        raise InvalidInputError(f"model {model_id} is {model.format}; compression needs "
-                                "safetensors weights with an architecture")
+    if model.format not in COMPRESSIBLE:
+        raise InvalidInputError(f"model {model_id} is {model.format}; compression takes "
+                                f"{' or '.join(COMPRESSIBLE)} models")
     check_profile(profile)
     job = Job(model_id=model_id, dataset_id=dataset_id, profile=profile,
               config=build_config(config, constraints), state="queued", owner_id=owner_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,58 @@ def check_against_arch(tensors: dict[str, Any], spec: Any) -> None:
             f"{extra[:5]}; check arch, stem, width, in_channels and num_classes")
 
 
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers, sparse ones, node attributes, subgraphs."""
+    import onnx
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _onnx_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _onnx_tensors(sub)
+
+
+def refuse_external_data(proto: Any) -> None:
+    """An uploaded ONNX model is one file: a tensor whose data lives elsewhere (``location``,
+    wherever it points) would make the server read a file the client named."""
+    import onnx
+
+    for tensor in _onnx_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            raise InvalidInputError(
+                f"tensor {tensor.name!r} keeps its data in an external file ({where[:200]!r}); "
+                "upload a single-file ONNX model with every tensor inside it (onnx.save with "
+                "save_as_external_data=False)")
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
 def inspect_onnx(path: Path) -> dict[str, Any]:
+    """Check an uploaded ONNX file (read as data, never run) and describe it."""
     import onnx
 
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, ValueError, ...
+        raise InvalidInputError(f"not a valid ONNX model: {_first_line(e)}") from e
+    refuse_external_data(proto)
+    try:
         onnx.checker.check_model(proto)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, ValueError, ...
-        raise InvalidInputError(f"not a valid ONNX model: {str(e).splitlines()[0][:300]}") \
-            from e
+    except Exception as e:  # ValidationError and the checker's C++ errors
+        raise InvalidInputError(f"not a valid ONNX model: {_first_line(e)}") from e
     if not proto.graph.node:
         raise InvalidInputError("not a valid ONNX model: the graph is empty")
     return {"opset": [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")],

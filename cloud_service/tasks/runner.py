@@ -21,6 +21,7 @@ from cloud_service.db import get_sessionmaker, session_scope, utcnow
 from cloud_service.errors import JobCancelledError
 from cloud_service.models import Dataset, Job, Model, ModelVersion
 from cloud_service.s3store import make_store
+from cloud_service.services.models import inspect_onnx
 from cloud_service.services.versions import next_number
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
@@ -99,17 +100,39 @@ def execute_job(job_id: int, settings: Settings) -> str:
     return state or "skipped"
 
 
-def _load_inputs(model: Model, dataset: Dataset, store: ArtifactStore, tmp: Path) -> tuple:
-    from hadmc_core.data import load_dataset
-    from hadmc_core.models import ArchSpec, load_model
+def _load_model(model: Model, data: Any, store: ArtifactStore, tmp: Path) -> Any:
+    """The base model as a LoadedModel: an uploaded ONNX file (checked again: one file, read
+    as data), or safetensors of the built-in architecture stored with it. Never a factory:
+    nothing uploaded is imported or unpickled."""
+    from hadmc_core.models import ArchSpec
+    from hadmc_core.prepare import load_for
+    from hadmc_core.sources import load
 
-    net, spec = load_model(store.path(model.artifact_hash), ArchSpec(**(model.arch or {})))
+    if model.format == "onnx":
+        path = store.link_as(model.artifact_hash, tmp, "model.onnx")
+        inspect_onnx(path)
+        return load_for(str(path), data, allow=("onnx",))
+    spec = ArchSpec(**(model.arch or {}))
+    return load(spec.arch, weights=store.path(model.artifact_hash), allow=("zoo",),
+                in_channels=spec.in_channels, num_classes=spec.num_classes, stem=spec.stem,
+                width=spec.width, input_shape=(spec.in_channels, *data.image_size))
+
+
+def _load_inputs(model: Model, dataset: Dataset, store: ArtifactStore, tmp: Path
+                 ) -> tuple[Any, Any, str | None]:
+    """The model, the dataset fitted to its input, and the line that says how (or None)."""
+    from hadmc_core.data import load_dataset
+    from hadmc_core.prepare import fit
+
     if dataset.builtin:
         data = load_dataset(dataset.builtin)
     else:
         path = store.link_as(dataset.artifact_hash or "", tmp, "data.npz")
-        data = load_dataset(str(path), num_classes=spec.num_classes)
-    return net, spec, data
+        classes = (model.arch or {}).get("num_classes") if model.format != "onnx" else None
+        data = load_dataset(str(path), num_classes=classes)
+    loaded = _load_model(model, data, store, tmp)
+    data, note = fit(loaded, data)
+    return loaded, data, note
 
 
 def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
@@ -121,9 +144,12 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
     store = make_store(settings)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="job-") as tmp:
         progress("load", 0, 1)
-        net, spec, data = _load_inputs(model, dataset, store, Path(tmp))
+        loaded, data, note = _load_inputs(model, dataset, store, Path(tmp))
+        if note:
+            log.info("job %s: %s", job.id, note, extra={"job_id": job.id})
+            progress.lines.append(note)
         cfg = PipelineConfig.from_dict(job.config)
-        result = compress(net, spec, data, load_profile(job.profile), Path(tmp) / "out", cfg,
+        result = compress(loaded, data, load_profile(job.profile), Path(tmp) / "out", cfg,
                           progress)
         onnx_hash, onnx_size = store.ingest_file(result.out_dir / "model.onnx")
         report_hash, _ = store.ingest_file(result.out_dir / "report.json")
@@ -133,7 +159,8 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
     summary = {**rep.get("summary", {}), "accuracy": rep["compressed"].get("accuracy"),
                "latency_ms": rep["compressed"].get("latency_ms"),
                "size_bytes": rep["compressed"].get("size_bytes"),
-               "message": result.message, "report_png_hash": png_hash}
+               "message": result.message, "report_png_hash": png_hash,
+               **({"dataset_fit": note} if note else {})}
     version_id = _store_version(job, settings, me, progress, onnx_hash=onnx_hash,
                                 onnx_size=onnx_size, report_hash=report_hash, summary=summary,
                                 met=result.met)

@@ -74,7 +74,7 @@ def _new_form(request: Request, session: SessionDep, viewer: OperatorDep,
     models, _ = models_svc.list_models(session=session, offset=0, limit=500)
     datasets, _ = datasets_svc.list_datasets(session=session, offset=0, limit=500)
     return render(request, "job_new.html", viewer, status=status, title="New job", nav="jobs",
-                  models=[m for m in models if m.format == "safetensors"], datasets=datasets,
+                  models=[m for m in models if m.format in svc.COMPRESSIBLE], datasets=datasets,
                   profiles=list_profiles(), form=form, techniques=TECHNIQUES, error=error)
 
 

@@ -25,6 +25,34 @@ def _tiny_onnx(path: Path) -> Path:
     return path
 
 
+def external_data_onnx(directory: Path, location: str) -> Path:
+    """A valid small conv net whose weight lives in an external file at ``location``; the
+    file beside the model really exists (so only the upload's rule refuses it)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((4, 1, 3, 3), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = directory / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="w.bin",
+              size_threshold=0)
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def test_upload_safetensors_then_get_and_list(client: TestClient, auth: dict,
                                               tiny_weights: Path) -> None:
     body = upload_model(client, auth, tiny_weights, name="mine")
@@ -112,3 +140,30 @@ def test_unknown_model_is_404(client: TestClient, auth: dict) -> None:
 
 def test_bad_query_is_422(client: TestClient, auth: dict) -> None:
     _problem(client.get("/v1/models", params={"limit": "many"}, headers=auth), 422)
+
+
+@pytest.mark.parametrize("location", ["../../../../etc/passwd", "/etc/passwd", "w.bin",
+                                      "C:\\weights\\w.bin", "OTHER-ARTIFACT"],
+                         ids=["parent", "absolute", "beside", "windows-drive", "an-artifact"])
+def test_onnx_with_external_data_is_refused_wherever_it_points(
+        client: TestClient, auth: dict, tmp_path: Path, tiny_weights: Path,
+        location: str) -> None:
+    if location == "OTHER-ARTIFACT":  # another upload's object, a sibling in the store
+        digest = upload_model(client, auth, tiny_weights)["artifact_hash"]
+        location = f"../{digest[:2]}/{digest}"
+    path = external_data_onnx(tmp_path, location)
+    before = client.get("/v1/models", params={"limit": 1}, headers=auth).json()["count"]
+    r = client.post("/v1/models", params={"name": "ext", "format": "onnx"},
+                    content=path.read_bytes(), headers={**auth, **OCTET})
+    detail = _problem(r, 422)["detail"]
+    assert "tensor 'w' keeps its data in an external file" in detail
+    assert "single-file ONNX model" in detail
+    assert client.get("/v1/models", params={"limit": 1}, headers=auth).json()["count"] == before
+
+
+def test_publishing_an_onnx_version_with_external_data_is_refused(
+        client: TestClient, auth: dict, tiny_model: dict, tmp_path: Path) -> None:
+    path = external_data_onnx(tmp_path, "w.bin")
+    r = client.post(f"/v1/models/{tiny_model['id']}/versions", params={"profile": "x86-avx2"},
+                    content=path.read_bytes(), headers={**auth, **OCTET})
+    assert "external file" in _problem(r, 422)["detail"]

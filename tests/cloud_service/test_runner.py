@@ -55,10 +55,17 @@ def _row(settings: Settings, job_id: int) -> Job:
 
 
 def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | None = None,  # type: ignore[no-untyped-def]
-                  onnx: bytes = b"onnx-bytes"):
+                  onnx: bytes = b"onnx-bytes", seen: list | None = None):
+    """A stand-in for compress(); what it was given is appended to ``seen``."""
     from hadmc_core.compress import CompressionResult
 
-    def run(model, spec, data, profile, out_dir, cfg, progress, **kw: Any):  # type: ignore[no-untyped-def]
+    seen = [] if seen is None else seen
+
+    def run(model, data, profile, out_dir, cfg, progress, **kw: Any):  # type: ignore[no-untyped-def]
+        from hadmc_core.sources import LoadedModel
+
+        assert isinstance(model, LoadedModel) and model.module is not None
+        seen.append((model, data))
         for i in range(steps):
             progress("baseline", i, steps)
             time.sleep(delay)
@@ -159,3 +166,66 @@ def test_success_publishes_manifest_and_probe(env: tuple[Settings, int], tmp_pat
         assert ver is not None and ver.manifest_hash and ver.probe_hash
         store = ArtifactStore(settings.artifact_dir)
         assert store.exists(ver.manifest_hash) and store.exists(ver.probe_hash)
+
+
+def test_safetensors_model_is_loaded_as_its_built_in_architecture(
+        env: tuple[Settings, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, model_id = env
+    seen: list = []
+    monkeypatch.setattr("hadmc_core.compress.compress", fake_compress(seen=seen))
+    assert execute_job(_job(settings, model_id), settings) == "succeeded"
+    (loaded, data), = seen
+    assert loaded.kind == "zoo" and loaded.spec.arch == "densenet" and loaded.spec.width == 0.5
+    assert loaded.input_shape == (1, 8, 8) and data.train.x.shape[1:] == (1, 8, 8)
+
+
+def _onnx_model(settings: Settings, path: Path) -> int:
+    from cloud_service.storage import ArtifactStore
+
+    digest, size = ArtifactStore(settings.artifact_dir).ingest_file(path)
+    with session_scope(settings.database_url) as s:
+        model = Model(name="o", format="onnx", artifact_hash=digest, size_bytes=size,
+                      arch=None, details={})
+        s.add(model)
+        s.flush()
+        return model.id
+
+
+def test_onnx_model_is_loaded_and_the_dataset_fitted_to_its_input(
+        env: tuple[Settings, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tests.hadmc_core.factory_models import small_cnn
+
+    settings, _ = env
+    path = tmp_path / "rgb.onnx"
+    torch.onnx.export(small_cnn(3, 10, 4).eval(), (torch.zeros(1, 3, 9, 9),), str(path),
+                      dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    seen: list = []
+    monkeypatch.setattr("hadmc_core.compress.compress", fake_compress(seen=seen))
+    job_id = _job(settings, _onnx_model(settings, path))
+    assert execute_job(job_id, settings) == "succeeded"
+    (loaded, data), = seen
+    assert loaded.kind == "onnx" and loaded.input_shape == (3, 9, 9)
+    assert data.train.x.shape[1:] == (3, 9, 9) and data.test.x.shape[1:] == (3, 9, 9)
+    note = ("dataset images 1x8x8 padded to 1x9x9 and replicated to 3 channels to fit the "
+            "model's input 3x9x9")
+    job = _row(settings, job_id)
+    assert note in job.log_tail
+    with session_scope(settings.database_url) as s:
+        ver = s.get(ModelVersion, job.version_id)
+        assert ver is not None and ver.summary["dataset_fit"] == note
+
+
+def test_onnx_model_with_external_data_fails_the_job_before_anything_is_read(
+        env: tuple[Settings, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row stored before uploads refused external data still never reads another file."""
+    from tests.cloud_service.test_api_models import external_data_onnx
+
+    settings, _ = env
+    seen: list = []
+    monkeypatch.setattr("hadmc_core.compress.compress", fake_compress(seen=seen))
+    job_id = _job(settings, _onnx_model(settings, external_data_onnx(tmp_path, "../w.bin")))
+    assert execute_job(job_id, settings) == "failed"
+    assert "keeps its data in an external file" in (_row(settings, job_id).error or "")
+    assert seen == []

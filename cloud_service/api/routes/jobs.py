@@ -28,8 +28,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403
 @router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
              responses=problems(404),
              description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}. "
-                         "Operator or admin role. 404 when the model or dataset does not exist; "
-                         "422 for an ONNX base model, an unknown profile or an invalid config.")
+                         "The base model is safetensors of a built-in architecture or an ONNX "
+                         "file (the dataset's images are fitted to its input). Operator or "
+                         "admin role. 404 when the model or dataset does not exist; 422 for an "
+                         "unknown profile or an invalid config.")
 def submit_job(body: JobCreate, session: SessionDep, user: OperatorUser,
                settings: SettingsDep) -> JobPublic:
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
