@@ -1,5 +1,6 @@
 """The agent: enroll once, recover the data directory, then one loop of periodic operations
-(profile, heartbeat, desired-version poll, update, report) and the inference endpoint."""
+(profile, heartbeat, desired-version poll, update, health, report) for every model the
+server names, and the inference endpoint."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Agent:
         self.failed: dict[int, float] = {}
         self.status = "starting"
         self.server: InferenceServer | None = None
+        #: The server answered per-model fields with 422 (it predates several models).
+        self.one_model_server = False
 
     def _client(self, base_url: str, credential: str | None = None) -> ServerClient:
         s = self.settings
@@ -91,7 +94,7 @@ class Agent:
         self.client = self._client(s.server_url or self.creds.server_url, self.creds.credential)
         self.updater = Updater(settings=s, store=self.store, client=self.client, key=self.key,
                                device_id=self.creds.device_id, state=self.state)
-        self.runtime = ModelRuntime(self.store, s.threads)
+        self.runtime = ModelRuntime(self.store, s.threads, self.state)
         self.health = HealthWatch(settings=s, store=self.store, state=self.state,
                                   served=self.runtime.served)
 
@@ -135,9 +138,27 @@ class Agent:
                                 "latency table", json={"operators": table})
 
     def heartbeat(self) -> None:
-        self.client.request("POST", f"/v1/devices/{self.device_id}/heartbeat", "heartbeat",
-                            json={"current_version_id": self.state.active,
-                                  "status": self.status[:100]})
+        st = self.state
+        body = {"current_version_id": st.active, "status": self.status[:100],
+                "models": [{"model": k, "version_id": ms.active}
+                           for k, ms in sorted(st.models.items())]}
+        self.post_compat(f"/v1/devices/{self.device_id}/heartbeat", "heartbeat", body)
+
+    def post_compat(self, path: str, what: str, body: dict[str, Any]) -> None:
+        """POST ``body``; a server from before several models per device refuses the
+        per-model fields (422), so they are left out for it from then on."""
+        if self.one_model_server:
+            body = {k: v for k, v in body.items() if k not in ("model", "models")}
+        try:
+            self.client.request("POST", path, what, json=body)
+        except ServerError as e:
+            if e.status != 422 or self.one_model_server or \
+                    not {"model", "models"} & set(body):
+                raise
+            self.one_model_server = True
+            log.info("the server does not know several models per device; reporting the "
+                     "primary model's version only")
+            self.post_compat(path, what, body)
 
     def poll(self) -> None:
         body, etag = self.client.desired(self.device_id, self.etag)
@@ -147,29 +168,54 @@ class Agent:
             self.failed.clear()  # a new desired state deserves a new attempt
         self.desired, self.etag = body, etag or None
 
+    def entries(self) -> list[dict[str, Any]]:
+        """The desired state per model (a server from before several models per device
+        sends the top-level fields only: one entry)."""
+        d = self.desired or {}
+        models = d.get("models")
+        if isinstance(models, list):
+            return [e for e in models if isinstance(e, dict)]
+        return [d] if d else []
+
+    def _runs(self, entry: dict[str, Any], vid: int) -> bool:
+        model = entry.get("model")
+        if isinstance(model, str):
+            ms = self.state.models.get(model)
+            return ms is not None and ms.active == vid
+        return any(ms.active == vid for ms in self.state.models.values())
+
+    def pending(self) -> dict[str, Any] | None:
+        """The first model whose desired version differs from the one it runs and is due
+        for an attempt now; None when there is none (a model whose rollout is paused says
+        hold, a version that failed waits ``retry_failed_seconds``)."""
+        for entry in self.entries():
+            vid = entry.get("version_id")
+            if not isinstance(vid, int) or entry.get("hold") or self._runs(entry, vid):
+                continue
+            at = self.failed.get(vid)
+            if at is not None and self.clock() - at < self.settings.retry_failed_seconds:
+                continue
+            return entry
+        return None
+
     def pending_version(self) -> int | None:
-        """The desired version id when an attempt is due now, else None (also while the
-        server says hold: a paused rollout)."""
-        d = self.desired
-        vid = d.get("version_id") if d else None
-        if not isinstance(vid, int) or vid == self.state.active or (d or {}).get("hold"):
-            return None
-        at = self.failed.get(vid)
-        if at is not None and self.clock() - at < self.settings.retry_failed_seconds:
-            return None
-        return vid
+        entry = self.pending()
+        return int(entry["version_id"]) if entry is not None else None
 
     def update(self) -> None:
-        vid = self.pending_version()
-        if vid is None or self.desired is None:
+        entry = self.pending()
+        if entry is None:
             return
-        self.status = f"updating to {vid}"
-        report = self.updater.run(self.desired)
+        vid = int(entry["version_id"])
+        what = f"{entry['model']} to {vid}" if entry.get("model") else f"to {vid}"
+        self.status = f"updating {what}"
+        report = self.updater.run(entry)
         if report["ok"]:
-            self.status = "probation" if self.state.probation else "ok"
+            self.status = "probation" if any(ms.probation for ms in
+                                             self.state.models.values()) else "ok"
             self.failed.pop(vid, None)
         else:
-            self.status = f"update to {vid} failed ({report['phase']})"
+            self.status = f"update {what} failed ({report['phase']})"
             self.failed[vid] = self.clock()
             self.state.pending_reports.append({"kind": "updates", "body": report})
             self.store.save_state(self.state)
@@ -177,17 +223,20 @@ class Agent:
         self.heartbeat_op.next_run = self.report_op.next_run = 0.0
 
     def check_health(self) -> None:
-        """One health check of a version on probation; a failure rolls back (and the
-        version is not tried again before ``retry_failed_seconds``)."""
-        p = self.state.probation
-        outcome = self.health.check()
-        if outcome is None or p is None:
+        """One health check of every version on probation; a failure rolls its model
+        back (and the version is not tried again before ``retry_failed_seconds``)."""
+        on_probation = {k: int(ms.probation["version_id"])
+                        for k, ms in self.state.models.items() if ms.probation}
+        outcomes = self.health.check()
+        if not outcomes:
             return
-        vid = int(p["version_id"])
-        if outcome == "failed":
-            self.failed[vid] = self.clock()
-            self.status = f"version {vid} failed its health window"
-        else:
+        for key, outcome in outcomes.items():
+            if outcome == "failed":
+                self.failed[on_probation[key]] = self.clock()
+        failed = [k for k, o in outcomes.items() if o == "failed"]
+        if failed:
+            self.status = f"{', '.join(failed)}: version failed its health window"
+        elif not any(ms.probation for ms in self.state.models.values()):
             self.status = "ok"
         self.heartbeat_op.next_run = self.report_op.next_run = 0.0
 
@@ -197,7 +246,7 @@ class Agent:
             item = st.pending_reports[0]
             path = f"/v1/devices/{self.device_id}/{item.get('kind', 'updates')}"
             try:
-                self.client.request("POST", path, "report", json=item.get("body", {}))
+                self.post_compat(path, "report", dict(item.get("body", {})))
             except ServerError as e:
                 if e.status in (401, 403):
                     raise

@@ -43,7 +43,8 @@ def run(server: str = typer.Option(None, "--server", help="Server URL [HADMC_AGE
         serve_port: int = typer.Option(None, "--serve-port",
                                        help="Loopback inference port, 0 = off"),
         log_level: str = typer.Option(None, "--log-level")) -> None:
-    """Enroll once, then heartbeat, poll, update, report, and serve the active model."""
+    """Enroll once, then heartbeat, poll, update, report, and serve each model's active
+    version."""
     from edge_agent.agent import Agent
 
     s = _settings(server_url=server, enrollment_token=enroll_token, data_dir=data_dir,
@@ -66,7 +67,9 @@ def run(server: str = typer.Option(None, "--server", help="Server URL [HADMC_AGE
 @app.command()
 def status(data_dir: Path = typer.Option(None, "--data-dir", help="[HADMC_AGENT_DATA_DIR]")
            ) -> None:
-    """Print the device id, active and previous versions and pending reports (JSON)."""
+    """Print the device id, each model's active and previous versions and stable path, and
+    the pending reports (JSON). The top-level version fields are the primary model's."""
+    from edge_agent.layout import needs_migration
     from edge_agent.store import MODEL_FILE, Store
 
     s = _settings(data_dir=data_dir)
@@ -75,11 +78,23 @@ def status(data_dir: Path = typer.Option(None, "--data-dir", help="[HADMC_AGENT_
         raise SettingsError(f"{store.root} does not exist; is --data-dir right?")
     creds = store.load_credentials()
     st = store.load_state()
+    models = {}
+    for key in sorted(set(st.models) | set(store.model_keys())):
+        ms, mstore = st.models.get(key), store.model(key)
+        models[key] = {"name": ms.name if ms else None, "current": mstore.current_vid(),
+                       "active": ms.active if ms else None,
+                       "previous": ms.previous if ms else None,
+                       "on_probation": bool(ms and ms.probation), "held": mstore.held(),
+                       "model_path": str(mstore.current / MODEL_FILE)}
     out = {"data_dir": str(store.root), "enrolled": creds is not None,
            "device_id": creds.device_id if creds else None,
            "server_url": creds.server_url if creds else None,
-           "current": store.current_vid(), "active": st.active, "previous": st.previous,
-           "highest": st.highest, "held": store.held() if store.versions.is_dir() else [],
+           "layout": "one model (moved to the per-model layout at the next start)"
+           if needs_migration(store) else "per model",
+           "primary": st.primary, "current": store.current_vid(), "active": st.active,
+           "previous": st.previous,
+           "held": models[st.primary]["held"] if st.primary in models else [],
+           "highest": st.highest, "models": models,
            "model_path": str(store.current / MODEL_FILE),
            "pending_reports": len(st.pending_reports)}
     typer.echo(json.dumps(out, indent=2))

@@ -1,5 +1,5 @@
 """Commit after health: a new version stays on probation for ``health_window_seconds``
-after the switch, and only then counts as a success.
+after the switch, and only then counts as a success. Each model has its own probation.
 
 During the window the agent checks, every ``health_check_seconds``:
 
@@ -28,13 +28,14 @@ from typing import Any
 from edge_agent.errors import AgentError, SmokeTestError
 from edge_agent.settings import AgentSettings
 from edge_agent.smoke import load_probe, smoke_test
-from edge_agent.store import MODEL_FILE, PROBE_FILE, AgentState, Store
+from edge_agent.store import MODEL_FILE, PROBE_FILE, AgentState, ModelStore, Store
 
 log = logging.getLogger(__name__)
 
 
-def time_held(store: Store, vid: int | None, runs: int, threads: int) -> float | None:
-    """p50 of a held version on its own probe (None when it cannot be timed)."""
+def time_held(store: ModelStore, vid: int | None, runs: int, threads: int) -> float | None:
+    """p50 of a held version of the model on its own probe (None when it cannot be
+    timed)."""
     if vid is None:
         return None
     d = store.version_dir(vid)
@@ -60,24 +61,26 @@ def new_probation(*, report: dict[str, Any], model: str, version: int, previous:
             "report": report, "failed": None}
 
 
-def roll_back(store: Store, st: AgentState, usable: Callable[[int], bool]) -> None:
-    """Finish a failed probation: ``current`` back to the previous version when it is
-    held and ``usable``; the failed version stays held as the previous one."""
-    p = st.probation
+def roll_back(store: Store, st: AgentState, key: str, usable: Callable[[int], bool]) -> None:
+    """Finish a failed probation of model ``key``: its ``current`` back to the previous
+    version when it is held and ``usable``; the failed version stays held as the previous
+    one."""
+    ms = st.model(key)
+    p = ms.probation
     if not p:
         return
     vid, prev = int(p["version_id"]), p.get("previous")
-    if st.active == vid and prev is not None and usable(int(prev)):
-        store.switch(int(prev))
-        st.active, st.previous = int(prev), vid
-        log.warning("version %d failed its health window; back on version %d", vid, prev,
-                    extra={"version_id": vid})
-    st.probation = None
+    if ms.active == vid and prev is not None and usable(int(prev)):
+        store.model(key).switch(int(prev))
+        ms.active, ms.previous = int(prev), vid
+        log.warning("%s version %d failed its health window; back on version %d", key, vid,
+                    prev, extra={"version_id": vid, "model": key})
+    ms.probation = None
     store.save_state(st)
 
 
 class HealthWatch:
-    """Runs the checks of the active version's probation (see the module docstring)."""
+    """Runs the checks of each model's version on probation (see the module docstring)."""
 
     def __init__(self, *, settings: AgentSettings, store: Store, state: AgentState,
                  served: Callable[[int], tuple[int, int]],
@@ -86,28 +89,31 @@ class HealthWatch:
         self.served, self.wall = served, wall
         self.offset: dict[int, tuple[int, int]] = {}
 
-    def check(self) -> str | None:
-        """One check: "failed", "committed" or None (still on probation, or none)."""
-        p = self.state.probation
-        if not p:
-            return None
-        problem = self._problem(p)
-        if problem is not None:
-            self.fail(p, problem)
-            return "failed"
-        if self.wall() >= float(p["until"]):
-            self.commit(p)
-            return "committed"
-        return None
+    def check(self) -> dict[str, str]:
+        """One check of every model on probation: ``{model: "failed" | "committed"}`` for
+        those decided now (the others stay on probation)."""
+        out = {}
+        for key, ms in list(self.state.models.items()):
+            p = ms.probation
+            if not p:
+                continue
+            problem = self._problem(key, p)
+            if problem is not None:
+                self.fail(key, p, problem)
+                out[key] = "failed"
+            elif self.wall() >= float(p["until"]):
+                self.commit(key, p)
+                out[key] = "committed"
+        return out
 
-    def _problem(self, p: dict[str, Any]) -> str | None:
+    def _problem(self, key: str, p: dict[str, Any]) -> str | None:
         s, vid = self.settings, int(p["version_id"])
         start = self.offset.setdefault(vid, self.served(vid))
         total, errors = (a - b for a, b in zip(self.served(vid), start, strict=True))
         if total and errors / total > s.health_max_error_rate:
             return (f"{errors} of {total} served inference requests failed on this version "
                     f"(health_max_error_rate {s.health_max_error_rate:g})")
-        d = self.store.version_dir(vid)
+        d = self.store.model(key).version_dir(vid)
         try:
             probe = load_probe((d / PROBE_FILE).read_bytes()) if (d / PROBE_FILE).exists() \
                 else None
@@ -126,7 +132,7 @@ class HealthWatch:
                     f"before it ({base:.3f} ms; health_max_latency_ratio {ratio:g})")
         return None
 
-    def commit(self, p: dict[str, Any]) -> None:
+    def commit(self, key: str, p: dict[str, Any]) -> None:
         st = self.state
         p50s = [x for x in p.get("p50s", []) if x is not None]
         p50 = round(statistics.median(p50s), 4) if p50s else None
@@ -137,12 +143,12 @@ class HealthWatch:
                                {"kind": "latency", "body": {"version_id": p["version_id"],
                                                             "p50_ms": p50,
                                                             "p99_ms": p.get("p99")}}]
-        st.probation = None
+        st.model(key).probation = None
         self.store.save_state(st)
-        log.info("version %s committed after its health window (p50 %s ms)",
-                 p["version_id"], p50, extra={"version_id": p["version_id"]})
+        log.info("%s version %s committed after its health window (p50 %s ms)", key,
+                 p["version_id"], p50, extra={"version_id": p["version_id"], "model": key})
 
-    def fail(self, p: dict[str, Any], reason: str) -> None:
+    def fail(self, key: str, p: dict[str, Any], reason: str) -> None:
         """Record the decision and the report first, then switch back (``recover``
         finishes the switch after a crash in between)."""
         st = self.state
@@ -151,4 +157,5 @@ class HealthWatch:
             **p["report"], "ok": False, "phase": "health", "reason": reason[:1000],
             "p50_ms": None, "p95_ms": None}})
         self.store.save_state(st)
-        roll_back(self.store, st, lambda v: self.store.version_dir(v).is_dir())
+        mstore = self.store.model(key)
+        roll_back(self.store, st, key, lambda v: mstore.version_dir(v).is_dir())

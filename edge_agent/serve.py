@@ -1,33 +1,45 @@
 """Loopback inference endpoint for applications on the device (127.0.0.1 only).
 
-- ``GET /v1/model``: active version id, stable model path, inputs and outputs.
-- ``POST /v1/infer`` with ``Content-Type: application/json``:
-  ``{"inputs": {"<name>": nested lists}}`` (or ``{"input": ...}`` for the only input)
-  → ``{"version_id": 7, "outputs": {"<name>": nested lists}}``.
-- ``POST /v1/infer`` with ``Content-Type: application/octet-stream``: the raw little-endian
-  tensor, ``X-Shape: 1,3,32,32`` and optional ``X-Dtype`` (default float32) → the first
-  output's raw bytes with ``X-Shape``, ``X-Dtype`` and ``X-Version-Id``.
+- ``GET /v1/models``: every model: its name (``model-4``), the server's name for it, the
+  active version, the stable file path, and which one is the primary.
+- ``GET /v1/models/{name}``: a model's active version, stable path, inputs and outputs.
+  ``{name}`` is the model's name on the device (``model-4``) or the server's name of the
+  model (``classifier``) when one model has it.
+- ``POST /v1/models/{name}/infer`` with ``Content-Type: application/json``:
+  ``{"inputs": {"<input>": nested lists}}`` (or ``{"input": ...}`` for the only input)
+  → ``{"model": "model-4", "version_id": 7, "outputs": {"<output>": nested lists}}``.
+- ``POST /v1/models/{name}/infer`` with ``Content-Type: application/octet-stream``: the
+  raw little-endian tensor, ``X-Shape: 1,3,32,32`` and optional ``X-Dtype`` (default
+  float32) → the first output's raw bytes with ``X-Shape``, ``X-Dtype``,
+  ``X-Version-Id`` and ``X-Model``.
+- ``GET /v1/model`` and ``POST /v1/infer``: the same for the primary model (the first
+  installed; the only one of an agent that ran one model).
 
-The session follows ``current``: a request after a switch runs the new version.
+Each model's session follows its ``current``: a request after a switch runs the new
+version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
 from edge_agent.smoke import open_session
-from edge_agent.store import MODEL_FILE, Store
+from edge_agent.store import MODEL_FILE, AgentState, Store
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 << 20
 ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
              "tensor(float16)": "float16"}
+MODEL_PATH = re.compile(r"/v1/models/([^/]+)(/infer)?")
 DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"}
 
 
@@ -35,18 +47,24 @@ class BadRequest(Exception):
     status = 400
 
 
+class UnknownModel(BadRequest):
+    status = 404
+
+
 class NoModel(BadRequest):
     status = 503
 
 
 class ModelRuntime:
-    """The ONNX Runtime session of the active version, reloaded when ``current`` moves."""
+    """An ONNX Runtime session per model, of its active version, reloaded when the model's
+    ``current`` moves. ``state`` (the agent's) gives the primary model and the models'
+    names from the server; without it the primary is what ``DIR/current`` names."""
 
-    def __init__(self, store: Store, threads: int = 0) -> None:
-        self.store, self.threads = store, threads
+    def __init__(self, store: Store, threads: int = 0, state: AgentState | None = None
+                 ) -> None:
+        self.store, self.threads, self.state = store, threads, state
         self.lock = threading.Lock()
-        self.vid: int | None = None
-        self.sess: Any = None
+        self.sessions: dict[str, tuple[int, Any]] = {}
         #: Per version: [requests run, requests that failed in the runtime] (health checks).
         self.counts: dict[int, list[int]] = {}
 
@@ -56,29 +74,72 @@ class ModelRuntime:
             n, failed = self.counts.get(vid, (0, 0))
         return n, failed
 
-    def session(self) -> tuple[int, Any]:
-        vid = self.store.current_vid()
-        if vid is None:
-            raise NoModel("no model version is active yet")
-        with self.lock:
-            if vid != self.vid:
-                # open through versions/<vid> (never modified) rather than current
-                self.sess = open_session(self.store.version_dir(vid) / MODEL_FILE, self.threads)
-                self.vid = vid
-                log.info("serving version %d", vid, extra={"version_id": vid})
-            return vid, self.sess
+    def _names(self) -> dict[str, str | None]:
+        """Model key -> the model's name on the server (None: not known)."""
+        known = dict(self.state.models.items()) if self.state is not None else {}
+        return {k: (known[k].name if k in known else None) for k in self.store.model_keys()}
 
-    def describe(self) -> dict[str, Any]:
-        vid, sess = self.session()
+    def resolve(self, name: str | None) -> str:
+        """The model a request means: None = the primary (or the only) model; else a model
+        key (``model-4``), or the server's name of a model when one model has it."""
+        names = self._names()
+        if name is None:
+            primary = (self.state.primary if self.state is not None else None) \
+                or self.store.primary_key()
+            if primary is None and len(names) == 1:
+                primary = next(iter(names))
+            if primary is None:
+                raise NoModel("no model version is active yet")
+            return primary
+        if name in names:
+            return name
+        named = [k for k, n in names.items() if n == name]
+        if len(named) == 1:
+            return named[0]
+        raise UnknownModel(f"no model {name!r} on this device (models: "
+                           f"{', '.join(sorted(names)) or 'none yet'})")
+
+    def session(self, name: str | None = None) -> tuple[str, int, Any]:
+        key = self.resolve(name)
+        vid = self.store.model(key).current_vid()
+        if vid is None:
+            raise NoModel(f"no version of {key} is active yet")
+        with self.lock:
+            have = self.sessions.get(key)
+            if have is None or have[0] != vid:
+                # open through versions/<vid> (never modified) rather than current
+                sess = open_session(self.store.model(key).version_dir(vid) / MODEL_FILE,
+                                    self.threads)
+                have = self.sessions[key] = (vid, sess)
+                log.info("serving %s version %d", key, vid,
+                         extra={"version_id": vid, "model": key})
+            return key, vid, have[1]
+
+    def describe(self, name: str | None = None) -> dict[str, Any]:
+        key, vid, sess = self.session(name)
 
         def io(args: list[Any]) -> list[dict[str, Any]]:
             return [{"name": a.name, "shape": a.shape, "type": a.type} for a in args]
 
-        return {"version_id": vid, "path": str(self.store.current / MODEL_FILE),
-                "inputs": io(sess.get_inputs()), "outputs": io(sess.get_outputs())}
+        path = self.store.current if name is None else self.store.model(key).current
+        return {"model": key, "name": self._names().get(key), "version_id": vid,
+                "path": str(path / MODEL_FILE), "inputs": io(sess.get_inputs()),
+                "outputs": io(sess.get_outputs())}
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
-        vid, sess = self.session()
+    def listing(self) -> dict[str, Any]:
+        primary = None
+        with contextlib.suppress(BadRequest):
+            primary = self.resolve(None)
+        out = []
+        for key, display in self._names().items():
+            mstore = self.store.model(key)
+            out.append({"model": key, "name": display, "version_id": mstore.current_vid(),
+                        "path": str(mstore.current / MODEL_FILE), "primary": key == primary})
+        return {"models": out}
+
+    def run(self, feeds: dict[str, np.ndarray], name: str | None = None
+            ) -> tuple[str, int, dict[str, np.ndarray]]:
+        key, vid, sess = self.session(name)
         names = [o.name for o in sess.get_outputs()]
         try:
             outs = sess.run(None, feeds)
@@ -86,7 +147,7 @@ class ModelRuntime:
             self._count(vid, failed=True)
             raise BadRequest(f"inference failed: {str(e)[:300]}") from e
         self._count(vid, failed=False)
-        return vid, dict(zip(names, (np.asarray(o) for o in outs), strict=True))
+        return key, vid, dict(zip(names, (np.asarray(o) for o in outs), strict=True))
 
     def _count(self, vid: int, failed: bool) -> None:
         with self.lock:
@@ -162,34 +223,58 @@ class _Handler(BaseHTTPRequestHandler):
                                              "detail": str(e)}).encode(),
                        "application/problem+json")
 
+    def _route(self) -> tuple[str | None, str] | None:
+        """(model name or None for the primary, "describe" | "infer" | "list")."""
+        path = self.path.split("?", 1)[0]
+        if path in ("/v1/model", "/healthz"):
+            return None, "describe"
+        if path == "/v1/infer":
+            return None, "infer"
+        if path == "/v1/models":
+            return None, "list"
+        m = MODEL_PATH.fullmatch(path)
+        if m is None:
+            return None
+        return unquote(m.group(1)), "infer" if m.group(2) else "describe"
+
+    def _not_found(self) -> None:
+        self._json(404, {"title": "Not Found", "status": 404, "detail": self.path})
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        if self.path in ("/v1/model", "/healthz"):
-            self._guard(lambda: self._json(200, self.runtime.describe()))
+        route = self._route()
+        if route is None or route[1] == "infer":
+            self._not_found()
+        elif route[1] == "list":
+            self._guard(lambda: self._json(200, self.runtime.listing()))
         else:
-            self._json(404, {"title": "Not Found", "status": 404, "detail": self.path})
+            self._guard(lambda: self._json(200, self.runtime.describe(route[0])))
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/v1/infer":
-            self._json(404, {"title": "Not Found", "status": 404, "detail": self.path})
+        route = self._route()
+        if route is None or route[1] != "infer":
+            self._not_found()
             return
-        self._guard(self._infer)
+        self._guard(lambda: self._infer(route[0]))
 
-    def _infer(self) -> None:
+    def _infer(self, name: str | None) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if not 0 < length <= MAX_BODY:
             raise BadRequest(f"Content-Length must be 1..{MAX_BODY}")
         body = self.rfile.read(length)
-        _vid, sess = self.runtime.session()
+        _key, _vid, sess = self.runtime.session(name)
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if ctype == "application/octet-stream":
-            vid, outs = self.runtime.run(_raw_feeds(body, self.headers, sess.get_inputs()))
+            key, vid, outs = self.runtime.run(
+                _raw_feeds(body, self.headers, sess.get_inputs()), name)
             first = np.ascontiguousarray(next(iter(outs.values())))
             self._send(200, first.astype(first.dtype.newbyteorder("<")).tobytes(), ctype,
                        {"X-Shape": ",".join(map(str, first.shape)),
-                        "X-Dtype": str(first.dtype), "X-Version-Id": str(vid)})
+                        "X-Dtype": str(first.dtype), "X-Version-Id": str(vid),
+                        "X-Model": key})
             return
-        vid, outs = self.runtime.run(_json_feeds(body, sess.get_inputs()))
-        self._json(200, {"version_id": vid, "outputs": {k: v.tolist() for k, v in outs.items()}})
+        key, vid, outs = self.runtime.run(_json_feeds(body, sess.get_inputs()), name)
+        self._json(200, {"model": key, "version_id": vid,
+                         "outputs": {k: v.tolist() for k, v in outs.items()}})
 
 
 class InferenceServer:
@@ -205,7 +290,8 @@ class InferenceServer:
 
     def start(self) -> InferenceServer:
         self.thread.start()
-        log.info("inference endpoint on http://127.0.0.1:%d/v1/infer", self.port)
+        log.info("inference endpoint on http://127.0.0.1:%d/v1/models/{name}/infer",
+                 self.port)
         return self
 
     def stop(self) -> None:

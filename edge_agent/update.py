@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent import verify
 from edge_agent.client import Backoff, ServerClient
 from edge_agent.errors import (
+    DataDirError,
     DownloadError,
     ManifestRejected,
     ServerError,
@@ -27,7 +28,14 @@ from edge_agent.errors import (
 from edge_agent.health import new_probation, time_held
 from edge_agent.settings import AgentSettings
 from edge_agent.smoke import Probe, SmokeResult, load_probe, smoke_test
-from edge_agent.store import MANIFEST_FILE, MODEL_FILE, PROBE_FILE, AgentState, Store
+from edge_agent.store import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    MODEL_KEY,
+    PROBE_FILE,
+    AgentState,
+    Store,
+)
 from hadmc_core.delta import SignedManifest, apply_delta
 from hadmc_core.delta.errors import BaseMismatchError, DeltaError
 
@@ -41,6 +49,8 @@ class Attempt:
 
     version_id: int
     rollout_id: int | None
+    #: The model's name (its model line); from the desired entry, confirmed by the manifest.
+    model: str | None = None
     phase: str = "manifest"
     bytes_downloaded: int = 0
     rollback: bool = False
@@ -60,8 +70,11 @@ class Updater:
         self.key, self.device_id, self.state = key, device_id, state
 
     def run(self, desired: dict[str, Any]) -> dict[str, Any]:
-        """Try to make ``desired`` the active version; returns the update report."""
-        a = Attempt(int(desired["version_id"]), desired.get("rollout_id"))
+        """Try to make ``desired`` (one model's entry of the desired state) the active
+        version of its model; returns the update report."""
+        model = desired.get("model")
+        a = Attempt(int(desired["version_id"]), desired.get("rollout_id"),
+                    model if isinstance(model, str) else None)
         staged: Path | None = None
         try:
             signed, raw = self._manifest(a, desired)
@@ -70,22 +83,30 @@ class Updater:
             self._files(a, signed, staged)
             result = self._smoke(a, staged)
             a.phase = "switch"
-            self.store.install(staged, a.version_id)
+            ms = self.state.model(signed.manifest.model)
+            for k in ("model_id", "name"):
+                if desired.get(k) is not None:
+                    setattr(ms, k, desired[k])
+            self.store.model(signed.manifest.model).install(staged, a.version_id)
             staged = None
             self.activate(a, signed, result)
-            log.info("now on version %d (p50 %.3f ms)", a.version_id, result.p50_ms,
-                     extra={"version_id": a.version_id})
+            log.info("%s now on version %d (p50 %.3f ms)", a.model, a.version_id,
+                     result.p50_ms, extra={"version_id": a.version_id, "model": a.model})
             return self.report(a, ok=True, result=result)
-        except (UpdateError, ServerError, OSError) as e:
+        except (UpdateError, DataDirError, ServerError, OSError) as e:
             # refusals, a 4xx for this version's files, a full disk: report, do not retry
             phase = e.phase if isinstance(e, UpdateError) else a.phase
             reason = str(e) if not isinstance(e, OSError) else f"local I/O error: {e}"
             log.warning("update to version %d failed in %s: %s", a.version_id, phase, reason,
-                        extra={"version_id": a.version_id})
+                        extra={"version_id": a.version_id, "model": a.model})
             return self.report(a, ok=False, reason=reason, phase=phase)
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
+
+    def _active(self, a: Attempt) -> int | None:
+        ms = self.state.models.get(a.model or "")
+        return ms.active if ms else None
 
     # -- phases ----------------------------------------------------------------------------
     def _manifest(self, a: Attempt, desired: dict[str, Any]) -> tuple[SignedManifest, bytes]:
@@ -96,6 +117,13 @@ class Updater:
         if desired.get("number") is not None and m.version != desired["number"]:
             raise ManifestRejected(f"manifest is for version {m.version}, the server asked "
                                    f"for number {desired['number']}")
+        if a.model is not None and m.model != a.model:
+            raise ManifestRejected(f"manifest is for model {m.model!r}, the server asked for "
+                                   f"{a.model!r}")
+        if not MODEL_KEY.fullmatch(m.model):
+            raise ManifestRejected(f"the manifest names the model {m.model!r}, which is not "
+                                   "a usable name on the device")
+        a.model = m.model
         floor = self.state.highest.get(m.model)
         if floor is not None and m.version < floor:
             a.phase = "rollback"
@@ -112,13 +140,13 @@ class Updater:
 
     def _files(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
         """Put the version's files into ``staged``, verified against the signed manifest."""
-        held = self.store.version_dir(a.version_id)
+        held = self.store.model(signed.manifest.model).version_dir(a.version_id)
         if held.is_dir():
             a.phase = "verify"
             for name in [f.path for f in signed.manifest.files] + [PROBE_FILE]:
                 if (held / name).exists():
                     shutil.copyfile(held / name, staged / name)
-        elif self.state.active is not None:
+        elif self._active(a) is not None:
             try:
                 self._delta(a, signed, staged)
             except (ServerError, BaseMismatchError) as e:
@@ -131,7 +159,7 @@ class Updater:
         self._probe(a, staged)
 
     def _delta(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
-        base = self.state.active
+        base = self._active(a)
         a.phase = "download"
         dest = staged / DELTA_FILE
         a.bytes_downloaded += self._download(
@@ -140,7 +168,8 @@ class Updater:
         a.phase = "verify"
         floor = self.state.highest.get(signed.manifest.model)
         try:
-            got = apply_delta(self.store.version_dir(int(base or 0)) / MODEL_FILE, dest,
+            got = apply_delta(self.store.model(signed.manifest.model).version_dir(int(base or 0))
+                              / MODEL_FILE, dest,
                               staged / MODEL_FILE, public_key=self.key,
                               min_version=None if a.rollback else floor)
         except BaseMismatchError:
@@ -194,19 +223,20 @@ class Updater:
 
     # -- switch and report -----------------------------------------------------------------
     def activate(self, a: Attempt, signed: SignedManifest, result: SmokeResult) -> None:
-        """Record the intent, switch ``current`` in one rename, then record the outcome.
-        ``recover`` finishes or forgets the intent after a crash in between. With a health
-        window the version goes on probation (``edge_agent.health``) and only a
+        """Record the intent, switch the model's ``current`` in one rename, then record the
+        outcome. ``recover`` finishes or forgets the intent after a crash in between. With
+        a health window the version goes on probation (``edge_agent.health``) and only a
         ``probation`` report goes out now; the success report waits for the commit."""
         s, st, m = self.settings, self.state, signed.manifest
+        ms, mstore = st.model(m.model), self.store.model(m.model)
         report = self.report(a, ok=True, result=result)
         sw: dict[str, Any] = {"version_id": a.version_id, "model": m.model,
                               "version": m.version}
         if s.health_window_seconds > 0:
-            baseline = time_held(self.store, st.active, s.smoke_runs, s.threads) \
+            baseline = time_held(mstore, ms.active, s.smoke_runs, s.threads) \
                 if s.health_max_latency_ratio > 0 else None
             sw["probation"] = new_probation(
-                report=report, model=m.model, version=m.version, previous=st.active,
+                report=report, model=m.model, version=m.version, previous=ms.active,
                 window=s.health_window_seconds, baseline_p50=baseline,
                 p95_ms=result.p95_ms, p99_ms=result.p99_ms, rollback=a.rollback)
             sw["reports"] = [{"kind": "updates", "body": {**report, "phase": "probation"}}]
@@ -215,14 +245,15 @@ class Updater:
                              {"kind": "latency", "body": {"version_id": a.version_id,
                                                           "p50_ms": result.p50_ms,
                                                           "p99_ms": result.p99_ms}}]
-        st.switching = sw
+        ms.switching = sw
         self.store.save_state(st)
-        self.store.switch(a.version_id)
-        finish_switch(self.store, st)
+        mstore.switch(a.version_id)
+        finish_switch(self.store, st, m.model)
 
     def report(self, a: Attempt, *, ok: bool, result: SmokeResult | None = None,
                reason: str | None = None, phase: str | None = None) -> dict[str, Any]:
-        return {"version_id": a.version_id, "rollout_id": a.rollout_id, "ok": ok,
+        return {"version_id": a.version_id, "model": a.model, "rollout_id": a.rollout_id,
+                "ok": ok,
                 "phase": ("rollback" if a.rollback else "done") if ok else (phase or a.phase),
                 "reason": None if ok else (reason or "")[:1000],
                 "p50_ms": result.p50_ms if result else None,
@@ -230,23 +261,29 @@ class Updater:
                 "bytes_downloaded": a.bytes_downloaded}
 
 
-def finish_switch(store: Store, st: AgentState) -> None:
-    """After ``current`` names the new version: active/previous, probation or floor,
-    queued reports, and only the two versions kept. A version on probation raises the
-    anti-rollback floor only when it is committed."""
-    sw = st.switching
+def finish_switch(store: Store, st: AgentState, key: str) -> None:
+    """After the model's ``current`` names the new version: active/previous, probation or
+    floor, queued reports, and only the model's two versions kept. A version on probation
+    raises the anti-rollback floor only when it is committed. The first model installed
+    becomes the primary one (``DIR/current``)."""
+    ms = st.model(key)
+    sw = ms.switching
     if not sw:
         return
     vid = int(sw["version_id"])
-    if st.active != vid:
-        st.previous = st.active
-    st.active = vid
-    st.probation = sw.get("probation")
-    if st.probation is None:
+    if ms.active != vid:
+        ms.previous = ms.active
+    ms.active = vid
+    ms.probation = sw.get("probation")
+    if ms.probation is None:
         st.highest[sw["model"]] = max(st.highest.get(sw["model"], 0), int(sw["version"]))
     st.pending_reports.extend(sw.get("reports", []))
-    st.switching = None
+    ms.switching = None
+    st.primary = st.primary or key
     store.save_state(st)
-    for old in store.held():
-        if old not in (st.active, st.previous):
-            store.remove_version(old)
+    if st.primary == key:
+        store.link_primary(key)
+    mstore = store.model(key)
+    for old in mstore.held():
+        if old not in (ms.active, ms.previous):
+            mstore.remove_version(old)

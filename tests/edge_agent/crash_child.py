@@ -52,10 +52,10 @@ def arm(point: str) -> None:
         "applied": lambda: after(update, "apply_delta"),
         "smoked": lambda: after(update, "smoke_test"),
         "install-rename": lambda: before(os, "rename", installing),
-        "installed": lambda: after(store.Store, "install"),
-        "switching": lambda: before(store.Store, "switch"),
-        "switched": lambda: after(store.Store, "switch"),
-        "pruning": lambda: before(store.Store, "remove_version"),
+        "installed": lambda: after(store.ModelStore, "install"),
+        "switching": lambda: before(store.ModelStore, "switch"),
+        "switched": lambda: after(store.ModelStore, "switch"),
+        "pruning": lambda: before(store.ModelStore, "remove_version"),
         "trash": lambda: before(shutil, "rmtree", lambda p, **kw: "trash-" in str(p)),
     }[point]()
 

@@ -50,9 +50,10 @@ def mlp_onnx(seed: int = 0, scale: float = 0.0, hidden: int = 256, inputs: int =
 def probe_for(onnx_bytes: bytes, wrong: bool = False) -> bytes:
     import onnxruntime as ort
 
-    x = np.random.default_rng(7).standard_normal((2, 64)).astype(np.float32)
-    y = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    width = sess.get_inputs()[0].shape[1]
+    x = np.random.default_rng(7).standard_normal((2, width)).astype(np.float32)
+    y = sess.run(None, {"x": x})[0]
     buf = io.BytesIO()
     np.savez(buf, inputs=x, outputs=y + (1.0 if wrong else 0.0), atol=np.float32(1e-4),
              rtol=np.float32(1e-3))
@@ -87,6 +88,9 @@ class FakeServer:
     #: Cut the next download of this path kind ("delta" / "model.onnx") after N bytes.
     drop_after: dict[str, int] = field(default_factory=dict)
     fail: set[str] = field(default_factory=set)  # route names answered with 503
+    #: Answer per-model fields (``model``, ``models``) with 422, as a server from before
+    #: several models per device does.
+    one_model: bool = False
     deltas: dict[tuple[int, int], bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,6 +116,23 @@ class FakeServer:
                         "onnx_hash": None, "onnx_size": len(v.onnx) if v else None,
                         "rollout_id": rollout_id if v else None,
                         "rollback_order": rollback_order}
+
+    def want_models(self, wanted: list[tuple[int, dict[str, Any]]],
+                    names: dict[str, str] | None = None) -> None:
+        """The per-model desired state: ``[(version id, extra fields), ...]``, one per model
+        (``hold``, ``rollout_id``, ``rollback_order``); the first is the primary."""
+        entries = []
+        for vid, extra in wanted:
+            v = self.versions[vid]
+            entries.append({"model": v.model, "model_id": int(v.model.split("-")[-1]),
+                            "name": (names or {}).get(v.model), "version_id": vid,
+                            "number": v.number, "onnx_hash": None, "onnx_size": len(v.onnx),
+                            "rollout_id": 1, "rollback_order": None, "hold": False, **extra})
+        top = entries[0] if entries else {}
+        self.desired = {**{k: top.get(k) for k in ("version_id", "model_id", "number",
+                                                   "onnx_hash", "onnx_size", "rollout_id",
+                                                   "rollback_order")},
+                        "hold": bool(top.get("hold")), "models": entries}
 
     def rollback_order(self, vid: int, *, device_id: int = DEVICE_ID, expires_in: int = 3600,
                        signer: Ed25519PrivateKey | None = None) -> dict[str, Any]:
@@ -183,10 +204,14 @@ class FakeServer:
         return _json(200, {"id": DEVICE_ID})
 
     def _heartbeat(self, _h: dict, body: bytes, _d: int) -> tuple[int, dict, bytes, str]:
+        if self.one_model and "models" in json.loads(body):
+            return _problem(422, "body.models: Extra inputs are not permitted")
         self.heartbeats.append(json.loads(body))
         return _json(200, {"device_id": DEVICE_ID, "last_seen_at": "2026-01-01T00:00:00Z"})
 
     def _updates(self, _h: dict, body: bytes, _d: int) -> tuple[int, dict, bytes, str]:
+        if self.one_model and "model" in json.loads(body):
+            return _problem(422, "body.model: Extra inputs are not permitted")
         self.reports.append(json.loads(body))
         return _json(201, {"ok": True})
 

@@ -42,11 +42,11 @@ def assert_consistent(a: Agent) -> None:
     cur = a.store.current_vid()
     assert cur in (2, 3)
     assert a.state.active == cur
-    assert verify_held(a.store, cur, a.key) is not None
+    assert verify_held(a.store.model("model-1"), cur, a.key) is not None
     assert (a.store.current / "model.onnx").is_file()
     assert list(a.store.staging.iterdir()) == []
     assert not list(a.store.root.glob(".*"))  # no half-written state or link
-    assert set(a.store.held()) <= {1, 2, 3}
+    assert set(a.store.model("model-1").held()) <= {1, 2, 3}
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -72,7 +72,7 @@ def test_sigkill_during_update_recovers(point: str, fake: FakeServer,
     assert b.store.current_vid() == (3 if expect_new else 2)
     cycle(b)
     assert_consistent(b)
-    assert b.store.current_vid() == 3 and b.store.held() == [2, 3]
+    assert b.store.current_vid() == 3 and b.store.model("model-1").held() == [2, 3]
     ok = [r for r in fake.reports if r["version_id"] == 3 and r["ok"]]
     assert len(ok) == 1, fake.reports
 
@@ -86,7 +86,7 @@ def test_corrupt_current_falls_back_to_previous(fake: FakeServer,
     for vid in (1, 2):
         fake.want(vid)
         cycle(a)
-    model = a.store.version_dir(2) / "model.onnx"
+    model = a.store.model("model-1").version_dir(2) / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 1
     model.write_bytes(bytes(data))
@@ -94,7 +94,7 @@ def test_corrupt_current_falls_back_to_previous(fake: FakeServer,
     (a.store.staging / "v9-leftover" / "model.onnx").write_bytes(b"half")
     st = recover(a.store, a.key)
     assert a.store.current_vid() == 1 and st.active == 1 and st.previous is None
-    assert a.store.held() == [1] and list(a.store.staging.iterdir()) == []
+    assert a.store.model("model-1").held() == [1] and list(a.store.staging.iterdir()) == []
 
 
 def test_nothing_verifies_removes_current(fake: FakeServer,
@@ -104,9 +104,10 @@ def test_nothing_verifies_removes_current(fake: FakeServer,
     fake.publish(1, 1, models["v1"])
     fake.want(1)
     cycle(a)
-    (a.store.version_dir(1) / "manifest.json").write_text("{}")
+    (a.store.model("model-1").version_dir(1) / "manifest.json").write_text("{}")
     b = make_agent()
-    assert b.state.active is None and not b.store.current.is_symlink()
+    assert b.state.active is None and not b.store.model("model-1").current.is_symlink()
+    assert not b.store.current.exists()  # the primary model's path names nothing
     cycle(b)  # the next update fetches it again in full
     assert b.store.current_vid() == 1
     assert fake.bytes_sent["model.onnx"] == 2 * len(models["v1"])

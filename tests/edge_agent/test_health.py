@@ -98,4 +98,4 @@ def test_probation_survives_a_restart_and_a_decided_failure_finishes(
     b.close()
     c = make_agent(health_window_seconds=WINDOW)
     assert c.store.current_vid() == 1 and c.state.active == 1 and c.state.probation is None
-    assert c.store.held() == [1, 2]
+    assert c.store.model("model-1").held() == [1, 2]

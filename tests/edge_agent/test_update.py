@@ -23,7 +23,7 @@ def on_version(a: Agent, vid: int) -> None:
     """The agent's current, state and files all agree on ``vid``, verified."""
     assert a.store.current_vid() == vid
     assert a.state.active == vid
-    assert verify_held(a.store, vid, a.key) is not None
+    assert verify_held(a.store.model("model-1"), vid, a.key) is not None
     assert list(a.store.staging.iterdir()) == []
 
 
@@ -54,7 +54,7 @@ def test_full_download_then_delta(fake: FakeServer, make_agent: MakeAgent,
     fake.want(2, rollout_id=9)
     cycle(a)
     on_version(a, 2)
-    assert a.state.previous == 1 and a.store.held() == [1, 2]
+    assert a.state.previous == 1 and a.store.model("model-1").held() == [1, 2]
     assert 0 < fake.bytes_sent["delta"] < len(models["v2"])
     assert fake.bytes_sent["model.onnx"] == len(models["v1"])  # nothing full the 2nd time
     rep = fake.reports[-1]
@@ -155,7 +155,7 @@ def test_smoke_failure_reports_and_stays(fake: FakeServer, make_agent: MakeAgent
     on_version(a, 1)
     rep = fake.reports[-1]
     assert not rep["ok"] and rep["phase"] == "smoke" and "differ" in rep["reason"]
-    assert a.store.held() == [1]
+    assert a.store.model("model-1").held() == [1]
     assert a.status.startswith("update to 2 failed")
 
 
@@ -237,10 +237,10 @@ def test_rollback_to_a_version_no_longer_held_goes_by_delta(
         fake.publish(vid, vid, models[f"v{vid}"])
         fake.want(vid)
         cycle(a)
-    assert a.store.held() == [2, 3]
+    assert a.store.model("model-1").held() == [2, 3]
     fake.want(1, rollback_order=fake.rollback_order(1))
     cycle(a)
     on_version(a, 1)
     assert fake.reports[-1]["ok"] and fake.reports[-1]["phase"] == "rollback"
     assert ("GET", "/v1/versions/1/delta?from=3") in fake.requests
-    assert a.state.highest == {"model-1": 3} and a.store.held() == [1, 3]
+    assert a.state.highest == {"model-1": 3} and a.store.model("model-1").held() == [1, 3]
