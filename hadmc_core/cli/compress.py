@@ -106,8 +106,7 @@ def compress_cmd(
 ) -> None:
     """Compress a trained model for a target device under accuracy/latency/size limits.
 
-    The dataset's images are fitted to the model's input (padded, resized, channels
-    replicated or converted; one line says how).
+    The dataset's images are fitted to the model's input; one line says how.
     """
     from hadmc_core.compress import compress
     from hadmc_core.data import load_dataset
