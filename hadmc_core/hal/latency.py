@@ -70,27 +70,33 @@ class LayerGeom:
         return cout * self.k * self.k * (1 if self.kind == "dwconv" else cin) + cout
 
 
-def _machine_id(threads: int) -> str:
-    """The latency cache's key: CPU model, ONNX Runtime version, threads, table format."""
-    raw = f"{cpu_model()}|{backends.get('onnxruntime').version()}|{threads}|{TABLE_FORMAT}"
+def _machine_id(threads: int, backend: Backend | None = None) -> str:
+    """The latency cache's key: CPU model, runtime and its version, threads, table format
+    (ONNX Runtime's key names only the version, as before other backends existed)."""
+    backend = backend or backends.get("onnxruntime")
+    runtime = backend.version() if backend.name == "onnxruntime" else \
+        f"{backend.name}-{backend.version()}"
+    raw = f"{cpu_model()}|{runtime}|{threads}|{TABLE_FORMAT}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class LatencyModel:
     """Estimate per-layer latency in ms for a profile.
 
-    ``measure=True`` times layers on this machine with ONNX Runtime (use it when the
-    profile describes this machine); otherwise a roofline from the profile's peak
-    throughput and bandwidth. ``table`` (``{"<geom key>|<precision>": [a, b]}``) from a
-    device overrides both.
+    ``measure=True`` times layers on this machine with ``backend`` (use it when the
+    profile describes this machine; pass the run's backend); otherwise a roofline from the
+    profile's peak throughput and bandwidth. ``table``
+    (``{"<geom key>|<precision>": [a, b]}``) from a device overrides both.
     """
 
     def __init__(self, profile: HardwareProfile, measure: bool = False,
                  table: dict[str, list[float]] | None = None, threads: int | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None,
+                 backend: str | Backend = "onnxruntime") -> None:
         self.profile = profile
         self.measure = measure
         self.threads = threads or profile.threads or os.cpu_count() or 1
+        self.backend = backends.resolve(backend)
         self.device_table = dict(table or {})
         self._fits: dict[str, list[float]] = {}
         self._graph_fits: dict[str, list[float]] = {}
@@ -99,7 +105,8 @@ class LatencyModel:
             from hadmc_core.settings import get_settings
 
             root = cache_dir or get_settings().cache_dir
-            self._cache_path = Path(root) / f"latency-{_machine_id(self.threads)}.json"
+            key = _machine_id(self.threads, self.backend)
+            self._cache_path = Path(root) / f"latency-{key}.json"
             if self._cache_path.is_file():
                 try:
                     self._fits = json.loads(self._cache_path.read_text())
@@ -111,8 +118,8 @@ class LatencyModel:
         if self.device_table:
             return "device-table"
         if self._graph_fits:
-            return "measured-onnxruntime-in-graph"
-        return "measured-onnxruntime" if self.measure else "roofline"
+            return f"measured-{self.backend.name}-in-graph"
+        return f"measured-{self.backend.name}" if self.measure else "roofline"
 
     def layer_ms(self, geom: LayerGeom, cin: int, cout: int, precision: str,
                  ref: tuple[int, int] | None = None) -> float:
@@ -156,7 +163,7 @@ class LatencyModel:
         return 1e3 * max(compute_s, memory_s) + 0.005  # 5 us dispatch per op
 
     def _fit(self, geom: LayerGeom, precision: str, ref: tuple[int, int]) -> list[float]:
-        return fit_layer(geom, precision, ref, self.threads)
+        return fit_layer(geom, precision, ref, self.threads, backend=self.backend)
 
     def _save(self) -> None:
         if self._cache_path is None:

@@ -285,3 +285,22 @@ def test_agent_smoke_test_runs_on_each_backend(name, convnet, digits):
     res = smoke_test(fp32, Probe(x, y, atol=1e-3, rtol=1e-3), runs=5, backend=name)
     assert res.max_abs_err is not None and res.max_abs_err < 1e-3
     assert 0 < res.p50_ms <= res.p95_ms <= res.p99_ms
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_latency_model_times_layers_with_the_backend(name, tmp_path):
+    from edge_agent.optable import operator_table
+    from hadmc_core.hal.latency import LatencyModel, LayerGeom
+
+    lat = LatencyModel(load_profile("x86-avx2"), measure=True, threads=1, cache_dir=tmp_path,
+                       backend=name)
+    geom = LayerGeom("conv", 3, 1, 8, 8)
+    assert lat.layer_ms(geom, 16, 16, "int8") > 0 and lat.source == f"measured-{name}"
+    (cache,) = tmp_path.iterdir()  # one cache file per CPU, runtime and thread count
+    other = "openvino" if name == "onnxruntime" else "onnxruntime"
+    if backends.get(other).available():
+        LatencyModel(load_profile("x86-avx2"), measure=True, threads=1, cache_dir=tmp_path,
+                     backend=other).layer_ms(geom, 16, 16, "int8")
+        assert len(list(tmp_path.iterdir())) == 2
+    table = operator_table(1, [(geom, 8, 8)], backend=name)
+    assert set(table) == {f"{geom.key}|fp32", f"{geom.key}|int8"}
