@@ -24,6 +24,16 @@ def state(d: dict[str, Any]) -> str:
     return "revoked" if d.get("revoked_at") else "active"
 
 
+def versions(d: dict[str, Any]) -> list[str]:
+    """``model-1:7`` per model the device runs (``-`` for none yet), primary first."""
+    return [f"{m['model']}:{m['current_version_id'] or '-'}" for m in d.get("models") or []]
+
+
+def _deployment(m: dict[str, Any]) -> str:
+    return (f"version {m['current_version_id'] or '-'} (previous "
+            f"{m['previous_version_id'] or '-'}; last report {m['phase'] or '-'})")
+
+
 def _profile(d: dict[str, Any]) -> str:
     prof = d.get("profile") or {}
     return str(prof.get("name") or "-")
@@ -34,16 +44,17 @@ def _profile(d: dict[str, Any]) -> str:
 def list_cmd(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
              offset: OffsetOpt = 0,
              limit: WideLimitOpt = 100) -> None:
-    """List devices: id, name, profile, version, tags, status, last seen, state."""
+    """List devices: id, name, profile, the version of each model (``model-1:7``, primary
+    first), tags, status, last seen, state."""
     with connect(server, token) as api:
         page = api.get("/v1/devices", offset=offset, limit=limit)
     if as_json:
         emit_json(page)
         return
-    rows = [[d["id"], d["name"], _profile(d), d.get("current_version_id"), d.get("tags"),
-             d.get("status"), when(d.get("last_seen_at")), state(d)] for d in page["data"]]
-    typer.echo(table(["ID", "NAME", "PROFILE", "VERSION", "TAGS", "STATUS", "LAST SEEN",
-                      "STATE"], rows, right=["ID", "VERSION"]))
+    rows = [[d["id"], d["name"], _profile(d), versions(d), d.get("tags"), d.get("status"),
+             when(d.get("last_seen_at")), state(d)] for d in page["data"]]
+    typer.echo(table(["ID", "NAME", "PROFILE", "VERSIONS", "TAGS", "STATUS", "LAST SEEN",
+                      "STATE"], rows, right=["ID"]))
     if page["count"] > offset + len(rows):
         typer.echo(f"({len(rows)} of {page['count']}; see --offset and --limit)")
 
@@ -52,7 +63,8 @@ def list_cmd(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt 
 @friendly
 def show_cmd(device_id: DeviceId, server: ServerOpt = None, token: TokenOpt = None,
              as_json: JsonOpt = False) -> None:
-    """Show one device: profile, versions, tags, bytes downloaded, last seen."""
+    """Show one device: profile, versions (the primary model's, then each model's), tags,
+    bytes downloaded, last seen."""
     with connect(server, token) as api:
         d = api.get(f"/v1/devices/{device_id}")
     if as_json:
@@ -66,6 +78,7 @@ def show_cmd(device_id: DeviceId, server: ServerOpt = None, token: TokenOpt = No
         ("accelerator", prof.get("accelerator")), ("runtimes", prof.get("runtimes")),
         ("version", d.get("current_version_id")),
         ("previous version", d.get("previous_version_id")),
+        *((f"model {m['model']}", _deployment(m)) for m in d.get("models") or []),
         ("tags", d.get("tags")), ("bytes downloaded", d.get("bytes_downloaded")),
         ("last seen", when(d.get("last_seen_at"))), ("enrolled", when(d.get("created_at"))),
         ("revoked", when(d.get("revoked_at")))]))

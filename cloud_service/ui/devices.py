@@ -1,5 +1,5 @@
 """/ui/devices/{id}: a device's profile, measured operator latency, update history and
-the version it serves."""
+the version it serves of each model."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from fastapi.responses import HTMLResponse
 
 from cloud_service.api.deps import PathId, SessionDep, SettingsDep
 from cloud_service.db import utcnow
+from cloud_service.models import Device
 from cloud_service.services import desired as desired_svc
 from cloud_service.services import devices as svc
 from cloud_service.services import fleet as fleet_svc
 from cloud_service.services import updates as updates_svc
-from cloud_service.ui.lookups import flush_heartbeats, version_labels
+from cloud_service.ui.lookups import flush_heartbeats, model_names, version_labels
 from cloud_service.ui.render import error_page, render
 from cloud_service.ui.session import ViewerDep
 
@@ -50,11 +51,29 @@ def device_page(device_id: PathId, request: Request, session: SessionDep,
                                                      offset=offset, limit=HISTORY_PAGE)
     desired = desired_svc.desired_state(session=session, device_id=device_id,
                                         key=request.app.state.signing_key)
-    ids = {v for v in (dev.current_version_id, dev.previous_version_id,
-                       (desired or {}).get("version_id"),
-                       *(r.version_id for r in reports)) if v is not None}
+    models = model_rows(dev, desired, model_names(session))
+    shown = [dev.current_version_id, dev.previous_version_id,
+             (desired or {}).get("version_id"), *(r.version_id for r in reports)]
+    for m in models:
+        shown += [m["current"], m["previous"], (m["want"] or {}).get("version_id")]
+    ids = {v for v in shown if v is not None}
     return render(request, "device.html", viewer, title=f"Device {dev.name}", nav="fleet",
                   dev=dev, state=state, profile=dev.profile or {},
                   operators=operator_rows(dev.latency), latency=dev.latency or {},
                   reports=reports, count=count, offset=offset, page=HISTORY_PAGE,
-                  desired=desired, labels=version_labels(session, ids))
+                  desired=desired, models=models, labels=version_labels(session, ids))
+
+
+def model_rows(dev: Device, desired: dict[str, Any] | None, names: dict[int, str]
+               ) -> list[dict[str, Any]]:
+    """One row per model the device runs or a rollout names for it (primary first): its
+    current and previous version, last reported phase, and what it should run."""
+    wanted = {e["model_id"]: e for e in (desired or {}).get("models", [])}
+    rows = [{"model_id": d.model_id, "model": d.model, "name": names.get(d.model_id),
+             "current": d.current_version_id, "previous": d.previous_version_id,
+             "phase": d.phase, "primary": i == 0, "want": wanted.pop(d.model_id, None)}
+            for i, d in enumerate(dev.deployments)]
+    rows += [{"model_id": mid, "model": e["model"], "name": names.get(mid), "current": None,
+              "previous": None, "phase": None, "primary": False, "want": e}
+             for mid, e in sorted(wanted.items())]
+    return rows

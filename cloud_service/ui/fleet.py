@@ -1,4 +1,5 @@
-"""/ui: the fleet overview (devices by model, version and state; filter by tag)."""
+"""/ui: the fleet overview (devices by model, version and state; filter by tag). A device
+that runs several models is counted under the version of each."""
 
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ def overview(request: Request, session: SessionDep, settings: SettingsDep, viewe
         totals = {"total": counts["total"], **counts["states"]}
     else:
         totals = {"total": len(devices), **Counter(states.values())}
-    labels = version_labels(session, {d.current_version_id for d in devices
-                                      if d.current_version_id is not None})
+    running: dict[int, list[int | None]] = {
+        d.id: [dep.current_version_id for dep in d.deployments
+               if dep.current_version_id is not None] for d in devices}
+    labels = version_labels(session, {v for vids in running.values() for v in vids
+                                      if v is not None})
     matrix: dict[int | None, Counter[str]] = {}
-    for dev in devices:
-        matrix.setdefault(dev.current_version_id, Counter())[states[dev.id]] += 1
+    for dev in devices:  # a device counts once for each model it runs
+        for vid in running[dev.id] or [None]:
+            matrix.setdefault(vid, Counter())[states[dev.id]] += 1
     rows = sorted(matrix.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
     all_tags = sorted({t for d in rollouts_svc.select_devices(session, {}) for t in d.tags})
     return render(request, "fleet.html", viewer, title="Fleet", nav="fleet", tag=tag,

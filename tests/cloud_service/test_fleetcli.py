@@ -334,3 +334,27 @@ def test_live_redraws_in_place_on_a_terminal_and_prints_changes_elsewhere() -> N
     for lines in (["x"], ["x"], ["y", "z"]):
         live.draw(lines)
     assert pipe.getvalue() == "x\ny\nz\n"
+
+
+def test_devices_show_the_version_of_each_model(fleet: Fleet) -> None:
+    s = fleet.server
+    tok = ok(s.admin.post("/v1/enrollment-tokens", json={"max_uses": 1}), 201)["token"]
+    d = ok(httpx.post(f"{s.url}/v1/devices/register", json={
+        "enrollment_token": tok, "name": "cam-two", "profile": device_profile()}), 201)
+    me = {"Authorization": f"Bearer {d['credential']}"}
+    onnx = make_onnx(fleet.tmp / "other.onnx", np.ones((3, 2), np.float32)).read_bytes()
+    other = ok(s.admin.post("/v1/models", params={"name": "other", "format": "onnx"},
+                            content=onnx, headers=OCTET), 201)
+    second = ok(s.admin.post(f"/v1/models/{other['id']}/versions",
+                             params={"profile": "x86-avx2"}, content=onnx, headers=OCTET), 201)
+    for vid in (fleet.version, second["id"]):
+        ok(s.admin.post(f"/v1/devices/{d['device_id']}/updates", headers=me,
+                        json={"version_id": vid, "ok": True, "phase": "done"}), 201)
+    first = ok(s.admin.get(f"/v1/versions/{fleet.version}"))["model_id"]
+    want = f"model-{first}:{fleet.version},model-{other['id']}:{second['id']}"
+    table = rows(fleet.hadmc("devices", "list").stdout)
+    assert table[0][3] == "VERSIONS"
+    assert [r[3] for r in table if r[1] == "cam-two"] == [want]
+    shown = fleet.hadmc("devices", "show", str(d["device_id"])).stdout
+    assert re.search(rf"^model model-{other['id']}:\s+version {second['id']} \(previous -; "
+                     r"last report done\)$", shown, re.M), shown

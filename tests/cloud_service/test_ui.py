@@ -456,3 +456,40 @@ def test_logout_ends_the_session_and_the_login_form_does_not(serve: Serve,
     page.wait_for_url(serve.url + "/ui/login")
     page.goto(serve.url + "/ui/jobs")
     assert page.url.startswith(serve.url + "/ui/login")
+
+
+def test_a_device_with_two_models_shows_each(serve: Serve, browser: BrowserContext,
+                                             tmp_path: Path) -> None:
+    w = np.random.default_rng(4).standard_normal((8, 3)).astype(np.float32)
+    vids = {}
+    for name, rows in (("detector", 16), ("classifier", 8)):
+        data = make_onnx(tmp_path / f"{name}.onnx", np.ones((rows, 3), np.float32) + w[0])
+        mid = serve.api.post("/v1/models", params={"name": name, "format": "onnx"},
+                             content=data.read_bytes(), headers=OCTET).json()["id"]
+        r = serve.api.post(f"/v1/models/{mid}/versions", params={"profile": "x86-avx2"},
+                           content=data.read_bytes(), headers=OCTET)
+        assert r.status_code == 201, r.text
+        vids[name] = (mid, r.json()["id"])
+    dev = serve.enroll("two-models", ["pair"])
+    me, base = dev["auth"], f"/v1/devices/{dev['device_id']}"
+    for mid, vid in vids.values():
+        assert serve.api.post(f"{base}/updates", headers=me, json={
+            "version_id": vid, "model": f"model-{mid}", "ok": True, "phase": "done"}
+                              ).status_code == 201
+    assert serve.api.post(f"{base}/heartbeat", headers=me, json={
+        "models": [{"model": f"model-{mid}", "version_id": vid} for mid, vid in vids.values()]
+    }).status_code == 200
+
+    page = browser.new_page()
+    login(page, serve, serve.viewer, f"/ui/devices/{dev['device_id']}")
+    for i, (name, (mid, vid)) in enumerate(vids.items()):
+        row = page.locator(f"[data-testid=models] tr[data-model='{mid}']")
+        assert name in row.inner_text() and ("primary" in row.inner_text()) == (i == 0)
+        assert f"#{vid}" in row.locator("[data-field=runs]").inner_text()
+    assert f"#{vids['detector'][1]}" in page.inner_text("[data-testid=current-version]")
+    Shots(tmp_path)(page, "device-two-models")
+    page.goto(serve.url + "/ui?tag=pair")
+    runs = page.inner_text(f"tr[data-device='{dev['device_id']}'] [data-field=runs]")
+    assert all(f"#{vid}" in runs for _mid, vid in vids.values())
+    for _mid, vid in vids.values():
+        assert page.locator(f"[data-testid=matrix] tr[data-version='{vid}']").count() == 1
