@@ -1,8 +1,8 @@
 """Rollout controls with real processes: ``hadmc serve`` (PostgreSQL, its scheduler thread)
 and three ``hadmc-agent`` processes on loopback with a short health window.
 
-In order, on one fleet: a version built for another device or of another model is refused
-(409, the agents' real profiles); pause holds devices that were assigned (agents stopped
+In order, on one fleet: a version built for another device or with another interface is
+refused (409, the agents' real profiles); pause holds devices that were assigned (agents stopped
 with SIGSTOP while the rollout is created and paused, then let run); an agent killed with
 SIGKILL on probation restarts still on probation and commits; abort before the update and
 abort during probation both leave every device on the version it had, with no success
@@ -78,9 +78,7 @@ def fleet(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     vids["orin"] = ok(s.admin.post(f"/v1/models/{mid}/versions",
                                    params={"profile": "jetson-orin"}, content=mlp(FAST, 5),
                                    headers=s.octet), 201)["id"]
-    other = ok(s.admin.post("/v1/models", params={"name": "other", "format": "onnx"},
-                            content=mlp([16, 3], 6), headers=s.octet), 201)["id"]
-    vids["other"] = ok(s.admin.post(f"/v1/models/{other}/versions",
+    vids["other"] = ok(s.admin.post(f"/v1/models/{mid}/versions",  # other inputs, outputs
                                     params={"profile": profile}, content=mlp([16, 3], 6),
                                     headers=s.octet), 201)["id"]
     token = ok(s.admin.post("/v1/enrollment-tokens", json={"name": "ctl", "max_uses": 3}),
@@ -139,7 +137,8 @@ def test_versions_that_do_not_fit_are_refused(fleet: Fleet) -> None:
     r = f.s.admin.post("/v1/rollouts", json=body)
     assert r.status_code == 409 and "built for jetson-orin" in r.json()["detail"], r.text
     r = f.s.admin.post("/v1/rollouts", json={**body, "version_id": f.vids["other"]})
-    assert r.status_code == 409 and "set replace_model" in r.json()["detail"], r.text
+    assert r.status_code == 409 and "changes the interface" in r.json()["detail"], r.text
+    assert "set replace_model" in r.json()["detail"]
     assert f.on(f.vids["v1"])
 
 
