@@ -168,7 +168,8 @@ def _device_families(counts: dict[str, Any]) -> list[Metric]:
     for state, n in counts["states"].items():
         states.add_metric([state], n)
     versions = GaugeMetricFamily("hadmc_devices_by_version", "Devices (not revoked) by the "
-                                 "model version they run", labels=["model_id", "version_id"])
+                                 "version they run of each model",
+                                 labels=["model_id", "version_id"])
     for v in counts["versions"]:
         versions.add_metric([str(v["model_id"]), str(v["version_id"])], v["devices"])
     return [states, versions]

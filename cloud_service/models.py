@@ -272,8 +272,8 @@ class Rollout(Base):
     #: An automatic abort (failures, latency regression, timeout) also sends the devices
     #: that moved back to the version they had.
     rollback_on_abort: Mapped[bool] = mapped_column(Boolean, default=True)
-    #: Allow a version of another model line or input/output signature to replace what a
-    #: device runs.
+    #: Allow a version with another input/output signature to replace the version of the
+    #: same model a device runs (a version of another model is a deployment of its own).
     replace_model: Mapped[bool] = mapped_column(Boolean, default=False)
     # active | paused | completed | aborted | rolled_back
     state: Mapped[str] = mapped_column(String(20), index=True, default="active")

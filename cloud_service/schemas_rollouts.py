@@ -52,8 +52,10 @@ class RolloutCreate(BaseModel):
                                     "sends the devices that moved back to the version "
                                     "they had (signed rollback orders).")
     replace_model: bool = Field(default=False, description="Allow the version to replace "
-                                "a device's model of another line or with other inputs "
-                                "or outputs; otherwise such devices are skipped.")
+                                "the version of its model a device runs when their inputs "
+                                "or outputs differ; otherwise such devices are skipped. "
+                                "(A model the device does not run yet is added beside "
+                                "its others.)")
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutCreate:

@@ -98,8 +98,8 @@ def create_cmd(
         "--no-rollback-on-abort", help="An automatic abort leaves devices that succeeded "
                                        "on the version.")] = False,
     replace_model: Annotated[bool, typer.Option(
-        "--replace-model", help="Also devices that run another model or another "
-                                "interface.")] = False,
+        "--replace-model", help="Also devices that run the model with another "
+                                "interface (inputs and outputs).")] = False,
     watch_: Annotated[bool, typer.Option("--watch", help="Then watch it until it finishes.")
                       ] = False,
     interval: Interval = 1.0,

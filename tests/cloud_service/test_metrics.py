@@ -217,10 +217,12 @@ def test_metrics_pass_promtool_and_match_the_fleet(known: tuple[Fleet, TestClien
     assert {s: value(m, "hadmc_devices", state=s)
             for s in ("online", "offline", "updating", "failed")} == \
         {"online": 4, "offline": 1, "updating": 3, "failed": 1}
-    # Against the API: every device it lists that is not revoked, by the version it runs.
+    # Against the API: every device it lists that is not revoked, by the version it runs
+    # of each model.
     listed = client.get("/v1/devices", params={"limit": 100}, headers=fleet.auth).json()
-    by_version = Counter(str(d["current_version_id"]) for d in listed["data"]
-                         if d["revoked_at"] is None)
+    by_version = Counter(str(m["current_version_id"]) for d in listed["data"]
+                         if d["revoked_at"] is None for m in d["models"]
+                         if m["current_version_id"] is not None)
     assert {dict(k[1])["version_id"]: v for k, v in m.items()
             if k[0] == "hadmc_devices_by_version"} == by_version == \
         {str(fleet.v1["id"]): 8, str(fleet.v2["id"]): 1}
