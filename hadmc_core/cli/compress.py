@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from hadmc_core.cli._common import console, friendly, out, progress_bar
 from hadmc_core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from hadmc_core.config import PipelineConfig
+
 
 def register(app: typer.Typer) -> None:
     app.command("compress")(compress_cmd)
 
 
-def _load_config(path: Path | None, overrides: dict) -> object:
+def _load_config(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig:
     from hadmc_core.config import PipelineConfig
 
     data: dict = {}
@@ -25,6 +28,9 @@ def _load_config(path: Path | None, overrides: dict) -> object:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read config {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a JSON object, not "
+                              f"{type(data).__name__}")
     for dotted, value in overrides.items():
         if value is None:
             continue

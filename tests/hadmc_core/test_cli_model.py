@@ -190,6 +190,15 @@ def test_bad_model_input_is_one_line_exit_2_and_nothing_written(case, files, tmp
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
+def test_a_config_that_is_not_a_json_object_is_one_line(files, tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    res = runner.invoke(app, ["compress", "--model", str(files["rgb"]), "--data", "digits",
+                              "--config", str(tmp_path / "list.json"),
+                              "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "list.json must be a JSON object, not list" in " ".join(res.output.split())
+
+
 def test_the_command_line_prints_one_line_on_stderr_for_a_factory_that_raises(tmp_path):
     hadmc = Path(sys.executable).parent / "hadmc"
     res = subprocess.run([str(hadmc), "compress", "--model", f"{FACTORY}:refuses",
