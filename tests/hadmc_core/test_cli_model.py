@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
@@ -46,6 +47,20 @@ class RGBNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class EinsumNet(nn.Module):
+    """Any image size, pooled with an einsum: the Einsum node does not convert to PyTorch,
+    so the graph is compressed on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(torch.relu(self.conv(x)))
+        return torch.einsum("nchw->nc", y) / (y.shape[2] * y.shape[3])
+
+
 def _train(make, split, epochs: float = 10) -> nn.Module:  # type: ignore[no-untyped-def]
     from hadmc_core.train import TrainConfig, fit
 
@@ -55,10 +70,12 @@ def _train(make, split, epochs: float = 10) -> nn.Module:  # type: ignore[no-unt
     return model.eval()
 
 
-def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+def _export(model: nn.Module, shape: tuple[int, ...], path: Path,
+            spatial: bool = False) -> Path:
+    dynamic = {0: "n", 2: "h", 3: "w"} if spatial else {0: "n"}
     torch.onnx.export(model.eval(), (torch.zeros(1, *shape),), str(path), dynamo=False,
                       input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+                      dynamic_axes={"x": dynamic, "logits": {0: "n"}})
     return path
 
 
@@ -75,6 +92,8 @@ def files(tmp_path_factory, digits) -> dict[str, Path]:  # type: ignore[no-untyp
     return {"rgb": _export(_train(RGBNet, fitted.train), (3, 10, 10), root / "rgb.onnx"),
             "five": _export(RGBNet(classes=5), (3, 10, 10), root / "five.onnx"),
             "flat": _export(nn.Sequential(nn.Linear(64, 10)), (64,), root / "flat.onnx"),
+            "einsum": _export(_train(EinsumNet, digits.train, 3), (1, 8, 8),
+                              root / "einsum.onnx", spatial=True),
             "cnn": root / "cnn.safetensors", "wide": root / "wide.safetensors",
             "config": root / "fast.json", "bad": root / "bad.onnx", "root": root}
 
@@ -116,6 +135,20 @@ def test_factory_with_weights_and_shape_from_their_metadata_compresses(files, tm
     assert rep["model"]["factory"] == f"{FACTORY}:small_cnn"
     assert rep["model"]["args"] == {"channels": 1, "width": 8}
     assert rep["baseline"]["accuracy"] > 70 and (out / "model.onnx").stat().st_size > 0
+
+
+def test_graph_only_onnx_with_dynamic_image_size_takes_the_dataset_size(files, tmp_path):
+    out = tmp_path / "out"
+    code, output = _compress(files, out, "--model", str(files["einsum"]))
+    assert code == 0, output
+    assert "fit the model's input" not in output  # its height and width are the dataset's
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model"]["kind"] == "onnx" and rep["model"]["converted"] is False
+    skipped = {s["stage"]: s for s in rep["stages"]["skipped"]}
+    assert {"prune", "distill"} <= set(skipped) and skipped["prune"]["op"] == "Einsum"
+    assert "quantize" in rep["stages"]["ran"]
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.zeros((3, 1, 8, 8), np.float32)})[0].shape == (3, 10)
 
 
 def _factory(files: dict[str, Path], name: str = "small_cnn", *more: str) -> list[str]:
