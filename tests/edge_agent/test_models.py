@@ -3,6 +3,7 @@ URL and file path, one model updated, held or rolled back without touching the o
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 
@@ -12,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.cli import main
 from edge_agent.serve import InferenceServer
 from tests.edge_agent.conftest import cycle
 from tests.edge_agent.fakes import FakeServer, mlp_onnx
@@ -53,7 +55,7 @@ def runs(a: Agent) -> dict[str, int | None]:
 
 def test_two_models_side_by_side_each_served_at_its_url(
         two: tuple[Agent, str], fake: FakeServer, models: dict[str, bytes],
-        classifiers: dict[str, bytes]) -> None:
+        classifiers: dict[str, bytes], capsys: pytest.CaptureFixture[str]) -> None:
     a, url = two
     assert runs(a) == {DET: 1, CLS: 11}
     assert (a.state.primary, a.state.models[CLS].name) == (DET, "classifier")
@@ -89,6 +91,13 @@ def test_two_models_side_by_side_each_served_at_its_url(
     assert httpx.get(f"{url}/v1/model").json()["path"] == str(root / "current" / "model.onnx")
     missing = httpx.post(f"{url}/v1/models/nope/infer", json={"input": [[0.0]]})
     assert missing.status_code == 404 and "model-1, model-2" in missing.json()["detail"]
+
+    assert main(["status", "--data-dir", str(root)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["primary"], status["current"], status["layout"]) == (DET, 1, "per model")
+    assert {k: (m["active"], m["name"], m["model_path"]) for k, m in status["models"].items()} \
+        == {DET: (1, None, str(root / "models" / DET / "current" / "model.onnx")),
+            CLS: (11, "classifier", listing[1]["path"])}
 
     a.heartbeat()
     assert fake.heartbeats[-1]["models"] == [{"model": DET, "version_id": 1},
