@@ -146,14 +146,15 @@ class Agent:
 
     def post_compat(self, path: str, what: str, body: dict[str, Any]) -> None:
         """POST ``body``; a server from before several models per device refuses the
-        per-model fields (422), so they are left out for it from then on."""
+        per-model fields (422 naming ``body.model`` or ``body.models``), so they are left
+        out for it from then on."""
         if self.one_model_server:
             body = {k: v for k, v in body.items() if k not in ("model", "models")}
         try:
             self.client.request("POST", path, what, json=body)
         except ServerError as e:
-            if e.status != 422 or self.one_model_server or \
-                    not {"model", "models"} & set(body):
+            if e.status != 422 or self.one_model_server or "body.model" not in str(e) \
+                    or not {"model", "models"} & set(body):
                 raise
             self.one_model_server = True
             log.info("the server does not know several models per device; reporting the "
