@@ -88,6 +88,13 @@ class Node:
     def input(self, i: int) -> Value | None:
         return self.inputs[i] if i < len(self.inputs) else None
 
+    def required(self, i: int, what: str) -> Value:
+        """Input ``i``; unsupported when the node leaves it out."""
+        v = self.input(i)
+        if v is None:
+            raise self.unsupported(f"input {i} ({what}) is missing")
+        return v
+
     def unsupported(self, detail: str) -> UnsupportedOperatorError:
         return UnsupportedOperatorError(self.op, self.name, detail)
 
@@ -102,9 +109,19 @@ class Node:
             return torch.tensor(v.items)
         raise self.unsupported(f"{what} must be a constant, not computed in the graph")
 
+    def required_const(self, i: int, what: str) -> torch.Tensor:
+        """Input ``i`` as a constant tensor; unsupported when absent or computed."""
+        t = self.const(i, what)
+        if t is None:
+            raise self.unsupported(f"input {i} ({what}) is missing")
+        return t
+
     def ints(self, i: int, what: str) -> list[int] | None:
         t = self.const(i, what)
         return None if t is None else [int(x) for x in t.reshape(-1).tolist()]
+
+    def required_ints(self, i: int, what: str) -> list[int]:
+        return [int(x) for x in self.required_const(i, what).reshape(-1).tolist()]
 
 
 Handler = Callable[["Builder", Node], "Value | list[Value | None]"]

@@ -35,8 +35,8 @@ def _tensor_input(n: Node) -> Tensor:
     return x
 
 
-def _window(n: Node, x: Tensor, kernel: list[int]) -> tuple[list[int], list[int], list[int],
-                                                            list[int]]:
+def _window(n: Node, x: Tensor | Const,
+            kernel: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
     """strides, dilations, pads at the start and pads at the end of each spatial dim."""
     k = len(kernel)
     strides = list(n.attrs.get("strides") or [1] * k)
@@ -69,8 +69,8 @@ def _pad_arg(begin: list[int], end: list[int]) -> list[int]:
 # ---------------------------------------------------------------- convolutions
 @op("Conv")
 def conv(b: Builder, n: Node) -> Value:
-    x = _tensor_input(n)
-    w, bias = n.const(1, "the Conv weight"), n.const(2, "the Conv bias")
+    x: Tensor | Const = _tensor_input(n)
+    w, bias = n.required_const(1, "the Conv weight"), n.const(2, "the Conv bias")
     k = w.dim() - 2
     if k not in _CONV:
         raise n.unsupported(f"{k}-D convolution")
@@ -89,7 +89,8 @@ def conv(b: Builder, n: Node) -> Value:
 @op("ConvTranspose")
 def conv_transpose(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
-    w, bias = n.const(1, "the ConvTranspose weight"), n.const(2, "the ConvTranspose bias")
+    w = n.required_const(1, "the ConvTranspose weight")
+    bias = n.const(2, "the ConvTranspose bias")
     k = w.dim() - 2
     if k not in _CONV_T:
         raise n.unsupported(f"{k}-D transposed convolution")
@@ -117,7 +118,7 @@ def conv_transpose(b: Builder, n: Node) -> Value:
 
 # ---------------------------------------------------------------- linear layers
 def _linear(b: Builder, n: Node, x: Value, weight: torch.Tensor,
-            bias: torch.Tensor | None) -> Value:
+            bias: torch.Tensor | None) -> Tensor:
     """nn.Linear with ``weight`` (out, in)."""
     mod = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
                                    bias=bias is not None, dtype=weight.dtype)
@@ -126,7 +127,7 @@ def _linear(b: Builder, n: Node, x: Value, weight: torch.Tensor,
 
 @op("Gemm")
 def gemm(b: Builder, n: Node) -> Value:
-    a, bm, c = n.inputs[0], n.inputs[1], n.input(2)
+    a, bm, c = n.required(0, "input A"), n.required(1, "input B"), n.input(2)
     alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
     if n.attrs.get("transA", 0):
         a = b.call(torch.t, a)
@@ -163,8 +164,9 @@ def batch_norm(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
     if n.attrs.get("training_mode", 0) or not n.attrs.get("spatial", 1):
         raise n.unsupported("training mode or non-spatial batch normalization")
-    scale, shift = n.const(1, "the scale"), n.const(2, "the bias")
-    mean, var = n.const(3, "the running mean"), n.const(4, "the running variance")
+    scale, shift = n.required_const(1, "the scale"), n.required_const(2, "the bias")
+    mean = n.required_const(3, "the running mean")
+    var = n.required_const(4, "the running variance")
     if rank(x) not in _BN:
         raise n.unsupported(f"input of rank {rank(x)}")
     mod = torch.nn.utils.skip_init(_BN[rank(x)], scale.numel(),
@@ -177,7 +179,7 @@ def batch_norm(b: Builder, n: Node) -> Value:
 @op("InstanceNormalization")
 def instance_norm(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
-    scale, shift = n.const(1, "the scale"), n.const(2, "the bias")
+    scale, shift = n.required_const(1, "the scale"), n.required_const(2, "the bias")
     if rank(x) not in _IN:
         raise n.unsupported(f"input of rank {rank(x)}")
     mod = torch.nn.utils.skip_init(_IN[rank(x)], scale.numel(), affine=True,
@@ -190,7 +192,7 @@ def layer_norm(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
     axis = int(n.attrs.get("axis", -1)) % rank(x)
     shape = tuple(x.val.shape[axis:])
-    scale, shift = n.const(1, "the scale"), n.const(2, "the bias")
+    scale, shift = n.required_const(1, "the scale"), n.const(2, "the bias")
     if scale.numel() != math.prod(shape):
         raise n.unsupported("a scale that does not cover the normalized dims")
     mod = torch.nn.utils.skip_init(nn.LayerNorm, shape, eps=float(n.attrs.get("epsilon", 1e-5)),
@@ -201,7 +203,7 @@ def layer_norm(b: Builder, n: Node) -> Value:
 @op("PRelu")
 def prelu(b: Builder, n: Node) -> Value:
     x = _tensor_input(n)
-    slope = n.const(1, "the PRelu slope")
+    slope = n.required_const(1, "the PRelu slope")
     channels = x.val.shape[1] if rank(x) > 1 else 1
     aligned = [1] * (rank(x) - slope.dim()) + list(slope.shape)
     per_channel = len(aligned) == rank(x) > 1 and aligned[1] == channels and \
@@ -221,7 +223,7 @@ _GMP = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_po
 
 @op("MaxPool", "AveragePool")
 def pool(b: Builder, n: Node) -> list[Value | None]:
-    x = _tensor_input(n)
+    x: Tensor | Const = _tensor_input(n)
     kernel = list(n.attrs["kernel_shape"])
     k = len(kernel)
     if k not in _MAX:
@@ -270,7 +272,7 @@ def pad(b: Builder, n: Node) -> Value:
     if n.opset < 11:
         pads, value, axes = list(n.attrs["pads"]), float(n.attrs.get("value", 0.0)), None
     else:
-        pads = n.ints(1, "pads")
+        pads = n.required_ints(1, "pads")
         v = n.const(2, "the pad value")
         value = 0.0 if v is None else v.item()
         axes = n.ints(3, "axes")
@@ -321,6 +323,8 @@ def resize(b: Builder, n: Node) -> Value:
     if n.attrs.get("antialias", 0) or n.attrs.get("axes") or \
             n.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise n.unsupported("antialias, axes or keep_aspect_ratio_policy")
+    scales: torch.Tensor | None
+    sizes: Value | None
     if n.op == "Upsample" and n.opset < 9:
         scales, sizes = torch.tensor(n.attrs["scales"]), None
     elif n.op == "Upsample" or n.opset == 10:

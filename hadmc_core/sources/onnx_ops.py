@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,9 @@ from hadmc_core.sources.onnx_graph import (
 from hadmc_core.sources.onnx_shapes import items_of, rank, scalarize
 
 # ---------------------------------------------------------------- element-wise math
-_BINARY = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul,
-           "Div": operator.truediv, "Pow": torch.pow}
+_BINARY: dict[str, Callable[..., Any]] = {
+    "Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Div": operator.truediv,
+    "Pow": torch.pow}
 
 
 def _shape_binary(b: Builder, n: Node, x: Value, y: Value) -> Value:
@@ -40,8 +43,7 @@ def _shape_binary(b: Builder, n: Node, x: Value, y: Value) -> Value:
 
 @op("Add", "Sub", "Mul", "Div", "Pow")
 def binary(b: Builder, n: Node) -> Value:
-    x, y = n.inputs[0], n.inputs[1]
-    assert x is not None and y is not None
+    x, y = n.required(0, "the first operand"), n.required(1, "the second operand")
     if isinstance(x, ShapeVal) or isinstance(y, ShapeVal):
         return _shape_binary(b, n, x, y)
     integer = not (x.val.is_floating_point() or y.val.is_floating_point())
@@ -71,8 +73,8 @@ _UNARY = {
     "Ceil": torch.ceil, "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus,
     "Softsign": F.softsign, "HardSwish": F.hardswish, "Mish": F.mish, "Sign": torch.sign,
 }
-_SHAPE_UNARY = {"Floor": math.floor, "Ceil": math.ceil, "Neg": operator.neg,
-                "Abs": abs, "Sqrt": math.sqrt}
+_SHAPE_UNARY: dict[str, Callable[..., Any]] = {
+    "Floor": math.floor, "Ceil": math.ceil, "Neg": operator.neg, "Abs": abs, "Sqrt": math.sqrt}
 
 
 @op(*_UNARY)
@@ -129,7 +131,9 @@ def clip(b: Builder, n: Node) -> Value:
         lo_t, hi_t = n.const(1, "Clip min"), n.const(2, "Clip max")
         lo = None if lo_t is None else lo_t.item()
         hi = None if hi_t is None else hi_t.item()
-    x = n.inputs[0]
+    x = n.required(0, "the input")
+    if isinstance(x, ShapeVal):
+        raise n.unsupported("clipping a computed shape")
     if lo == 0 and hi == 6:
         return b.call(F.relu6, x)
     if lo == 0 and hi is None:
@@ -141,7 +145,7 @@ def clip(b: Builder, n: Node) -> Value:
 
 @op("Softmax", "LogSoftmax")
 def softmax(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     fn = torch.softmax if n.op == "Softmax" else torch.log_softmax
     r = rank(x)
     axis = int(n.attrs.get("axis", -1 if n.opset >= 13 else 1)) % r

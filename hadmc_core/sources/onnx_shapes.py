@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 
 import torch
 
@@ -58,7 +59,7 @@ def scalarize(v: Value, other_rank: int) -> Value | float | int | bool:
 # ---------------------------------------------------------------- pass-through and casts
 @op("Identity", "Dropout")
 def identity(b: Builder, n: Node) -> Value:
-    return n.inputs[0]
+    return n.required(0, "the input")
 
 
 _DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
@@ -71,7 +72,7 @@ def cast(b: Builder, n: Node) -> Value:
     dtype = _DTYPES.get(int(n.attrs["to"]))
     if dtype is None:
         raise n.unsupported(f"cast to ONNX type {int(n.attrs['to'])}")
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     if isinstance(x, ShapeVal):
         floating = dtype.is_floating_point
         fn = float if floating else int
@@ -102,7 +103,7 @@ def constant_of_shape(b: Builder, n: Node) -> Value:
 # ---------------------------------------------------------------- shapes
 @op("Shape")
 def shape(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     r = rank(x)
     start, end = int(n.attrs.get("start", 0)), n.attrs.get("end")
     dims = list(range(r))[start:None if end is None else int(end)]
@@ -115,7 +116,7 @@ def shape(b: Builder, n: Node) -> Value:
 
 @op("Reshape")
 def reshape(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     if isinstance(x, ShapeVal):
         raise n.unsupported("reshaping a computed shape")
     items = items_of(n, n.inputs[1], "the target shape")
@@ -143,7 +144,7 @@ def _is_flatten(x: Tensor, items: list) -> bool:
 
 @op("Flatten")
 def flatten(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     axis = int(n.attrs.get("axis", 1)) % (rank(x) + 1) if rank(x) else 0
     if axis == 0:
         return b.call(torch.reshape, x, [1, -1])
@@ -153,7 +154,7 @@ def flatten(b: Builder, n: Node) -> Value:
 
 @op("Squeeze")
 def squeeze(b: Builder, n: Node) -> Value:
-    x, axes = n.inputs[0], axes_of(n, 1, 13)
+    x, axes = n.required(0, "the input"), axes_of(n, 1, 13)
     if isinstance(x, ShapeVal):
         if x.scalar or len(x.items) != 1:
             raise n.unsupported("squeezing a computed shape")
@@ -165,7 +166,7 @@ def squeeze(b: Builder, n: Node) -> Value:
 
 @op("Unsqueeze")
 def unsqueeze(b: Builder, n: Node) -> Value:
-    x, axes = n.inputs[0], axes_of(n, 1, 13)
+    x, axes = n.required(0, "the input"), axes_of(n, 1, 13)
     if axes is None:
         raise n.unsupported("Unsqueeze without axes")
     out_rank = rank(x) + len(axes)
@@ -181,14 +182,16 @@ def unsqueeze(b: Builder, n: Node) -> Value:
 
 @op("Transpose")
 def transpose(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     perm = n.attrs.get("perm") or list(reversed(range(rank(x))))
     return b.call(torch.permute, x, tuple(int(p) for p in perm))
 
 
 @op("Expand")
 def expand(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
+    if isinstance(x, ShapeVal):
+        raise n.unsupported("expanding a computed shape")
     items = items_of(n, n.inputs[1], "the target shape")
     shape = list(x.val.shape)
     offset = len(items) - len(shape)
@@ -210,16 +213,18 @@ def concat(b: Builder, n: Node) -> Value:
             items += items_of(n, v, "operand")
         floating = any(isinstance(v, ShapeVal) and v.floating for v in vals)
         return shape_or_const(items, floating=floating)
-    vals = [v for v in vals if v.val.numel() or v.val.dim() != 1]  # ONNX allows empty inputs
-    return b.call(torch.cat, vals, axis % rank(vals[0]))
+    # No ShapeVal is left here; ONNX allows empty inputs.
+    tensors = [v for v in vals if not isinstance(v, ShapeVal)
+               and (v.val.numel() or v.val.dim() != 1)]
+    return b.call(torch.cat, tensors, axis % rank(tensors[0]))
 
 
 @op("Gather")
 def gather(b: Builder, n: Node) -> Value:
-    x, idx = n.inputs[0], n.inputs[1]
+    x, idx = n.required(0, "the input"), n.required(1, "the indices")
     axis = int(n.attrs.get("axis", 0))
     if isinstance(x, ShapeVal):
-        index = n.const(1, "the index into a shape")
+        index = n.required_const(1, "the index into a shape")
         picked = [x.items[int(i)] for i in index.reshape(-1).tolist()]
         return shape_or_const(picked, scalar=index.dim() == 0, floating=x.floating)
     if isinstance(idx, ShapeVal):
@@ -241,7 +246,7 @@ def gather(b: Builder, n: Node) -> Value:
 
 @op("Slice")
 def slice_(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     if n.opset < 10:
         starts, ends = list(n.attrs["starts"]), list(n.attrs["ends"])
         axes, steps = n.attrs.get("axes"), None
@@ -282,7 +287,9 @@ def slice_(b: Builder, n: Node) -> Value:
 
 @op("Split")
 def split(b: Builder, n: Node) -> list[Value | None]:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
+    if isinstance(x, ShapeVal):
+        raise n.unsupported("splitting a computed shape")
     axis = int(n.attrs.get("axis", 0)) % rank(x)
     sizes = n.ints(1, "split sizes") if n.opset >= 13 else n.attrs.get("split")
     count = int(n.attrs.get("num_outputs", n.outputs))
@@ -297,13 +304,14 @@ def split(b: Builder, n: Node) -> list[Value | None]:
     return [b.call(operator.getitem, parts, k) for k in range(count)]
 
 
-_REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax,
-           "ReduceMin": torch.amin}
+_REDUCE: dict[str, Callable[..., torch.Tensor]] = {
+    "ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax,
+    "ReduceMin": torch.amin}
 
 
 @op(*_REDUCE)
 def reduce(b: Builder, n: Node) -> Value:
-    x = n.inputs[0]
+    x = n.required(0, "the input")
     if isinstance(x, ShapeVal):
         raise n.unsupported("reducing a computed shape")
     axes = axes_of(n, 1, 13 if n.op == "ReduceSum" else 18)

@@ -75,10 +75,10 @@ def example_shape(value_info: Any, input_shape: tuple[int, ...] | None) -> tuple
         given = None
         if input_shape is not None and len(input_shape) == len(dims) - 1 and d > 0:
             given = int(input_shape[d - 1])
-        if static is not None and given is not None and static != given:
-            raise ModelSourceError(
-                f"input {value_info.name!r} has dimension {d} = {static} in the graph, but "
-                f"the input shape given is {tuple(input_shape)}")
+            if static is not None and static != given:
+                raise ModelSourceError(
+                    f"input {value_info.name!r} has dimension {d} = {static} in the graph, "
+                    f"but the input shape given is {tuple(input_shape)}")
         size = static or given or (1 if d == 0 else None)
         if size is None:
             raise ModelSourceError(

@@ -25,7 +25,8 @@ def load_zoo(ref: str, opts: LoadOptions) -> LoadedModel:
     from hadmc_core.models import ArchSpec, build_model, load_weights, read_weights
     from hadmc_core.models import spec_from_metadata as from_meta
 
-    weights, arch = opts.weights, ref
+    weights = opts.weights
+    arch: str | None = ref  # None: read it from the weights' metadata
     if ref.lower().endswith(".safetensors"):
         if weights is not None and Path(weights) != Path(ref):
             raise ModelSourceError(f"{ref} is a weights file; do not pass other weights")
