@@ -55,7 +55,10 @@ def make_context(model: nn.Module | None, data: DataSplits, profile: HardwarePro
     """``profile_backend`` is False when ``backend`` stands in for runtimes of the profile
     that are not on this machine."""
     measure = runs_here(profile) if measure_layers is None else measure_layers
-    lat = LatencyModel(profile, measure=measure, table=device_table, threads=cfg.measure.threads)
+    # Single layers are timed with the run's backend (an OpenVINO run fits OpenVINO's
+    # layer times), cached per runtime.
+    lat = LatencyModel(profile, measure=measure, table=device_table,
+                       threads=cfg.measure.threads, backend=backend)
     measurer = Measurer(backend, task, lat, cfg.measure, tuple(data.train.x.shape[1:]),
                         latency_source(profile, device_table, profile_backend))
     return Context(model.cpu().eval() if model is not None else None, graph, spec, data,
