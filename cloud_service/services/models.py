@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +37,14 @@ def check_against_arch(tensors: dict[str, Any], spec: Any) -> None:
             f"{extra[:5]}; check arch, stem, width, in_channels and num_classes")
 
 
-def _onnx_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers, sparse ones, node attributes, subgraphs."""
-    import onnx
-
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _onnx_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _onnx_tensors(sub)
-
-
 def refuse_external_data(proto: Any) -> None:
     """An uploaded ONNX model is one file: a tensor whose data lives elsewhere (``location``,
     wherever it points) would make the server read a file the client named."""
     import onnx
 
-    for tensor in _onnx_tensors(proto.graph):
+    from hadmc_core.sources.onnx_file import tensors
+
+    for tensor in tensors(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             where = next((e.value for e in tensor.external_data if e.key == "location"), "")
             raise InvalidInputError(

@@ -9,8 +9,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from hadmc_core.errors import InputFileError
 
 
-def _tensors(graph) -> Iterator:
-    """Every TensorProto of a graph: initializers, constants, and those of subgraphs."""
+def tensors(graph) -> Iterator:
+    """Every TensorProto of a graph: initializers (sparse ones too), node attributes, and
+    those of subgraphs."""
     import onnx
 
     yield from graph.initializer
@@ -24,10 +25,10 @@ def _tensors(graph) -> Iterator:
             elif attr.type == onnx.AttributeProto.TENSORS:
                 yield from attr.tensors
             elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
+                yield from tensors(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from _tensors(g)
+                    yield from tensors(g)
 
 
 def check_external_data(model, path: Path) -> int:
@@ -36,7 +37,7 @@ def check_external_data(model, path: Path) -> int:
 
     base = path.resolve().parent
     count = 0
-    for tensor in _tensors(model.graph):
+    for tensor in tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         count += 1
