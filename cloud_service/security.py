@@ -38,16 +38,24 @@ def ensure_signing_key(path: Path) -> Ed25519PrivateKey:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
+        # Written whole to a temporary file, then published with link(), which fails when
+        # the name exists: processes starting together never read a half-written key, and
+        # never replace a key another one already published (os.replace would).
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first
-            pass
-        else:
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
                 f.flush()
                 os.fsync(f.fileno())
-            log.info("created manifest-signing key %s", path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # another process published its key first
+                pass
+            else:
+                log.info("created manifest-signing key %s", path)
+        finally:
+            tmp.unlink(missing_ok=True)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise PermissionError(f"{path} is readable by others (mode {mode:o}); run "
