@@ -97,12 +97,9 @@ def _onnx_shape(path: str, data_shape: tuple[int, ...]) -> tuple[int, ...] | Non
 
 
 def _kind(ref: str) -> str:
-    from hadmc_core.sources import factory, onnx, zoo
+    from hadmc_core.sources import kind_of
 
-    for kind, module in (("onnx", onnx), ("factory", factory), ("zoo", zoo)):
-        if module.matches(ref):
-            return kind
-    return "other"
+    return kind_of(ref) or "other"
 
 
 def _zoo_options(ref: str, weights: Path | None, data: DataSplits, stem: str | None,

@@ -16,7 +16,14 @@ from typing import Any
 from hadmc_core.sources import factory as _factory  # built-in sources register at import
 from hadmc_core.sources import onnx as _onnx
 from hadmc_core.sources import zoo as _zoo
-from hadmc_core.sources.base import LoadedModel, LoadOptions, kinds, load, register
+from hadmc_core.sources.base import (
+    LoadedModel,
+    LoadOptions,
+    kind_of,
+    kinds,
+    load,
+    register,
+)
 
 
 def onnx_to_torch(path: Any, input_shape: tuple[int, ...] | None = None) -> Any:
@@ -26,5 +33,5 @@ def onnx_to_torch(path: Any, input_shape: tuple[int, ...] | None = None) -> Any:
     return convert(path, input_shape)
 
 
-__all__ = ["LoadOptions", "LoadedModel", "kinds", "load", "onnx_to_torch", "register"]
+__all__ = ["LoadOptions", "LoadedModel", "kind_of", "kinds", "load", "onnx_to_torch", "register"]
 del _onnx, _zoo, _factory

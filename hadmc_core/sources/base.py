@@ -64,6 +64,13 @@ def kinds() -> list[str]:
     return list(_SOURCES)
 
 
+def kind_of(ref: str) -> str | None:
+    """The kind of source that ``load(ref)`` would use (None: no source takes it)."""
+    ref = str(ref)
+    return next((kind for kind, (matcher, _) in reversed(_SOURCES.items()) if matcher(ref)),
+                None)
+
+
 def load(ref: str, *, weights: Path | None = None, model_args: dict[str, Any] | None = None,
          input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
          in_channels: int | None = None, stem: str | None = None, width: float | None = None,
@@ -85,12 +92,12 @@ def load(ref: str, *, weights: Path | None = None, model_args: dict[str, Any] | 
     opts = LoadOptions(None if weights is None else Path(weights), model_args, input_shape,
                        num_classes, in_channels, stem, width)
     allowed = None if allow is None else set(allow)
-    for kind, (matcher, loader) in reversed(_SOURCES.items()):
-        if matcher(ref):
-            if allowed is not None and kind not in allowed:
-                raise ModelSourceError(f"{ref!r} is a {kind} model, which is not accepted "
-                                       f"here (accepted: {', '.join(sorted(allowed))})")
-            return loader(ref, opts)
+    kind = kind_of(ref)
+    if kind is not None:
+        if allowed is not None and kind not in allowed:
+            raise ModelSourceError(f"{ref!r} is a {kind} model, which is not accepted "
+                                   f"here (accepted: {', '.join(sorted(allowed))})")
+        return _SOURCES[kind][1](ref, opts)
     raise ModelSourceError(
         f"{ref!r} is not a model: give a built-in architecture name, "
         "'package.module:factory' or a path to an .onnx file")
