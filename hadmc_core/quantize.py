@@ -43,10 +43,6 @@ def use_reduce_range(cfg: QuantizeConfig, profile: HardwareProfile) -> bool:
     return profile.isa == "x86_64" and not (INT8_DOT_FLAGS & {f.lower() for f in profile.flags})
 
 
-def higher_precision(profile: HardwareProfile) -> str:
-    return "fp16" if profile.supports("fp16") else "fp32"
-
-
 def _fq_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     flat = w.reshape(w.shape[0], -1)
