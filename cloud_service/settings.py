@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_dataset_decompressed_mb: float = 512.0
     #: An uploaded dataset may hold at most this many samples.
     max_dataset_samples: int = 1_000_000
+    #: An uploaded dataset archive (.zip of a COCO or YOLO folder) may hold at most this many
+    #: entries, and inflate at most ``max_dataset_decompressed_mb`` in all.
+    max_dataset_files: int = 100_000
     #: JSON request bodies larger than this get 413 (from Content-Length, before reading).
     max_json_body_kb: float = 1024.0
     #: A JSON body must arrive within this many seconds, and an upload must not pause for
