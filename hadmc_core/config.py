@@ -188,6 +188,12 @@ class Constraints:
     max_accuracy_drop: float = 1.0      # points of the task's metric (top-1 for classification)
     latency_budget_ms: float | None = None
     size_budget_mb: float | None = None
+    #: one-sided confidence that a candidate's drop is within max_accuracy_drop, from a
+    #: paired bound on the validation split (hadmc_core.decision); 0.5 = point estimate
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check(0.5 <= self.confidence < 1, "constraints.confidence must be in [0.5, 1)")
 
 
 #: Built-in techniques: attributes of ``PipelineConfig`` (their JSON keys).
