@@ -26,6 +26,10 @@ class DatasetError(HadmcError):
     """A dataset that is missing, malformed, or of the wrong shape or labels."""
 
 
+#: The name the detection readers' contract uses for it.
+DataError = DatasetError
+
+
 class DatasetTooLargeError(DatasetError):
     """A dataset over a size limit; ``limit`` is ``"bytes"`` (decompressed) or ``"samples"``."""
 
