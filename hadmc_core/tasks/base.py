@@ -9,7 +9,7 @@ check and data reader.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hadmc_core.data import DataSplits, Split
+    from hadmc_core.decision import DropBound
 
 
 @runtime_checkable
@@ -40,6 +41,17 @@ class Task(Protocol):
 
     def metric(self, outputs: list[np.ndarray], split: Split) -> float:
         """Score (points, higher is better) of a runtime's outputs on ``split``."""
+        ...
+
+    def per_image(self, outputs: list[np.ndarray], split: Split) -> Any:
+        """What the task keeps of a runtime's outputs on ``split`` to compare two models on
+        the same images later (``drop_bound``) without running them again."""
+        ...
+
+    def drop_bound(self, base: Any, cand: Any, split: Split,
+                   confidence: float) -> DropBound:
+        """The metric's drop from ``base`` to ``cand`` (two ``per_image`` results on the
+        same images) and its one-sided upper confidence bound (``hadmc_core.decision``)."""
         ...
 
     def check_model(self, model_outputs_shape: tuple[int, ...], data: DataSplits) -> None:

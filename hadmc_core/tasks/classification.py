@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hadmc_core.decision import DropBound, paired_mean_bound
 from hadmc_core.errors import HadmcError
 from hadmc_core.tasks.base import GraphTask
 
@@ -49,6 +50,15 @@ class Classification(GraphTask):
         """Top-1 accuracy in percent of the first output (logits or probabilities)."""
         pred = np.asarray(outputs[0]).reshape(len(split), -1).argmax(1)
         return 100.0 * float((pred == split.y).sum()) / max(1, len(split))
+
+    def per_image(self, outputs: list[np.ndarray], split: Split) -> np.ndarray:
+        """100 where top-1 is right, 0 where not (their mean is ``metric``)."""
+        pred = np.asarray(outputs[0]).reshape(len(split), -1).argmax(1)
+        return np.where(pred == split.y, 100.0, 0.0).astype(np.float32)
+
+    def drop_bound(self, base: np.ndarray, cand: np.ndarray, split: Split,
+                   confidence: float) -> DropBound:
+        return paired_mean_bound(base, cand, confidence, value_range=100.0)
 
     def check_model(self, model_outputs_shape: tuple[int, ...], data: DataSplits) -> None:
         shape = tuple(int(d) for d in model_outputs_shape)
