@@ -14,11 +14,14 @@ from hadmc_core.fsutil import atomic_path
 from hadmc_core.models.densenet import DenseNet
 from hadmc_core.models.mobilenetv2 import MobileNetV2
 from hadmc_core.models.resnet import ResNet18
+from hadmc_core.models.yolo import yolo_n, yolo_s
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "mobilenetv2": MobileNetV2,
     "densenet": DenseNet,
+    "yolo-n": yolo_n,   # detectors (task "detect", hadmc_core.models.yolo)
+    "yolo-s": yolo_s,
 }
 
 
