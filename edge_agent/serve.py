@@ -16,7 +16,8 @@
   installed; the only one of an agent that ran one model).
 
 Each model's session follows its ``current``: a request after a switch runs the new
-version.
+version, opened with the runtime recorded for it (``edge_agent.smoke.open_session``: ONNX
+Runtime or OpenVINO, whichever the version was built for).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from edge_agent.smoke import open_session
+from edge_agent.errors import SmokeTestError
+from edge_agent.smoke import open_session, runtime_of
 from edge_agent.store import MODEL_FILE, AgentState, Store
+from hadmc_core.backends import Session
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 << 20
-ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
-             "tensor(float16)": "float16"}
 MODEL_PATH = re.compile(r"/v1/models/([^/]+)(/infer)?")
 DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"}
 
@@ -56,15 +57,18 @@ class NoModel(BadRequest):
 
 
 class ModelRuntime:
-    """An ONNX Runtime session per model, of its active version, reloaded when the model's
-    ``current`` moves. ``state`` (the agent's) gives the primary model and the models'
-    names from the server; without it the primary is what ``DIR/current`` names."""
+    """A session per model (``hadmc_core.backends.Session`` of the version's runtime), of
+    its active version, reloaded when the model's ``current`` moves. ``state`` (the
+    agent's) gives the primary model and the models' names from the server; without it
+    the primary is what ``DIR/current`` names."""
 
     def __init__(self, store: Store, threads: int = 0, state: AgentState | None = None
                  ) -> None:
         self.store, self.threads, self.state = store, threads, state
         self.lock = threading.Lock()
-        self.sessions: dict[str, tuple[int, Any]] = {}
+        #: Per model: (version id, its session, the runtime's name, a lock). Requests to one
+        #: model run one at a time: an OpenVINO session has one infer request.
+        self.sessions: dict[str, tuple[int, Session, str, threading.Lock]] = {}
         #: Per version: [requests run, requests that failed in the runtime] (health checks).
         self.counts: dict[int, list[int]] = {}
 
@@ -99,7 +103,11 @@ class ModelRuntime:
         raise UnknownModel(f"no model {name!r} on this device (models: "
                            f"{', '.join(sorted(names)) or 'none yet'})")
 
-    def session(self, name: str | None = None) -> tuple[str, int, Any]:
+    def session(self, name: str | None = None) -> tuple[str, int, Session]:
+        key, (vid, sess, _runtime, _lock) = self._open(name)
+        return key, vid, sess
+
+    def _open(self, name: str | None) -> tuple[str, tuple[int, Session, str, threading.Lock]]:
         key = self.resolve(name)
         vid = self.store.model(key).current_vid()
         if vid is None:
@@ -108,23 +116,25 @@ class ModelRuntime:
             have = self.sessions.get(key)
             if have is None or have[0] != vid:
                 # open through versions/<vid> (never modified) rather than current
-                sess = open_session(self.store.model(key).version_dir(vid) / MODEL_FILE,
-                                    self.threads)
-                have = self.sessions[key] = (vid, sess)
-                log.info("serving %s version %d", key, vid,
+                vdir = self.store.model(key).version_dir(vid)
+                try:
+                    runtime = runtime_of(vdir)
+                    sess = open_session(vdir / MODEL_FILE, self.threads, runtime)
+                except SmokeTestError as e:
+                    raise NoModel(f"{key} version {vid} cannot be opened: {e}") from e
+                have = self.sessions[key] = (vid, sess, runtime.name, threading.Lock())
+                log.info("serving %s version %d with %s", key, vid, runtime.name,
                          extra={"version_id": vid, "model": key})
-            return key, vid, have[1]
+            return key, have
 
     def describe(self, name: str | None = None) -> dict[str, Any]:
-        key, vid, sess = self.session(name)
-
-        def io(args: list[Any]) -> list[dict[str, Any]]:
-            return [{"name": a.name, "shape": a.shape, "type": a.type} for a in args]
-
+        key, (vid, sess, runtime, _lock) = self._open(name)
+        inputs = [{"name": n, "shape": list(shape), "type": str(dtype)} for n, shape, dtype
+                  in zip(sess.input_names, sess.input_shapes, sess.input_dtypes, strict=True)]
         path = self.store.current if name is None else self.store.model(key).current
         return {"model": key, "name": self._names().get(key), "version_id": vid,
-                "path": str(path / MODEL_FILE), "inputs": io(sess.get_inputs()),
-                "outputs": io(sess.get_outputs())}
+                "path": str(path / MODEL_FILE), "runtime": runtime,
+                "inputs": inputs, "outputs": [{"name": n} for n in sess.output_names]}
 
     def listing(self) -> dict[str, Any]:
         primary = None
@@ -139,11 +149,12 @@ class ModelRuntime:
 
     def run(self, feeds: dict[str, np.ndarray], name: str | None = None
             ) -> tuple[str, int, dict[str, np.ndarray]]:
-        key, vid, sess = self.session(name)
-        names = [o.name for o in sess.get_outputs()]
+        key, (vid, sess, _runtime, lock) = self._open(name)
+        names = sess.output_names
         try:
-            outs = sess.run(None, feeds)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own types
+            with lock:
+                outs = sess.run(feeds)
+        except Exception as e:  # noqa: BLE001 - runtimes raise their own types
             self._count(vid, failed=True)
             raise BadRequest(f"inference failed: {str(e)[:300]}") from e
         self._count(vid, failed=False)
@@ -156,28 +167,27 @@ class ModelRuntime:
             c[1] += int(failed)
 
 
-def _json_feeds(body: bytes, sess_inputs: list[Any]) -> dict[str, np.ndarray]:
+def _json_feeds(body: bytes, sess: Session) -> dict[str, np.ndarray]:
     try:
         doc = json.loads(body)
     except ValueError as e:
         raise BadRequest(f"body is not JSON: {e}") from e
-    if isinstance(doc, dict) and "input" in doc and len(sess_inputs) == 1:
-        doc = {"inputs": {sess_inputs[0].name: doc["input"]}}
+    if isinstance(doc, dict) and "input" in doc and len(sess.input_names) == 1:
+        doc = {"inputs": {sess.input_names[0]: doc["input"]}}
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise BadRequest('expected {"inputs": {"<name>": [...]}} or {"input": [...]}')
     feeds = {}
-    for a in sess_inputs:
-        if a.name not in doc["inputs"]:
-            raise BadRequest(f"missing input {a.name!r}")
-        dtype = ORT_TYPES.get(a.type, a.type[7:-1])
+    for name, dtype in zip(sess.input_names, sess.input_dtypes, strict=True):
+        if name not in doc["inputs"]:
+            raise BadRequest(f"missing input {name!r}")
         try:
-            feeds[a.name] = np.asarray(doc["inputs"][a.name], dtype=dtype)
+            feeds[name] = np.asarray(doc["inputs"][name], dtype=dtype)
         except (ValueError, TypeError) as e:
-            raise BadRequest(f"input {a.name!r}: {e}") from e
+            raise BadRequest(f"input {name!r}: {e}") from e
     return feeds
 
 
-def _raw_feeds(body: bytes, headers: Any, sess_inputs: list[Any]) -> dict[str, np.ndarray]:
+def _raw_feeds(body: bytes, headers: Any, sess: Session) -> dict[str, np.ndarray]:
     dtype = headers.get("X-Dtype", "float32")
     if dtype not in DTYPES:
         raise BadRequest(f"X-Dtype must be one of {', '.join(sorted(DTYPES))}")
@@ -185,7 +195,8 @@ def _raw_feeds(body: bytes, headers: Any, sess_inputs: list[Any]) -> dict[str, n
         shape = tuple(int(x) for x in headers.get("X-Shape", "").split(","))
     except ValueError as e:
         raise BadRequest("X-Shape must be comma-separated integers, e.g. 1,3,32,32") from e
-    name = headers.get("X-Input") or (sess_inputs[0].name if len(sess_inputs) == 1 else "")
+    name = headers.get("X-Input") or (sess.input_names[0] if len(sess.input_names) == 1
+                                      else "")
     if not name:
         raise BadRequest("the model has several inputs: name one with X-Input")
     dt = np.dtype(dtype).newbyteorder("<")
@@ -265,14 +276,14 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if ctype == "application/octet-stream":
             key, vid, outs = self.runtime.run(
-                _raw_feeds(body, self.headers, sess.get_inputs()), name)
+                _raw_feeds(body, self.headers, sess), name)
             first = np.ascontiguousarray(next(iter(outs.values())))
             self._send(200, first.astype(first.dtype.newbyteorder("<")).tobytes(), ctype,
                        {"X-Shape": ",".join(map(str, first.shape)),
                         "X-Dtype": str(first.dtype), "X-Version-Id": str(vid),
                         "X-Model": key})
             return
-        key, vid, outs = self.runtime.run(_json_feeds(body, sess.get_inputs()), name)
+        key, vid, outs = self.runtime.run(_json_feeds(body, sess), name)
         self._json(200, {"model": key, "version_id": vid,
                          "outputs": {k: v.tolist() for k, v in outs.items()}})
 

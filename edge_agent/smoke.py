@@ -1,22 +1,31 @@
-"""Smoke test of a staged version: load it in the runtime (ONNX Runtime where installed, else
-OpenVINO), run the probe inputs shipped with the version, compare with the expected outputs
-within tolerance, time p50 / p95 / p99 with the project's one timing loop
-(``hadmc_core.backends.time_runs``)."""
+"""Smoke test of a staged version: load it in the runtime it was built for, run the probe
+inputs shipped with the version, compare with the expected outputs within tolerance, time
+p50 / p95 / p99 with the project's one timing loop (``hadmc_core.backends.time_runs``).
+
+Which runtime runs a version: the desired state names the runtimes a version may run on,
+the one it was built and checked with first (``runtimes``); the agent takes the first of
+them installed here (``choose_runtime``) and records its backend's name in the version's
+directory (``RUNTIME_FILE``), so the smoke test, the health checks and the inference
+endpoint open the version with the same runtime (``open_session``). A version without a
+record (a server that names no runtime) runs on the first runtime installed here
+(ONNX Runtime, else OpenVINO).
+"""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge_agent.errors import SmokeTestError
 from hadmc_core import backends
 from hadmc_core.backends import Backend, Session
-from hadmc_core.backends.onnxruntime import inference_session
 from hadmc_core.errors import HadmcError
+
+#: In a version's directory: the name of the backend that runs it (``openvino``).
+RUNTIME_FILE = "runtime"
 
 
 @dataclass
@@ -35,10 +44,48 @@ class SmokeResult:
     max_abs_err: float | None
 
 
-def open_session(path: Path, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU ``InferenceSession`` with the ONNX Runtime backend's options
-    (``threads`` intra-op threads, all CPUs when 0)."""
-    return inference_session(path, threads or None)
+def installed() -> list[str]:
+    """The backends installed here, in registration order."""
+    return [n for n in backends.names() if backends.get(n).available()]
+
+
+def choose_runtime(runtimes: list[str] | None) -> Backend:
+    """The first of ``runtimes`` (``openvino-cpu``, ``onnxruntime-cpu-1.23``, ...) installed
+    here; the first runtime installed here when none is named. SmokeTestError when the
+    version names runtimes and none of them is installed."""
+    try:
+        if not runtimes:
+            return backends.default()
+        for runtime in runtimes:
+            name = backends.backend_name(str(runtime))
+            if name in backends.names() and backends.get(name).available():
+                return backends.get(name)
+    except HadmcError as e:
+        raise SmokeTestError(str(e)) from e
+    raise SmokeTestError(f"the version was built for {' or '.join(map(str, runtimes))}; "
+                         f"this device has {', '.join(installed()) or 'no runtime'} (install "
+                         "the runtime, or roll out a version built for this one)")
+
+
+def runtime_of(version_dir: Path) -> Backend:
+    """The backend recorded for a held (or staged) version; the default one without a
+    record."""
+    try:
+        name = (version_dir / RUNTIME_FILE).read_text().strip()
+    except FileNotFoundError:
+        name = ""
+    return choose_runtime([name] if name else None)
+
+
+def open_session(path: Path, threads: int = 0, backend: str | Backend | None = None
+                 ) -> Session:
+    """The model file opened by ``backend`` (by default the runtime recorded beside it) with
+    ``threads`` threads (all CPUs when 0): the one way the agent opens a model."""
+    runtime = runtime_of(path.parent) if backend is None else backends.resolve(backend)
+    try:
+        return runtime.open(path, threads or None)
+    except Exception as e:  # noqa: BLE001 - runtimes raise their own types
+        raise SmokeTestError(f"{runtime.name} cannot load the model: {str(e)[:200]}") from e
 
 
 def load_probe(data: bytes) -> Probe:
@@ -96,15 +143,8 @@ def smoke_test(model: Path, probe: Probe | None, runs: int = 30, threads: int = 
                backend: str | Backend | None = None) -> SmokeResult:
     """Raise SmokeTestError unless the model loads and matches the probe; time batch 1.
     Without a probe (a version published before probes existed) only load and run.
-    ``backend``: a name or a backend; the first runtime installed here when None."""
-    try:
-        runtime = backends.default() if backend is None else backends.resolve(backend)
-    except HadmcError as e:
-        raise SmokeTestError(str(e)) from e
-    try:
-        sess = runtime.open(model, threads or None)
-    except Exception as e:  # noqa: BLE001
-        raise SmokeTestError(f"{runtime.name} cannot load the model: {str(e)[:200]}") from e
+    ``backend``: a name or a backend; the runtime recorded beside ``model`` when None."""
+    sess = open_session(model, threads, backend)
     err = compare(sess, probe) if probe is not None else None
     feeds = {_first_input(sess): _batch_one(sess, probe)}
     try:

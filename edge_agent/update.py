@@ -27,7 +27,14 @@ from edge_agent.errors import (
 )
 from edge_agent.health import new_probation, time_held
 from edge_agent.settings import AgentSettings
-from edge_agent.smoke import Probe, SmokeResult, load_probe, smoke_test
+from edge_agent.smoke import (
+    RUNTIME_FILE,
+    Probe,
+    SmokeResult,
+    choose_runtime,
+    load_probe,
+    smoke_test,
+)
 from edge_agent.store import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -81,7 +88,7 @@ class Updater:
             staged = self.store.new_staging(f"v{a.version_id}")
             (staged / MANIFEST_FILE).write_bytes(raw)
             self._files(a, signed, staged)
-            result = self._smoke(a, staged)
+            result = self._smoke(a, staged, desired.get("runtimes"))
             a.phase = "switch"
             ms = self.state.model(signed.manifest.model)
             for k in ("model_id", "name"):
@@ -213,13 +220,19 @@ class Updater:
             return
         (staged / PROBE_FILE).write_bytes(data)
 
-    def _smoke(self, a: Attempt, staged: Path) -> SmokeResult:
+    def _smoke(self, a: Attempt, staged: Path, runtimes: Any) -> SmokeResult:
+        """Smoke-test with the runtime the version was built for (the first of the desired
+        entry's ``runtimes`` installed here), recorded in the staged directory so that
+        serving and health checks use it too."""
         a.phase = "smoke"
         probe: Probe | None = None
         if (staged / PROBE_FILE).exists():
             probe = load_probe((staged / PROBE_FILE).read_bytes())
+        names = [str(r) for r in runtimes] if isinstance(runtimes, list) else None
+        runtime = choose_runtime(names)
+        (staged / RUNTIME_FILE).write_text(runtime.name + "\n")
         return smoke_test(staged / MODEL_FILE, probe, self.settings.smoke_runs,
-                          self.settings.threads)
+                          self.settings.threads, runtime)
 
     # -- switch and report -----------------------------------------------------------------
     def activate(self, a: Attempt, signed: SignedManifest, result: SmokeResult) -> None:
