@@ -102,6 +102,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     # Plain column (model_versions.job_id holds the foreign key; no cycle between tables).
     version_id: Mapped[int | None] = mapped_column(Integer)
+    #: The target as submitted and resolved (``services.jobs``): ``{"profile": NAME}``, or
+    #: the device ids a device or tag target named at submission. None on jobs from before.
+    target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -135,6 +138,9 @@ class ModelVersion(Base):
     #: Inputs and outputs of the graph (name, element type, shape), read from the ONNX file
     #: once (``services.compat``); None until first needed.
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: What it was built for: hardware class, runtime and its version range, memory needed
+    #: (``services.compat.built_for``); None: matched by ``profile`` alone.
+    built_for: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
