@@ -7,7 +7,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    model_validator,
+)
 
 from cloud_service import schemas_examples as ex
 from cloud_service.services.auth import DEFAULT_ROLE, Role
@@ -82,8 +89,12 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.JOB_CREATE))
     model_id: DbId = Field(description="A safetensors model uploaded to /v1/models.")
     dataset_id: DbId = Field(description="A dataset from /v1/datasets.")
-    profile: Name = Field(description="Target hardware profile name (GET /v1/profiles).",
-                          max_length=100)
+    profile: Name | None = Field(default=None, max_length=100,
+                                 description="Target hardware profile name (GET "
+                                             "/v1/profiles); or give `target`.")
+    target: JobTarget | None = Field(default=None, description="What to compress for: "
+                                     "`{\"profile\": NAME}`, `{\"device\": ID}` or "
+                                     "`{\"devices\": {\"tags\": [...]}}` (docs/service.md).")
     constraints: dict[str, Any] = Field(
         default_factory=dict,
         description="max_accuracy_drop (points), latency_budget_ms, size_budget_mb.")
@@ -99,6 +110,9 @@ class JobPublic(Public):
     model_id: int
     dataset_id: int
     profile: str
+    target: dict[str, Any] | None = Field(default=None, description="The target as "
+                                          "resolved at submission: `profile`, or `device_ids` "
+                                          "(and the `tags` that selected them).")
     config: dict[str, Any]
     state: JobState
     stage: str | None
@@ -121,6 +135,29 @@ class JobPublic(Public):
         return round(100.0 * self.done / self.total, 1) if self.total else None
 
 
+class DeviceLatency(BaseModel):
+    device_id: int
+    p50_ms: float
+    p95_ms: float | None
+
+
+class VersionLatency(BaseModel):
+    """Predicted against measured latency (``cloud_service.services.updates``)."""
+
+    predicted_ms: float | None = Field(description="The report's latency of the compressed "
+                                       "model on its target (batch 1).")
+    predicted_source: str | None = Field(description="Where it comes from: `measured` (on "
+                                         "the worker, a machine of the target's class), "
+                                         "`device_table` or `estimated` (docs/report.md).")
+    measured_p50_ms: float | None = Field(description="Median over devices of each "
+                                          "device's p50 for this version.")
+    measured_p95_ms: float | None = Field(description="Median over devices of their p95.")
+    devices: int = Field(description="Devices that reported a measurement.")
+    error_pct: float | None = Field(description="(predicted - measured p50) / measured p50, "
+                                    "in percent.")
+    per_device: list[DeviceLatency]
+
+
 class VersionPublic(Public):
     model_config = ConfigDict(json_schema_extra=ex.examples(ex.VERSION))
     id: int
@@ -133,6 +170,12 @@ class VersionPublic(Public):
     summary: dict[str, Any]
     constraints_met: bool
     created_at: datetime
+    built_for: dict[str, Any] | None = Field(
+        default=None, description="What it was built for: isa, accelerator, flags, runtime, "
+        "runtimes, runtime_version {min, below}, memory_mb (docs/protocol.md); null: its "
+        "profile's.")
+    #: ``GET /v1/versions/{id}`` only (lists leave it out: it reads the report)
+    latency: VersionLatency | None = None
 
 
 class EnrollmentTokenCreate(BaseModel):
@@ -306,3 +349,31 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class TagSelector(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: list[Tag] = Field(min_length=1, max_length=100,
+                            description="Devices with any of these tags.")
+
+
+class JobTarget(BaseModel):
+    """Exactly one of ``profile``, ``device``, ``devices``."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile: Name | None = Field(default=None, max_length=100,
+                                 description="A built-in profile (GET /v1/profiles).")
+    device: DbId | None = Field(default=None, description="An enrolled device: its measured "
+                                "operator latency table and its runtime.")
+    devices: TagSelector | None = Field(default=None, description="Enrolled devices by tag: "
+                                        "their tables combined (the slowest per operator).")
+
+    @model_validator(mode="after")
+    def _one(self) -> JobTarget:
+        given = [k for k in ("profile", "device", "devices") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `profile`, `device`, `devices`")
+        return self
+
+
+JobCreate.model_rebuild()

@@ -34,7 +34,12 @@ JOB = {"id": 3, "model_id": 1, "dataset_id": 1, "profile": "x86-avx2",
 VERSION = {"id": 7, "model_id": 1, "number": 2, "job_id": 3, "profile": "x86-avx2",
            "onnx_hash": HASH, "onnx_size": 11_240_512,
            "summary": {"accuracy_drop_points": 0.31, "speedup": 2.4, "compression": 3.9},
-           "constraints_met": True, "created_at": NOW}
+           "constraints_met": True, "created_at": NOW,
+           "latency": {"predicted_ms": 1.92, "predicted_source": "estimated",
+                       "measured_p50_ms": 2.07, "measured_p95_ms": 2.31, "devices": 2,
+                       "error_pct": -7.2,
+                       "per_device": [{"device_id": 5, "p50_ms": 2.01, "p95_ms": 2.2},
+                                      {"device_id": 6, "p50_ms": 2.13, "p95_ms": 2.42}]}}
 TOKEN_CREATE = {"name": "line-3 cameras", "expires_in_seconds": 86400, "max_uses": 20}
 TOKEN = {"id": 2, "name": "line-3 cameras", "max_uses": 20, "uses": 3, "expires_at": NOW,
          "revoked_at": None, "created_at": NOW}

@@ -1,8 +1,9 @@
 """What devices reported after updates: a device's update history, and the latency a
-version measures on the devices that run it."""
+version measures on the devices that run it against what its report predicted."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -20,21 +21,19 @@ def list_update_reports(*, session: Session, device_id: int, offset: int, limit:
     return page(session, query, UpdateReport.id.desc(), offset, limit)
 
 
-def measured_p50(*, session: Session, version_id: int) -> dict[str, Any]:
-    """The version's latency as devices measured it: per device the p50 of its newest
-    committed update report for the version, or else of its row in a rollout of the
-    version; and the median over devices.
-
-    ``{"median_ms": float | None, "devices": n, "per_device": {device_id: p50_ms}}``."""
-    per_device: dict[int, float] = {}
+def measured(*, session: Session, version_id: int) -> dict[int, tuple[float, float | None]]:
+    """Per device, ``(p50_ms, p95_ms)`` of the version as the device measured it: its
+    newest successful update report for the version that carries a p50, or else its row
+    in a rollout of the version that it succeeded in."""
+    per_device: dict[int, tuple[float, float | None]] = {}
     reports = session.execute(
-        select(UpdateReport.device_id, UpdateReport.p50_ms)
+        select(UpdateReport.device_id, UpdateReport.p50_ms, UpdateReport.p95_ms)
         .where(UpdateReport.version_id == version_id, UpdateReport.ok.is_(True),
                UpdateReport.p50_ms.is_not(None))
         .order_by(UpdateReport.id))
-    for device_id, p50 in reports:  # newest last, so it wins
+    for device_id, p50, p95 in reports:  # newest last, so it wins
         if p50 is not None:
-            per_device[device_id] = p50
+            per_device[device_id] = (p50, p95)
     rows = session.execute(
         select(RolloutDevice.device_id, RolloutDevice.p50_ms).join(Rollout)
         .where(Rollout.version_id == version_id, RolloutDevice.status == "succeeded",
@@ -42,7 +41,37 @@ def measured_p50(*, session: Session, version_id: int) -> dict[str, Any]:
         .order_by(RolloutDevice.rollout_id))
     for device_id, p50 in rows:
         if p50 is not None:
-            per_device.setdefault(device_id, p50)
-    values = list(per_device.values())
-    return {"median_ms": statistics.median(values) if values else None,
-            "devices": len(values), "per_device": per_device}
+            per_device.setdefault(device_id, (p50, None))
+    return per_device
+
+
+def predicted(report: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The report's latency of the compressed model on its target and where it comes
+    from (``latency_source``: measured, device_table or estimated; docs/report.md)."""
+    ms = (report.get("compressed") or {}).get("latency_ms")
+    source = report.get("latency_source")
+    value = float(ms) if isinstance(ms, (int, float)) and not isinstance(ms, bool) else None
+    if value is not None and not math.isfinite(value):
+        value = None
+    return value, (source if isinstance(source, str) else None)
+
+
+def version_latency(*, session: Session, version_id: int, report: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Predicted against measured latency of a version: the report's prediction with its
+    source, the median p50 and p95 over the devices that reported the version, how many,
+    and the error of the prediction, ``(predicted - measured) / measured`` in percent
+    (negative: the prediction was faster than the devices)."""
+    ms, source = predicted(report)
+    per = measured(session=session, version_id=version_id)
+    p50s = [p50 for p50, _ in per.values()]
+    p95s = [p95 for _, p95 in per.values() if p95 is not None]
+    median = statistics.median(p50s) if p50s else None
+    error = (round(100.0 * (ms - median) / median, 1)
+             if ms is not None and median else None)
+    return {"predicted_ms": ms, "predicted_source": source,
+            "measured_p50_ms": median,
+            "measured_p95_ms": statistics.median(p95s) if p95s else None,
+            "devices": len(p50s), "error_pct": error,
+            "per_device": [{"device_id": d, "p50_ms": p50, "p95_ms": p95}
+                           for d, (p50, p95) in sorted(per.items())]}

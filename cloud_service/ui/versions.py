@@ -21,19 +21,12 @@ router = APIRouter(prefix="/ui/versions", include_in_schema=False)
 PAGE = 50
 
 
-def latency_comparison(report: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
-    """Predicted latency (the report's measurement of the compressed model on the target
-    profile, and the latency model's estimate of the chosen candidate) beside the median
-    p50 that devices measured."""
+def _chosen_estimate(report: dict[str, Any]) -> float | None:
+    """The latency model's estimate of the chosen candidate (the search's figure)."""
     chosen = next((c for c in report.get("candidates") or []
                    if isinstance(c, dict) and c.get("chosen")), {})
-    predicted = (report.get("compressed") or {}).get("latency_ms")
-    median = measured["median_ms"]
-    ratio = median / predicted if median is not None and predicted else None
-    return {"predicted_ms": predicted, "estimated_ms": chosen.get("estimated_ms"),
-            "source": report.get("latency_model"), "measured_ms": median,
-            "devices": measured["devices"], "ratio": ratio,
-            "per_device": sorted(measured["per_device"].items())}
+    value = chosen.get("estimated_ms")
+    return value if isinstance(value, (int, float)) else None
 
 
 @router.get("", response_class=HTMLResponse)
@@ -57,12 +50,13 @@ def version_page(version_id: PathId, request: Request, session: SessionDep,
         report = svc.read_report(store=store, version=ver)
     except ServiceError as e:
         report_error = str(e)
-    measured = updates_svc.measured_p50(session=session, version_id=version_id)
     return render(request, "version.html", viewer, title=f"Version {ver.id}",
                   nav="versions", ver=ver, model=model_names(session).get(ver.model_id, "?"),
                   report=report, report_error=report_error, plot=scatter(report),
                   layers=[r for r in report.get("layers") or [] if isinstance(r, dict)],
-                  latency=latency_comparison(report, measured),
+                  latency=updates_svc.version_latency(session=session, version_id=version_id,
+                                                      report=report),
+                  estimated_ms=_chosen_estimate(report),
                   png=bool((ver.summary or {}).get("report_png_hash")))
 
 

@@ -24,10 +24,10 @@ from cloud_service.api.deps import (
 )
 from cloud_service.api.downloads import RANGE, CountedFileResponse, octet, serve_artifact
 from cloud_service.api.problems import problems
-from cloud_service.errors import NotFoundError
+from cloud_service.errors import NotFoundError, ServiceError
 from cloud_service.models import ModelVersion
-from cloud_service.schemas import Page, VersionPublic
-from cloud_service.services import publish
+from cloud_service.schemas import Page, VersionLatency, VersionPublic
+from cloud_service.services import publish, updates
 from cloud_service.services import versions as svc
 
 router = APIRouter(prefix="/v1/versions", tags=["versions"],
@@ -53,10 +53,21 @@ def list_versions(session: SessionDep, user: ViewerUser,
 
 
 @router.get("/{version_id}", response_model=VersionPublic, summary="Get a version's metadata",
-            description="Hashes, size, summary and whether the constraints were met. Users "
-                        "and enrolled devices may read versions. 404 for an unknown id.")
-def get_version(version_id: PathId, session: SessionDep, who: AnyPrincipal) -> VersionPublic:
-    return VersionPublic.model_validate(_get(session, version_id))
+            description="Hashes, size, summary, whether the constraints were met, and "
+                        "`latency`: the report's predicted latency with its source beside "
+                        "the median p50/p95 that devices measured, their count and the "
+                        "error in percent. Users and enrolled devices may read versions. "
+                        "404 for an unknown id.")
+def get_version(version_id: PathId, session: SessionDep, who: AnyPrincipal,
+                store: StoreDep) -> VersionPublic:
+    row = _get(session, version_id)
+    try:
+        report = svc.read_report(store=store, version=row)
+    except (ServiceError, OSError):  # no readable report: no prediction; the rest answers
+        report = {}
+    latency = updates.version_latency(session=session, version_id=row.id, report=report)
+    return VersionPublic.model_validate(row).model_copy(
+        update={"latency": VersionLatency.model_validate(latency)})
 
 
 @router.get("/{version_id}/report", summary="The compression report (report.json)",
