@@ -35,6 +35,7 @@ def names() -> list[str]:
 
 
 from hadmc_core.tasks import classification as _classification  # noqa: E402  (registers)
+from hadmc_core.tasks import detection as _detection  # noqa: E402  (registers)
 
-del _classification
+del _classification, _detection
 __all__ = ["GraphTask", "Task", "get", "names", "register"]

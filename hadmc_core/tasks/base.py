@@ -9,6 +9,7 @@ check and data reader.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -62,8 +63,9 @@ class Task(Protocol):
         """Sentences about a baseline that looks wrong for the data (report ``warnings``)."""
         ...
 
-    def head(self, module: nn.Module, example: torch.Tensor) -> str | None:
-        """Name of the layer that produces the model's output (never pruned)."""
+    def head(self, module: nn.Module, example: torch.Tensor) -> str | list[str] | None:
+        """Name of the layer that produces the model's output (never pruned), or the names
+        of several (a detector's per-level predictions)."""
         ...
 
     def feature_points(self, module: nn.Module, example: torch.Tensor, n: int) -> list[str]:
@@ -72,6 +74,17 @@ class Task(Protocol):
 
     def load_data(self, name_or_path: str, **options: object) -> DataSplits:
         """Read a dataset with the task's train/validation/test splits."""
+        ...
+
+    def export(self, model: nn.Module, example: torch.Tensor, path: Path,
+               data: DataSplits) -> Path:
+        """Write the ONNX graph the runtime measures and the device receives."""
+        ...
+
+    def predict(self, backend: Any, path: Path, x: np.ndarray, threads: int | None = None
+                ) -> list[np.ndarray]:
+        """The outputs ``metric`` scores, of the graph at ``path`` run by ``backend`` on
+        the samples ``x``."""
         ...
 
 
@@ -83,11 +96,25 @@ class GraphTask:
     name = ""
     metric_name = ""
 
-    def head(self, module: nn.Module, example: torch.Tensor) -> str | None:
+    def head(self, module: nn.Module, example: torch.Tensor) -> str | list[str] | None:
         return graph.find_head(module, example)
 
     def feature_points(self, module: nn.Module, example: torch.Tensor, n: int) -> list[str]:
-        return graph.feature_points(module, example, n, self.head(module, example))
+        head = self.head(module, example)
+        return graph.feature_points(module, example, n,
+                                    head if head is None or isinstance(head, str) else head[0])
+
+    def export(self, model: nn.Module, example: torch.Tensor, path: Path,
+               data: DataSplits) -> Path:
+        """The model as ONNX with a dynamic batch axis (``onnx_io.export_onnx``)."""
+        from hadmc_core.onnx_io import export_onnx
+
+        return export_onnx(model, example, path)
+
+    def predict(self, backend: Any, path: Path, x: np.ndarray, threads: int | None = None
+                ) -> list[np.ndarray]:
+        """Every output, run in batches and concatenated (``Backend.predict``)."""
+        return list(backend.predict(path, x, threads=threads))
 
     def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor,
                      temperature: float) -> torch.Tensor:
