@@ -71,7 +71,7 @@ class Measurer:
     _graphs: dict[Path, dict[str, graph_stats.GraphLayer]] = field(default_factory=dict)
 
     def predict(self, path: Path, x: np.ndarray) -> list[np.ndarray]:
-        return self.backend.predict(path, x, threads=self.cfg.threads)
+        return self.task.predict(self.backend, path, x, self.cfg.threads)
 
     def metric(self, path: Path, split: Split) -> float:
         return self.task.metric(self.predict(path, split.x), split)

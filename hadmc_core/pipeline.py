@@ -35,7 +35,6 @@ from hadmc_core.errors import BudgetError
 from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.measure import Measurer, latency_source
-from hadmc_core.onnx_io import export_onnx
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.report import Candidate, LayerDecision, ModelStats, Report
 from hadmc_core.tasks import Task
@@ -161,7 +160,7 @@ class Controller:
             ctx.progress("baseline", 0, 1)
             path = ctx.work / "baseline.onnx"
             if ctx.model is not None:
-                export_onnx(ctx.model, ctx.example, path)
+                ctx.task.export(ctx.model, ctx.example, path, ctx.data)
                 sizes = counts(ctx, ctx.model)
             else:
                 assert ctx.graph is not None
@@ -200,8 +199,8 @@ class Controller:
                 handler.apply(ctx, cfg, work)
         with ctx.stage("export"):
             if work.module is not None:
-                work.fp32_path = export_onnx(work.module, ctx.example,
-                                             ctx.work / f"{cid}-fp32.onnx")
+                work.fp32_path = ctx.task.export(work.module, ctx.example,
+                                                 ctx.work / f"{cid}-fp32.onnx", ctx.data)
                 work.sizes = counts(ctx, work.module)
                 work.onnx_names = quantize.torch_to_onnx_names(work.module, ctx.example,
                                                                work.fp32_path)

@@ -83,8 +83,9 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
 
 
 def _graph(model: nn.Module, example: torch.Tensor,
-           head: str | None) -> tuple[tp.DependencyGraph, list]:
-    """Torch-Pruning's groups, the head (the layer that produces the output) left whole."""
+           head: str | list[str] | None) -> tuple[tp.DependencyGraph, list]:
+    """Torch-Pruning's groups, the head (the layer that produces the output, or several,
+    as a detector's per-level predictions) left whole."""
     from hadmc_core.tasks.graph import find_head
 
     head = head if head is not None else find_head(model, example)
@@ -92,7 +93,8 @@ def _graph(model: nn.Module, example: torch.Tensor,
         raise HadmcError("no output layer (a module with a weight) was found on the path to "
                          "the model's output, so pruning could change the output's width; "
                          "switch pruning off (prune.enabled: false)")
-    ignored = [dict(model.named_modules())[head]]
+    mods = dict(model.named_modules())
+    ignored = [mods[h] for h in ([head] if isinstance(head, str) else head)]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = list(dg.get_all_groups(ignored_layers=ignored,
                                     root_module_types=[nn.Conv2d, nn.Linear]))
@@ -112,7 +114,7 @@ def _accumulate_gradients(model: nn.Module, data: Split, cfg: PruneConfig,
 
 def analyze(model: nn.Module, data: Split, cfg: PruneConfig, example: torch.Tensor,
             progress: ProgressFn = no_progress, *, loss: LossFn = F.cross_entropy,
-            head: str | None = None) -> tuple[list[Group], dict[str, Layer]]:
+            head: str | list[str] | None = None) -> tuple[list[Group], dict[str, Layer]]:
     """Score every channel of every prunable group (on a copy; ``model`` is untouched).
 
     ``loss(outputs, targets)`` drives the Taylor importance (the task's loss); ``head`` is

@@ -17,7 +17,7 @@ from hadmc_core.techniques.base import Technique
 class PruneState:
     groups: list[pruning.Group]
     layers: dict[str, pruning.Layer]
-    head: str
+    head: str | list[str]
 
 
 @register(PruneConfig)
