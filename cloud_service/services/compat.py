@@ -19,10 +19,21 @@ with the reason (``services.rollouts``). The rules:
 - **Runtime.** One of the profile's runtimes must be among the device's
   (``onnxruntime-cpu`` matches a device's ``onnxruntime-cpu-1.23``).
 - A device that has not reported its profile yet is not assigned: its hardware is unknown.
+
+A version built by a job records what it was built for (``built_for``, ``describe_build``):
+the hardware class (``isa``, ``accelerator``, ``flags``), the runtime it was built and
+checked with, the runtimes it may run on (for a device target only that one), the version
+range of that runtime (from the version it was checked with, up to the next major
+version) and the memory it needs (weights plus every intermediate tensor at batch 1).
+Such a version is matched by these instead of its profile: the same ISA and accelerator
+rules, one of ``runtimes`` on the device (within the range for the runtime it was built
+with), and at least ``memory_mb`` of memory on the device.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -135,10 +146,119 @@ def hardware_difference(profile_name: str, device_profile: dict[str, Any] | None
     return None
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def split_runtime(runtime: str) -> tuple[str, str | None]:
+    """``onnxruntime-cpu-1.23`` -> (``onnxruntime-cpu``, ``1.23``); no version -> None."""
+    m = re.fullmatch(r"(.+?)-(\d+(?:\.\d+)*)", runtime)
+    return (m.group(1), m.group(2)) if m else (runtime, None)
+
+
+def version_range(version: str | None) -> dict[str, str] | None:
+    """From the runtime version a version was checked with (major.minor) up to the next
+    major version: ``2026.4.1`` -> ``{"min": "2026.4", "below": "2027"}``."""
+    if not version:
+        return None
+    parts = _version_tuple(version)
+    if not parts:
+        return None
+    return {"min": ".".join(str(x) for x in parts[:2]), "below": str(parts[0] + 1)}
+
+
+def memory_needed_mb(path: Path) -> int:
+    """What running the ONNX file at batch 1 holds in tensors, in MiB (rounded up): the
+    file's size (its weights) plus every input, intermediate and output tensor whose shape
+    shape inference knows (open dims taken as 1), as if none were reused. An upper bound
+    on the runtime's tensor memory, not counting the runtime itself."""
+    import onnx
+    from onnx import helper, shape_inference
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        graph = shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - onnx raises several types; the weights alone then
+        graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    tensors = 0
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if v.name in inits or not t.HasField("shape") or not t.elem_type:
+            continue
+        try:
+            size = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        tensors += size * math.prod(d.dim_value if d.HasField("dim_value") else 1
+                                    for d in t.shape.dim)
+    return max(1, math.ceil((path.stat().st_size + tensors) / (1 << 20)))
+
+
+def describe_build(*, profile: HardwareProfile, runtime: str, runtime_version: str | None,
+                   runtimes: list[str], memory_mb: int) -> dict[str, Any]:
+    """A version's ``built_for``: the hardware class of ``profile``, the runtime it was
+    built and checked with (``onnxruntime-cpu``), the runtimes it may run on, that
+    runtime's version range and the memory it needs."""
+    return {"isa": profile.isa, "accelerator": profile.accelerator,
+            "flags": sorted(profile.flags), "runtime": runtime,
+            "runtimes": list(dict.fromkeys(runtimes)),
+            "runtime_version": version_range(runtime_version), "memory_mb": memory_mb}
+
+
+def runtimes_of(version: ModelVersion) -> list[str] | None:
+    """The runtimes a version may run on, the one it was built with first (the agent runs
+    it with the first of them it has); None when not known."""
+    if version.built_for and version.built_for.get("runtimes"):
+        return [str(r) for r in version.built_for["runtimes"]]
+    prof = _profile(version.profile)
+    return list(prof.runtimes) if prof is not None else None
+
+
+def _in_range(version: str | None, rng: dict[str, str] | None) -> bool:
+    if not rng:
+        return True
+    if version is None:
+        return False
+    have = _version_tuple(version)
+    return _version_tuple(rng["min"]) <= have < _version_tuple(rng["below"])
+
+
+def build_difference(built: dict[str, Any], device_profile: dict[str, Any] | None
+                     ) -> str | None:
+    """None when a version with this ``built_for`` runs on a device with this reported
+    profile, else why not."""
+    if not device_profile:
+        return "the device has not reported its hardware profile yet"
+    isa, acc = device_profile.get("isa"), device_profile.get("accelerator")
+    if (isa, acc) != (built.get("isa"), built.get("accelerator")):
+        return (f"built for {built.get('isa')} {built.get('accelerator')}; the device is "
+                f"{isa} {acc}")
+    if built.get("accelerator") != "cpu":
+        missing = sorted(set(built.get("flags") or []) - set(device_profile.get("flags") or []))
+        if missing:
+            return f"built for an accelerator with {', '.join(missing)}; the device lacks them"
+    have = [split_runtime(str(r)) for r in device_profile.get("runtimes") or []]
+    wanted, rng = [str(r) for r in built.get("runtimes") or []], built.get("runtime_version")
+    ok = [(w, v) for w in wanted for n, v in have if n == w or n.startswith(w + "-")]
+    if not ok:
+        return (f"built for the runtime {' or '.join(wanted)}; the device has "
+                f"{', '.join(n + ('-' + v if v else '') for n, v in have) or 'none'}")
+    if not any(w != built.get("runtime") or _in_range(v, rng) for w, v in ok):
+        return (f"built for {built.get('runtime')} {rng['min']} up to (not including) "
+                f"{rng['below']}; the device has "
+                f"{', '.join(w + ' ' + (v or 'of unknown version') for w, v in ok)}")
+    need, mem = built.get("memory_mb"), device_profile.get("memory_gb")
+    if need and isinstance(mem, int | float) and mem * 1024 < need:
+        return f"needs {need} MiB of memory; the device has {mem * 1024:.0f} MiB"
+    return None
+
+
 def misfit(*, session: Session, store: ArtifactStore, version: ModelVersion, device: Device,
            replace_model: bool) -> str | None:
     """Why ``version`` must not go to ``device`` (None when it fits)."""
-    why = hardware_difference(version.profile, device.profile)
+    why = build_difference(version.built_for, device.profile) if version.built_for \
+        else hardware_difference(version.profile, device.profile)
     if why is not None:
         return why
     deps = {d.model_id: d for d in device.deployments}

@@ -1,4 +1,10 @@
-"""Compression jobs: submit (validated), list, get, cancel. Execution is in ``tasks``."""
+"""Compression jobs: submit (validated), list, get, cancel. Execution is in ``tasks``.
+
+A job targets a built-in profile, one enrolled device, or enrolled devices by tag
+(``resolve_target``). Devices are checked at submission (unknown: 404; revoked: 409; a
+tag selector that leaves no usable device: 409 with each device's reason) and their ids
+stored in ``jobs.target``; the worker reads their latest profiles and operator latency
+tables (``cloud_service.tasks.targets``)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cloud_service.db import utcnow
-from cloud_service.errors import ConflictError, InvalidInputError
-from cloud_service.models import Dataset, Job, Model
+from cloud_service.errors import ConflictError, InvalidInputError, NotFoundError
+from cloud_service.models import Dataset, Device, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CONSTRAINT_KEYS = ("max_accuracy_drop", "latency_budget_ms", "size_budget_mb")
@@ -47,9 +53,84 @@ def build_config(config: dict[str, Any], constraints: dict[str, Any]) -> dict[st
         raise InvalidInputError(f"invalid pipeline config: {e}") from e
 
 
-def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str,
+def _usable(dev: Device) -> str | None:
+    """Why a device cannot be a job's target (None: it can)."""
+    if dev.revoked_at is not None:
+        return f"device {dev.id} is revoked"
+    if not dev.profile:
+        return (f"device {dev.id} has not reported its hardware profile yet (start its agent, "
+                "or target a profile)")
+    return None
+
+
+def common_runtime(devices: list[Device]) -> str | None:
+    """The first runtime of the first device (``openvino-cpu``, version left out) that
+    every device has; None when they share none."""
+    from cloud_service.services.compat import split_runtime
+
+    def names(d: Device) -> list[str]:
+        return [split_runtime(str(r))[0] for r in (d.profile or {}).get("runtimes") or []]
+
+    return next((r for r in names(devices[0]) if all(r in names(d) for d in devices[1:])),
+                None)
+
+
+def resolve_target(*, session: Session, profile: str | None, target: dict[str, Any] | None
+                   ) -> tuple[str, dict[str, Any]]:
+    """(the job's profile label, its target as stored). ``profile`` is the older form of
+    ``target={"profile": ...}``. NotFoundError for an unknown device, ConflictError for a
+    revoked one or a selector without a usable device."""
+    if (profile is None) == (target is None):
+        raise InvalidInputError("give the job a `target` (or the older `profile`), not both")
+    target = target if target is not None else {"profile": profile}
+    if target.get("profile") is not None:
+        check_profile(target["profile"])
+        return target["profile"], {"profile": target["profile"]}
+    if target.get("device") is not None:
+        dev = session.get(Device, target["device"])
+        if dev is None:
+            raise NotFoundError(f"device {target['device']} does not exist")
+        why = _usable(dev)
+        if why is not None:
+            raise ConflictError(why)
+        devices, tags = [dev], None
+    else:
+        tags = list(target["devices"]["tags"])
+        found = [d for d in session.scalars(select(Device).order_by(Device.id))
+                 if set(tags) & set(d.tags or [])]
+        reasons = {d.id: _usable(d) for d in found}
+        devices = [d for d in found if reasons[d.id] is None]
+        if not devices:
+            why = "; ".join(r for r in reasons.values() if r) or "no device has them"
+            raise ConflictError(f"no usable device has any of the tags {', '.join(tags)}: "
+                                f"{why}")
+    classes = {(d.profile or {}).get("isa"): d.id for d in devices}
+    accs = {(d.profile or {}).get("accelerator") for d in devices}
+    if len(classes) > 1 or len(accs) > 1:
+        raise ConflictError("the devices differ in hardware class (" + ", ".join(
+            f"device {d.id}: {(d.profile or {}).get('isa')} {(d.profile or {}).get('accelerator')}"
+            for d in devices) + "); one version is built for one class: narrow the tags")
+    runtime = common_runtime(devices)
+    if runtime is None:
+        raise ConflictError("the devices share no runtime (" + "; ".join(
+            f"device {d.id}: {', '.join((d.profile or {}).get('runtimes') or [])}"
+            for d in devices) + "); one version is built for one runtime: narrow the tags")
+    ids = [d.id for d in devices]
+    stored: dict[str, Any] = {"device_ids": ids, "runtime": runtime}
+    if tags is not None:
+        stored["tags"] = tags
+        left = {str(i): r for i, r in reasons.items() if r}
+        if left:
+            stored["left_out"] = left
+        label = f"devices:{','.join(tags)}"
+    else:
+        label = f"device:{ids[0]}"
+    return label[:100], stored
+
+
+def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str | None,
                constraints: dict[str, Any], config: dict[str, Any],
-               owner_id: int | None) -> Job | None:
+               owner_id: int | None, target: dict[str, Any] | None = None) -> Job | None:
     """A queued job, or None when the model or dataset does not exist."""
     model = session.get(Model, model_id)
     dataset = session.get(Dataset, dataset_id)
@@ -58,8 +139,8 @@ def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str
     if model.format not in COMPRESSIBLE:
         raise InvalidInputError(f"model {model_id} is {model.format}; compression takes "
                                 f"{' or '.join(COMPRESSIBLE)} models")
-    check_profile(profile)
-    job = Job(model_id=model_id, dataset_id=dataset_id, profile=profile,
+    label, stored = resolve_target(session=session, profile=profile, target=target)
+    job = Job(model_id=model_id, dataset_id=dataset_id, profile=label, target=stored,
               config=build_config(config, constraints), state="queued", owner_id=owner_id,
               timings={}, log_tail="", done=0, total=0, attempts=0, cancel_requested=False)
     session.add(job)

@@ -26,16 +26,21 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403
 
 
 @router.post("", status_code=202, response_model=JobPublic, summary="Submit a compression job",
-             responses=problems(404),
+             responses=problems(404, 409),
              description="The job is stored, then queued for a worker; poll GET /v1/jobs/{id}. "
                          "The base model is safetensors of a built-in architecture or an ONNX "
-                         "file (the dataset's images are fitted to its input). Operator or "
-                         "admin role. 404 when the model or dataset does not exist; 422 for an "
-                         "unknown profile or an invalid config.")
+                         "file (the dataset's images are fitted to its input). The target is a "
+                         "built-in profile, an enrolled device (its measured operator latency "
+                         "table and its runtime) or enrolled devices by tag. Operator or "
+                         "admin role. 404 when the model, dataset or device does not exist; "
+                         "409 for a revoked device or a tag selector without a usable device "
+                         "(with each device's reason); 422 for an unknown profile or an "
+                         "invalid config.")
 def submit_job(body: JobCreate, session: SessionDep, user: OperatorUser,
                settings: SettingsDep) -> JobPublic:
+    target = body.target.model_dump(exclude_none=True) if body.target is not None else None
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
-                         profile=body.profile, constraints=body.constraints,
+                         profile=body.profile, target=target, constraints=body.constraints,
                          config=body.config, owner_id=user.id)
     if job is None:
         raise NotFoundError(f"model {body.model_id} or dataset {body.dataset_id} does not exist")
