@@ -105,6 +105,8 @@ class Job(Base):
     #: The target as submitted and resolved (``services.jobs``): ``{"profile": NAME}``, or
     #: the device ids a device or tag target named at submission. None on jobs from before.
     target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: What the model does: ``classify`` or ``detect`` (``services.jobs``).
+    task: Mapped[str] = mapped_column(String(20), server_default="classify", default="classify")
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
