@@ -90,6 +90,8 @@ class PruneConfig(TechniqueConfig):
     uniform_ratio: float | None = None  # prune every group by this ratio (no search)
     round_to: int | None = None         # channel multiple; None = profile's
     size_weight: float = 1.0            # weight of parameters saved vs latency saved
+    search: str = "greedy"              # strategy (hadmc_core.search): greedy, evolution, rl
+    search_trials: int = 200            # candidate plans evolution / rl evaluate per rung
     # latency targets tried, most aggressive first: fractions of the latency that pruning
     # can remove (0 = every group at min_keep, 1 = unpruned)
     ladder: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.45, 0.65, 1.0])
@@ -101,6 +103,11 @@ class PruneConfig(TechniqueConfig):
                "prune.uniform_ratio must be in [0, 1)")
         _check(bool(self.ladder) and all(0 <= f <= 1 for f in self.ladder),
                "prune.ladder: fractions of the removable latency, in [0, 1]")
+        _check(self.search_trials >= 1, "prune.search_trials must be >= 1")
+        from hadmc_core import search  # torch-free; strategies may be registered by plug-ins
+
+        _check(self.search in search.names(),
+               f"prune.search: one of {', '.join(search.names())}, not {self.search!r}")
 
 
 @register_config
