@@ -6,13 +6,14 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hadmc_core.data import Split
+from hadmc_core.data import DataSplits, Split
 from hadmc_core.progress import ProgressFn, no_progress
 from hadmc_core.tasks.classification import (  # noqa: F401  (re-exported for hadmc train)
     NEAR_CHANCE_POINTS,
@@ -139,3 +140,32 @@ def fit(model: nn.Module, split: Split, cfg: TrainConfig, loss_fn: LossFn = ce_l
         epoch += 1
     model.eval()
     return losses
+
+
+def fit_detector(model: nn.Module, split: Split, cfg: TrainConfig,
+                 progress: ProgressFn = no_progress) -> list[float]:
+    """``fit`` with the detection task's loss (``hadmc_core.tasks.detection_loss``)."""
+    from hadmc_core import tasks
+
+    task = tasks.get("detect")
+    return fit(model, split, cfg, loss_fn=lambda m, x, y: task.loss(m(x), y),
+               progress=progress)
+
+
+def evaluate_detector(model: nn.Module, data: DataSplits, work: Path,
+                      backend: str = "onnxruntime") -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 (points) on validation and test of the model's exported
+    graph (NMS included) run by ``backend``, as the pipeline measures it."""
+    import torch
+
+    from hadmc_core import backends, tasks
+    from hadmc_core.tasks.detection import coco_map
+
+    task = tasks.get("detect")
+    path = task.export(model.cpu().eval(), torch.from_numpy(data.val.x[:1]), work / "eval.onnx",
+                       data)
+    out: dict[str, float] = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        m50, m5095 = coco_map(task.predict(backends.get(backend), path, split.x), split.y)
+        out[f"{name}_map50"], out[f"{name}_map50_95"] = round(m50, 2), round(m5095, 2)
+    return out
