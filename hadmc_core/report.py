@@ -53,6 +53,9 @@ class LayerDecision:
     executed_as: str
     quant_sensitivity: float | None = None
     int8_gain_ms_estimate: float = 0.0
+    #: the original model's output channels this layer kept, in order (None: not recorded,
+    #: e.g. a graph-only model); what an update-aware recompression reuses
+    kept_out_channels: list[int] | None = None
 
 
 @dataclass
@@ -129,6 +132,8 @@ class Report:
     config: dict[str, Any]
     #: "feature_stages" (declared by the model) or "graph" (found by the task)
     distill_alignment_source: str | None = None
+    #: an update-aware recompression: which version's plan, what was reused or re-tuned
+    update: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
 
@@ -167,7 +172,7 @@ class Report:
             "int4_weight_only": self.int4_weight_only,
             "distill_alignment": list(self.distill_alignment),
             "distill_alignment_source": self.distill_alignment_source,
-            "distill_precision": self.distill_precision,
+            "distill_precision": self.distill_precision, "update": self.update,
             "stages_seconds": self.stages_seconds, "config": self.config,
             "versions": self.versions,
         }
