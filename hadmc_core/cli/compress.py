@@ -105,6 +105,9 @@ def compress_cmd(
     no_prune: bool = typer.Option(False, help="Switch pruning off."),
     no_distill: bool = typer.Option(False, help="Switch distillation off."),
     no_quantize: bool = typer.Option(False, help="Switch quantization off."),
+    search: str | None = typer.Option(
+        None, help="Search strategy of pruning (and of precisions): greedy, evolution or rl "
+                   "(default: the config's prune.search, greedy)."),
     distill_epochs: float | None = typer.Option(None, help="Distillation epochs."),
     distill_samples: int | None = typer.Option(None, help="Fine-tune subset size."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
@@ -122,6 +125,7 @@ def compress_cmd(
     overrides = {"prune.enabled": False if no_prune else None,
                  "distill.enabled": False if no_distill else None,
                  "quantize.enabled": False if no_quantize else None,
+                 "prune.search": search,
                  "distill.epochs": distill_epochs, "distill.samples": distill_samples,
                  "constraints.max_accuracy_drop": max_accuracy_drop,
                  "constraints.latency_budget_ms": latency_budget_ms,
