@@ -1,17 +1,27 @@
-"""Datasets: built-in names or uploaded .npz files validated with hadmc_core.data."""
+"""Datasets: built-in names, uploaded .npz files validated with hadmc_core.data, and COCO or
+YOLO detection folders uploaded as a .zip (unpacked by ``archives``, then validated)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cloud_service.errors import InvalidInputError, PayloadTooLargeError
 from cloud_service.models import Dataset
+from cloud_service.services import archives
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 
+ArchiveKind = Literal["coco", "yolo"]
+#: Uploaded kinds: an .npz of labelled images, or a detection folder as a .zip.
+UPLOAD_KINDS = ("npz", "coco", "yolo")
+#: Built-in datasets whose task is detection (the others are classification).
+DETECTION_BUILTINS = ("fashion-mnist-scenes",)
 #: The setting behind each limit of ``hadmc_core.data.describe_npz``.
 LIMIT_SETTINGS = {"bytes": "HADMC_MAX_DATASET_DECOMPRESSED_MB",
                   "samples": "HADMC_MAX_DATASET_SAMPLES"}
@@ -50,3 +60,117 @@ def list_datasets(*, session: Session, offset: int, limit: int) -> tuple[list[Da
     rows = session.scalars(select(Dataset).order_by(Dataset.id.desc()).offset(offset)
                            .limit(limit))
     return list(rows), session.scalar(select(func.count(Dataset.id))) or 0
+
+
+def dataset_task(row: Dataset) -> str:
+    """``detect`` for COCO and YOLO folders and built-in detection sets, else ``classify``."""
+    kind = (row.details or {}).get("kind")
+    return "detect" if kind in ("coco", "yolo") or row.builtin in DETECTION_BUILTINS \
+        else "classify"
+
+
+def archive_limits(settings: Settings) -> archives.Limits:
+    return archives.Limits(max_bytes=settings.max_dataset_decompressed_bytes,
+                           max_files=settings.max_dataset_files)
+
+
+def unpack(store: ArtifactStore, digest: str, settings: Settings, dest: Path) -> Path:
+    """Unpack the stored archive into ``dest`` (checked for zip-slip and zip bombs); returns
+    the dataset folder inside it."""
+    return archives.extract(store.path(digest), dest, archive_limits(settings))
+
+
+def describe_archive(store: ArtifactStore, digest: str, settings: Settings,
+                     kind: ArchiveKind) -> dict[str, Any]:
+    """Unpack the stored .zip in a temporary directory, validate the folder and summarize it;
+    InvalidInputError (422) or PayloadTooLargeError (413) naming the entry and the problem."""
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="dataset-") as tmp:
+        root = unpack(store, digest, settings, Path(tmp))
+        return validate_folder(kind, root)
+
+
+#: Images are decoded at this side (letterboxed) to validate a folder: every file is read
+#: while the memory stays near 12 kB per image.
+VALIDATE_SIDE = 32
+#: An image whose header declares more pixels is refused before it is decoded (a PNG of a
+#: few kB can declare gigapixels).
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def validate_folder(kind: ArchiveKind, root: Path) -> dict[str, Any]:
+    """The one place a detection folder is validated: a structural check that names the
+    file and the problem, image headers checked against MAX_IMAGE_PIXELS, then the detection
+    reader (``hadmc_core.data.detection``) reads every image and box as a job will."""
+    from hadmc_core.errors import HadmcError
+
+    details = _check_structure(kind, root)
+    _check_image_sizes(root)
+    try:
+        details.update(_read_with_core(kind, root))
+    except HadmcError as e:
+        msg = str(e).replace(f"{root}/", "").replace(str(root), "the archive")
+        raise InvalidInputError(f"{kind} dataset: {msg}") from e
+    return {"kind": kind, "task": "detect", **details}
+
+
+def _read_with_core(kind: ArchiveKind, root: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from hadmc_core.data.detection import read_coco, read_yolo
+
+    data = (read_coco if kind == "coco" else read_yolo)(root, VALIDATE_SIDE)
+    parts = {"train": data.train, "validation": data.val, "test": data.test}
+    return {"samples": {k: len(v.x) for k, v in parts.items()},
+            "images": sum(len(v.x) for v in parts.values()),
+            "annotations": int(sum(np.sum(v.y[..., 0] >= 0) for v in parts.values())),
+            "classes": list(data.class_names), "validated_by": "hadmc_core.data.detection"}
+
+
+def _check_image_sizes(root: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from hadmc_core.data.detection import IMAGE_SUFFIXES
+
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        rel = path.relative_to(root).as_posix()
+        try:
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            raise InvalidInputError(f"{rel}: not a readable image ({e})") from e
+        if w * h > MAX_IMAGE_PIXELS:
+            raise PayloadTooLargeError(f"{rel}: {w}x{h} pixels, over the limit of "
+                                       f"{MAX_IMAGE_PIXELS} per image")
+
+
+def _read_json(path: Path, rel: str) -> Any:
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"{rel}: not valid JSON ({e})") from e
+
+
+def _check_structure(kind: ArchiveKind, root: Path) -> dict[str, Any]:
+    """What the reader does not check: the layout's marker file is there (a clear message
+    for a wrong ``kind``), and no COCO ``file_name`` points outside the folder."""
+    if kind == "yolo":
+        if not (root / "data.yaml").is_file():
+            raise InvalidInputError("yolo dataset: data.yaml is missing at the top of the "
+                                    "archive (expected data.yaml, images/ and labels/)")
+        return {}
+    ann = root / "annotations.json"
+    if not ann.is_file():
+        raise InvalidInputError("coco dataset: annotations.json is missing at the top of the "
+                                "archive (expected annotations.json and images/)")
+    doc = _read_json(ann, "annotations.json")
+    images = doc.get("images") if isinstance(doc, dict) else None
+    top = root.resolve()
+    for im in images if isinstance(images, list) else []:
+        name = im.get("file_name") if isinstance(im, dict) else None
+        if isinstance(name, str) and top not in (top / "images" / name).resolve().parents:
+            raise InvalidInputError(f"annotations.json: image {im.get('id')}: file_name "
+                                    f"{name!r} points outside the dataset folder")
+    return {}

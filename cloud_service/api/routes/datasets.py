@@ -1,8 +1,8 @@
-"""/v1/datasets: built-in datasets by name, or uploaded .npz files."""
+"""/v1/datasets: built-in datasets by name, uploaded .npz files, COCO or YOLO folders."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -39,23 +39,33 @@ def create_builtin(body: DatasetCreate, session: SessionDep, user: OperatorUser)
 
 
 @router.post("/upload", status_code=201, response_model=DatasetPublic,
-             openapi_extra=uploads.raw_body("an .npz file"), summary="Upload an .npz dataset",
+             openapi_extra=uploads.raw_body("an .npz file, or a COCO or YOLO folder as a .zip"),
+             summary="Upload a dataset (.npz, or a COCO or YOLO folder as a .zip)",
              responses=problems(413, 415),
-             description="An .npz with arrays `x` (N,H,W or N,C,H,W) and `y` (N labels), streamed "
-                         "as the raw body (`application/octet-stream`); loaded without pickle and "
-                         "split 80/10/10. Operator or admin role. 413 over the upload limit or "
-                         "over the dataset limits (arrays that inflate past "
-                         "HADMC_MAX_DATASET_DECOMPRESSED_MB, more samples than "
-                         "HADMC_MAX_DATASET_SAMPLES; checked from the headers before anything is "
-                         "inflated), 415 for another content type, 422 for a file that is not a "
-                         "valid dataset.")
+             description="`kind=npz` (default): an .npz with arrays `x` (N,H,W or N,C,H,W) and "
+                         "`y` (N labels), loaded without pickle and split 80/10/10; 413 when its "
+                         "arrays inflate past HADMC_MAX_DATASET_DECOMPRESSED_MB or it holds more "
+                         "samples than HADMC_MAX_DATASET_SAMPLES (checked from the headers "
+                         "before anything is inflated). `kind=coco` (annotations.json + images/) "
+                         "or `kind=yolo` (data.yaml, images/, labels/): a detection folder as a "
+                         ".zip, unpacked with zip-slip checks (absolute paths, `..`, symlinks: "
+                         "422) and zip-bomb checks (more entries than HADMC_MAX_DATASET_FILES, "
+                         "more inflated bytes than HADMC_MAX_DATASET_DECOMPRESSED_MB, a "
+                         "compression ratio over 200: 413), then validated; the problem names "
+                         "the file. The body is streamed raw (`application/octet-stream`). "
+                         "Operator or admin role. 415 for another content type.")
 async def upload_dataset(request: Request, session: SessionDep, user: OperatorUser,
                          settings: SettingsDep, store: StoreDep,
                          name: Annotated[Name, Query(min_length=1, max_length=200,
-                                                    examples=["line-3 defects"])]
+                                                    examples=["line-3 defects"])],
+                         kind: Annotated[Literal["npz", "coco", "yolo"],
+                                         Query(description="What the upload holds.")] = "npz",
                          ) -> DatasetPublic:
     digest, size = await uploads.receive(request, settings, store)
-    details = await run_in_threadpool(svc.describe_npz, store, digest, settings)
+    if kind == "npz":
+        details = await run_in_threadpool(svc.describe_npz, store, digest, settings)
+    else:
+        details = await run_in_threadpool(svc.describe_archive, store, digest, settings, kind)
     row = svc.create_dataset(session=session, name=name, digest=digest, size=size,
                              details=details, owner_id=user.id)
     session.commit()
