@@ -69,7 +69,8 @@ class ModelPublic(Public):
 
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples(ex.DATASET_CREATE))
-    builtin: Literal["fashion-mnist", "digits"] = Field(description="A built-in dataset.")
+    builtin: Literal["fashion-mnist", "digits", "fashion-mnist-scenes"] = Field(
+        description="A built-in dataset (`fashion-mnist-scenes`: object detection).")
     name: Name | None = Field(default=None, max_length=200)
 
 
@@ -95,9 +96,13 @@ class JobCreate(BaseModel):
     target: JobTarget | None = Field(default=None, description="What to compress for: "
                                      "`{\"profile\": NAME}`, `{\"device\": ID}` or "
                                      "`{\"devices\": {\"tags\": [...]}}` (docs/service.md).")
+    task: Literal["classify", "detect"] | None = Field(
+        default=None, description="What the model does; default: the dataset's task (`detect` "
+                                  "for COCO, YOLO and fashion-mnist-scenes datasets).")
     constraints: dict[str, Any] = Field(
         default_factory=dict,
-        description="max_accuracy_drop (points), latency_budget_ms, size_budget_mb.")
+        description="max_accuracy_drop (points of top-1; classify), max_map_drop (points of "
+                    "mAP@0.5; detect), latency_budget_ms, size_budget_mb.")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-technique overrides (prune, distill, fuse, quantize, measure, ...), "
@@ -113,6 +118,7 @@ class JobPublic(Public):
     target: dict[str, Any] | None = Field(default=None, description="The target as "
                                           "resolved at submission: `profile`, or `device_ids` "
                                           "(and the `tags` that selected them).")
+    task: str = Field(default="classify", description="`classify` or `detect`.")
     config: dict[str, Any]
     state: JobState
     stage: str | None
