@@ -18,7 +18,10 @@ from cloud_service.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud_service.models import Dataset, Device, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-CONSTRAINT_KEYS = ("max_accuracy_drop", "latency_budget_ms", "size_budget_mb")
+CONSTRAINT_KEYS = ("max_accuracy_drop", "max_map_drop", "latency_budget_ms", "size_budget_mb")
+#: The drop constraint of each task: points of top-1, or of mAP@0.5 (``max_map_drop`` is
+#: stored as the pipeline's ``max_accuracy_drop``: points of the task's metric).
+DROP_KEY = {"classify": "max_accuracy_drop", "detect": "max_map_drop"}
 #: Base model formats a job compresses: safetensors of a built-in architecture, or ONNX.
 COMPRESSIBLE = ("safetensors", "onnx")
 
@@ -32,7 +35,47 @@ def check_profile(name: str) -> None:
         raise InvalidInputError(f"unknown profile {name!r}; valid names: {', '.join(names)}")
 
 
-def build_config(config: dict[str, Any], constraints: dict[str, Any]) -> dict[str, Any]:
+def model_task(model: Model) -> str:
+    """``detect`` for the zoo's detectors and ONNX files whose metadata says so."""
+    if model.format == "onnx":
+        return str((model.details or {}).get("task") or "classify")
+    return "detect" if str((model.arch or {}).get("arch", "")).startswith("yolo") else "classify"
+
+
+def check_task(model: Model, dataset: Dataset, task: str | None) -> str:
+    """The job's task: as asked, else the dataset's; InvalidInputError when the model, the
+    dataset and the task do not agree."""
+    from cloud_service.services.datasets import dataset_task
+
+    what = {"classify": "a classification", "detect": "a detection"}
+    m, d = model_task(model), dataset_task(dataset)
+    if m != d:
+        kind = (dataset.details or {}).get("kind") or dataset.builtin or "npz"
+        raise InvalidInputError(f"model {model.id} is {what[m]} model but dataset {dataset.id} "
+                                f"is {what[d]} dataset ({kind}); a job needs a model and a "
+                                "dataset of the same task")
+    if task is not None and task != m:
+        raise InvalidInputError(f"task {task!r} does not fit model {model.id} and dataset "
+                                f"{dataset.id}, which are {what[m]} pair (task {m!r})")
+    return m
+
+
+def task_constraints(task: str, constraints: dict[str, Any]) -> dict[str, Any]:
+    """``max_map_drop`` for detect jobs, ``max_accuracy_drop`` for classify jobs, as the
+    pipeline's ``max_accuracy_drop``."""
+    other_task = "detect" if task == "classify" else "classify"
+    other = DROP_KEY[other_task]
+    if other in constraints:
+        raise InvalidInputError(f"constraint {other} is for {other_task} jobs; a {task} job "
+                                f"takes {DROP_KEY[task]}")
+    out = dict(constraints)
+    if "max_map_drop" in out:
+        out["max_accuracy_drop"] = out.pop("max_map_drop")
+    return out
+
+
+def build_config(config: dict[str, Any], constraints: dict[str, Any],
+                 task: str = "classify") -> dict[str, Any]:
     from hadmc_core.config import PipelineConfig
     from hadmc_core.errors import HadmcError
 
@@ -43,6 +86,7 @@ def build_config(config: dict[str, Any], constraints: dict[str, Any]) -> dict[st
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                   or value < 0):
             raise InvalidInputError(f"constraint {key} must be a non-negative number")
+    constraints = task_constraints(task, constraints)
     merged = dict(config)
     merged["constraints"] = {**(config.get("constraints") or {}), **constraints}
     try:
@@ -130,7 +174,8 @@ def resolve_target(*, session: Session, profile: str | None, target: dict[str, A
 
 def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str | None,
                constraints: dict[str, Any], config: dict[str, Any],
-               owner_id: int | None, target: dict[str, Any] | None = None) -> Job | None:
+               owner_id: int | None, target: dict[str, Any] | None = None,
+               task: str | None = None) -> Job | None:
     """A queued job, or None when the model or dataset does not exist."""
     model = session.get(Model, model_id)
     dataset = session.get(Dataset, dataset_id)
@@ -139,9 +184,10 @@ def create_job(*, session: Session, model_id: int, dataset_id: int, profile: str
     if model.format not in COMPRESSIBLE:
         raise InvalidInputError(f"model {model_id} is {model.format}; compression takes "
                                 f"{' or '.join(COMPRESSIBLE)} models")
+    task = check_task(model, dataset, task)
     label, stored = resolve_target(session=session, profile=profile, target=target)
-    job = Job(model_id=model_id, dataset_id=dataset_id, profile=label, target=stored,
-              config=build_config(config, constraints), state="queued", owner_id=owner_id,
+    job = Job(model_id=model_id, dataset_id=dataset_id, profile=label, target=stored, task=task,
+              config=build_config(config, constraints, task), state="queued", owner_id=owner_id,
               timings={}, log_tail="", done=0, total=0, attempts=0, cancel_requested=False)
     session.add(job)
     session.flush()

@@ -73,8 +73,10 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"not a valid ONNX model: {_first_line(e)}") from e
     if not proto.graph.node:
         raise InvalidInputError("not a valid ONNX model: the graph is empty")
+    meta = {p.key: p.value for p in proto.metadata_props}
     return {"opset": [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")],
-            "inputs": [i.name for i in proto.graph.input], "nodes": len(proto.graph.node)}
+            "inputs": [i.name for i in proto.graph.input], "nodes": len(proto.graph.node),
+            "task": meta.get("hadmc.task") or "classify"}
 
 
 def validate_upload(path: Path, *, fmt: str, arch: dict[str, Any] | None

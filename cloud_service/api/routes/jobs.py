@@ -41,7 +41,7 @@ def submit_job(body: JobCreate, session: SessionDep, user: OperatorUser,
     target = body.target.model_dump(exclude_none=True) if body.target is not None else None
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
                          profile=body.profile, target=target, constraints=body.constraints,
-                         config=body.config, owner_id=user.id)
+                         config=body.config, owner_id=user.id, task=body.task)
     if job is None:
         raise NotFoundError(f"model {body.model_id} or dataset {body.dataset_id} does not exist")
     session.commit()  # the row exists before any worker can see the message
