@@ -25,6 +25,28 @@ def _summary(v: dict[str, Any]) -> str:
                     if isinstance(x, (int, float, str)))
 
 
+def _ms(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3g} ms"
+
+
+def _latency(v: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Predicted latency with its source, what devices measured, and the error."""
+    lat = v.get("latency") or {}
+    if not lat:
+        return []
+    pred = _ms(lat.get("predicted_ms"))
+    measured = _ms(lat.get("measured_p50_ms"))
+    if measured is not None:
+        p95 = _ms(lat.get("measured_p95_ms"))
+        measured += f" median p50 of {lat.get('devices')} device(s)" + \
+            (f", median p95 {p95}" if p95 else "")
+    error = lat.get("error_pct")
+    source = lat.get("predicted_source") or "source not recorded"
+    return [("predicted latency", f"{pred} ({source})" if pred else None),
+            ("measured latency", measured),
+            ("prediction error", f"{error:+.1f} %" if error is not None else None)]
+
+
 @app.command("list")
 @friendly
 def list_cmd(model: Annotated[int | None, typer.Option(
@@ -52,7 +74,8 @@ def list_cmd(model: Annotated[int | None, typer.Option(
 def show_cmd(version_id: Annotated[int, typer.Argument(min=1, help="Version id.")],
              server: ServerOpt = None, token: TokenOpt = None,
              as_json: JsonOpt = False) -> None:
-    """Show one version: model, number, profile, hash, size, report summary."""
+    """Show one version: model, number, profile, hash, size, report summary, predicted
+    latency (and its source) against the median that devices measured."""
     with connect(server, token) as api:
         v = api.get(f"/v1/versions/{version_id}")
     if as_json:
@@ -63,4 +86,4 @@ def show_cmd(version_id: Annotated[int, typer.Argument(min=1, help="Version id."
         ("profile", v["profile"]), ("job", v.get("job_id")),
         ("onnx hash", v.get("onnx_hash")), ("size", size(v.get("onnx_size"))),
         ("constraints met", v.get("constraints_met")), ("summary", _summary(v) or None),
-        ("created", when(v.get("created_at")))]))
+        *_latency(v), ("created", when(v.get("created_at")))]))

@@ -358,3 +358,28 @@ def test_devices_show_the_version_of_each_model(fleet: Fleet) -> None:
     shown = fleet.hadmc("devices", "show", str(d["device_id"])).stdout
     assert re.search(rf"^model model-{other['id']}:\s+version {second['id']} \(previous -; "
                      r"last report done\)$", shown, re.M), shown
+
+
+def test_versions_show_measured_latency(fleet: Fleet) -> None:
+    """``versions show`` prints what devices measured for the version (a published upload
+    has no prediction, so none is printed) and ``--json`` carries the API's figures."""
+    s = fleet.server
+    tok = ok(s.admin.post("/v1/enrollment-tokens", json={"max_uses": 1}), 201)["token"]
+    d = ok(httpx.post(f"{s.url}/v1/devices/register", json={
+        "enrollment_token": tok, "name": "cam-timed", "profile": device_profile()}), 201)
+    onnx = make_onnx(fleet.tmp / "timed.onnx", np.ones((2, 2), np.float32)).read_bytes()
+    model = ok(s.admin.post("/v1/models", params={"name": "timed", "format": "onnx"},
+                            content=onnx, headers=OCTET), 201)
+    ver = ok(s.admin.post(f"/v1/models/{model['id']}/versions",
+                          params={"profile": "x86-avx2"}, content=onnx, headers=OCTET), 201)
+    ok(s.admin.post(f"/v1/devices/{d['device_id']}/updates",
+                    headers={"Authorization": f"Bearer {d['credential']}"},
+                    json={"version_id": ver["id"], "ok": True, "phase": "done",
+                          "p50_ms": 1.25, "p95_ms": 1.5}), 201)
+    got = fleet.json("versions", "show", str(ver["id"]))["latency"]
+    assert got["measured_p50_ms"] == 1.25 and got["devices"] == 1
+    assert got["predicted_ms"] is None and got["error_pct"] is None
+    out = fleet.hadmc("versions", "show", str(ver["id"])).stdout
+    assert re.search(r"^measured latency:\s+1\.25 ms median p50 of 1 device\(s\), median "
+                     r"p95 1\.5 ms$", out, re.M), out
+    assert re.search(r"^predicted latency:\s+-$", out, re.M), out
