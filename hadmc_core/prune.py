@@ -4,6 +4,13 @@ Importance: first-order Taylor (|w * dL/dw| summed over each coupled group, from
 calibration batches) or L1 magnitude. Every coupled group (residual adds, concats,
 depthwise convolutions) is pruned as one unit by Torch-Pruning, so shapes stay
 consistent. How many channels each group keeps is decided by ``search.allocate``.
+
+Grouped convolutions (``groups`` > 1, not depthwise) keep whole groups: a coupled set
+that passes through one is scored per position within a convolution group (the scores of
+that position summed over the groups) and pruned at the same positions in every group, so
+a kept count is a multiple of the number of groups (as Torch-Pruning's own pruners do).
+A set whose channels do not map one to one onto the grouped convolution's (a concat in
+between) is left unpruned, with a warning in the log.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +56,14 @@ class Group:
     scores: list[float]          # scores sorted ascending (same order)
     outs: dict[str, int] = field(default_factory=dict)  # layer -> channels of its cout
     ins: dict[str, int] = field(default_factory=dict)   # layer -> channels of its cin
+    ch_groups: int = 1           # convolution groups the channels pass through (kept whole)
+
+    def keepable(self, k: int) -> int:
+        """``k`` rounded down to whole convolution groups (at least one channel each)."""
+        k = min(k, self.channels)
+        if self.ch_groups <= 1:
+            return k
+        return max(self.ch_groups, k // self.ch_groups * self.ch_groups)
 
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
@@ -84,8 +100,8 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
 
 def _graph(model: nn.Module, example: torch.Tensor,
            head: str | list[str] | None) -> tuple[tp.DependencyGraph, list]:
-    """Torch-Pruning's groups, the head (the layer that produces the output, or several,
-    as a detector's per-level predictions) left whole."""
+    """Torch-Pruning's groups, the head (the layer or layers that produce the outputs)
+    left whole."""
     from hadmc_core.tasks.graph import find_head
 
     head = head if head is not None else find_head(model, example)
@@ -93,12 +109,44 @@ def _graph(model: nn.Module, example: torch.Tensor,
         raise HadmcError("no output layer (a module with a weight) was found on the path to "
                          "the model's output, so pruning could change the output's width; "
                          "switch pruning off (prune.enabled: false)")
-    mods = dict(model.named_modules())
-    ignored = [mods[h] for h in ([head] if isinstance(head, str) else head)]
+    modules = dict(model.named_modules())
+    ignored = [modules[h] for h in ([head] if isinstance(head, str) else head)]
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     groups = list(dg.get_all_groups(ignored_layers=ignored,
                                     root_module_types=[nn.Conv2d, nn.Linear]))
     return dg, groups
+
+
+def _is_grouped(mod: nn.Module) -> bool:
+    return (isinstance(mod, nn.Conv2d) and mod.groups > 1
+            and not mod.groups == mod.in_channels == mod.out_channels)
+
+
+def _channel_groups(g: Any, channels: int) -> int | None:
+    """Convolution groups the coupled set ``g`` passes through: 1 when none, ``None`` when
+    its channels are not the grouped convolution's own, one to one (cannot keep groups)."""
+    ch_groups = 1
+    for dep, idxs in g:
+        mod, fn = dep.target.module, dep.handler.__name__
+        if not _is_grouped(mod):
+            continue
+        n = mod.out_channels if "out_channels" in fn else mod.in_channels
+        if n != channels or sorted(int(i) for i in idxs) != list(range(n)):
+            return None
+        ch_groups = max(ch_groups, int(mod.groups))
+    return ch_groups if channels % ch_groups == 0 else None
+
+
+def _per_position(scores: torch.Tensor, ch_groups: int) -> tuple[list[int], list[float]]:
+    """Order and scores pruning the same positions in every group: position p's channels
+    (p, p + size, ...) come together, ranked by their summed score; each carries the
+    mean, so the scores of a pruned prefix sum to the channels' own."""
+    size = len(scores) // ch_groups
+    per = scores.reshape(ch_groups, size)
+    ranked = torch.argsort(per.sum(0)).tolist()
+    order = [p + j * size for p in ranked for j in range(ch_groups)]
+    mean = per.mean(0)
+    return order, [float(mean[p]) for p in ranked for _ in range(ch_groups)]
 
 
 def _accumulate_gradients(model: nn.Module, data: Split, cfg: PruneConfig,
@@ -136,9 +184,19 @@ def analyze(model: nn.Module, data: Split, cfg: PruneConfig, example: torch.Tens
         if scores is None:
             continue
         root_dep = g[0].dep
-        order = torch.argsort(scores).tolist()
-        grp = Group(names[root_dep.target.module], root_dep.handler,
-                    len(order), order, [float(scores[i]) for i in order])
+        root = names[root_dep.target.module]
+        ch_groups = _channel_groups(g, len(scores))
+        if ch_groups is None:
+            log.warning("channels of %s left unpruned: they reach a grouped convolution "
+                        "through a concat or a slice, so whole groups cannot be kept", root)
+            continue
+        if ch_groups > 1:
+            order, sorted_scores = _per_position(scores.detach().cpu(), ch_groups)
+        else:
+            order = torch.argsort(scores).tolist()
+            sorted_scores = [float(scores[i]) for i in order]
+        grp = Group(root, root_dep.handler, len(order), order, sorted_scores,
+                    ch_groups=ch_groups)
         for dep, idxs in g:
             mod, fn = dep.target.module, dep.handler.__name__
             lname = names.get(mod)
@@ -160,7 +218,7 @@ def apply(model: nn.Module, groups: list[Group], keep: dict[str, int],
     modules = dict(pruned.named_modules())
     dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=example)
     for grp in groups:
-        k = keep.get(grp.root, grp.channels)
+        k = grp.keepable(keep.get(grp.root, grp.channels))
         if k >= grp.channels:
             continue
         idxs = sorted(grp.order[: grp.channels - k])

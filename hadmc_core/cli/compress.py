@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from hadmc_core.cli._common import console, friendly, out, progress_bar
-from hadmc_core.errors import ConfigError
+from hadmc_core.cli._common import console, fail, friendly, out, progress_bar
+from hadmc_core.errors import ConfigError, HadmcError
 
 if TYPE_CHECKING:
     from hadmc_core.config import PipelineConfig
@@ -63,6 +63,23 @@ def _model_ref(model: str | None, arch: str | None, weights: Path | None) -> str
                       "--weights FILE.safetensors written by `hadmc train`")
 
 
+def _internal_error(e: Exception) -> NoReturn:
+    """An unexpected failure inside compression: one error line naming the exception and
+    where its traceback was written, exit code 2; the output directory is not written."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="hadmc-compress-", suffix=".log",
+                                     delete=False) as f:
+        traceback.print_exception(e, file=f)
+    frames = traceback.extract_tb(e.__traceback__)
+    where = next((f"{Path(fr.filename).stem}.{fr.name}" for fr in reversed(frames)
+                  if "hadmc_core" in fr.filename), None)
+    at = f" in {where}" if where else ""
+    fail(f"compression failed{at}: {type(e).__name__}: {' '.join(str(e).split())} "
+         f"(an internal error, not your input; traceback in {f.name})")
+
+
 def _print_result(result: Any) -> None:
     r = result.report
     b, c, s = r["baseline"], r["compressed"], r["summary"]
@@ -111,6 +128,13 @@ def compress_cmd(
     distill_epochs: float | None = typer.Option(None, help="Distillation epochs."),
     distill_samples: int | None = typer.Option(None, help="Fine-tune subset size."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    update_of: Path | None = typer.Option(
+        None, "--update-of", help="Compress as an update of a deployed version (its output "
+        "directory or report.json): keep its channels, INT8 layers and, where accuracy "
+        "allows, its quantization parameters, so the device's delta stays small."),
+    allow_restructure: bool = typer.Option(
+        False, help="With --update-of: when the deployed structure cannot meet the "
+        "constraints, choose channels and precisions afresh."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Compress a trained model for a target device under accuracy/latency/size limits.
@@ -120,6 +144,7 @@ def compress_cmd(
     from hadmc_core.compress import compress
     from hadmc_core.data import load_dataset
     from hadmc_core.hal import detect_profile, load_profile
+    from hadmc_core.plan import load_plan
     from hadmc_core.prepare import parse_model_args, parse_shape, prepare
 
     overrides = {"prune.enabled": False if no_prune else None,
@@ -140,8 +165,18 @@ def compress_cmd(
                                stem=stem, width=width)
     if note:
         console.print(note, highlight=False, soft_wrap=True)
+    if allow_restructure and update_of is None:
+        raise ConfigError("--allow-restructure needs --update-of")
+    update = ({"update_of": load_plan(update_of), "allow_restructure": allow_restructure}
+              if update_of is not None else {})
     with progress_bar(not quiet) as prog:
-        result = compress(loaded, ds, prof, out_dir, cfg, prog, overwrite=overwrite)
+        try:
+            result = compress(loaded, ds, prof, out_dir, cfg, prog, overwrite=overwrite,
+                              **update)
+        except HadmcError:
+            raise
+        except Exception as e:  # a defect: one line, the traceback kept in a file
+            _internal_error(e)
     _print_result(result)
     if not result.met:
         console.print(f"[bold yellow]warning:[/] {result.message}", highlight=False)
