@@ -77,8 +77,27 @@ def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     return out
 
 
+def profile_arg(profile: str) -> str:
+    """``local-openvino``: this machine's detected profile with OpenVINO as its runtime,
+    written to a YAML file (the built-in x86-openvino profile describes an AVX2 machine)."""
+    if profile != "local-openvino":
+        return profile
+    from hadmc_core.hal.detect import detect_profile
+
+    prof = detect_profile()
+    prof.name = "local-openvino"
+    prof.runtimes = [r for r in prof.runtimes if r.startswith("openvino")]
+    if not prof.runtimes:
+        raise SystemExit("OpenVINO is not installed here (pip install openvino)")
+    path = CACHE / "local-openvino.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.to_yaml())
+    return str(path)
+
+
 def hadmc_cli(onnx: Path, profile: str, out: Path, drop: float, extra: list[str]) -> float:
     """``hadmc compress --model FILE.onnx`` as a user runs it; returns wall seconds."""
+    profile = profile_arg(profile)
     cmd = [sys.executable, "-m", "hadmc_core.cli", "compress", "--model", str(onnx),
            "--data", "fashion-mnist", "--profile", profile, "--out", str(out),
            "--max-accuracy-drop", str(drop), "--overwrite", "--quiet", *extra]
