@@ -107,6 +107,12 @@ class Job(Base):
     target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: What the model does: ``classify`` or ``detect`` (``services.jobs``).
     task: Mapped[str] = mapped_column(String(20), server_default="classify", default="classify")
+    #: The version whose plan the job keeps (``hadmc_core.update``); None: chosen afresh.
+    #: A plain column, as ``version_id`` (versions refer to jobs already).
+    update_of_id: Mapped[int | None] = mapped_column(Integer)
+    #: With ``update_of_id``: choose afresh when that plan cannot meet the constraints.
+    allow_restructure: Mapped[bool] = mapped_column(Boolean, server_default=false(),
+                                                    default=False)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
