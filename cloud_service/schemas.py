@@ -107,6 +107,14 @@ class JobCreate(BaseModel):
         default_factory=dict,
         description="Per-technique overrides (prune, distill, fuse, quantize, measure, ...), "
                     "as read by hadmc_core.config.PipelineConfig.from_dict.")
+    update_of: DbId | None = Field(
+        default=None, description="A compressed version the devices run: keep its plan (kept "
+        "channels, INT8 layers, quantization parameters where accuracy allows) so their "
+        "delta stays small; the new version continues that version's model line. 404 when "
+        "it does not exist, 409 when it is of another architecture or model line.")
+    allow_restructure: bool = Field(
+        default=False, description="With update_of: choose channels and precisions afresh "
+        "when that plan cannot meet the constraints (otherwise the job says so).")
 
 
 class JobPublic(Public):
@@ -130,6 +138,9 @@ class JobPublic(Public):
     attempts: int
     cancel_requested: bool
     version_id: int | None
+    update_of_id: int | None = Field(default=None, description="The version whose plan the "
+                                     "job keeps (update_of), or null.")
+    allow_restructure: bool = False
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
