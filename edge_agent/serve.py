@@ -33,6 +33,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from edge_agent import detect
 from edge_agent.errors import SmokeTestError
 from edge_agent.smoke import open_session, runtime_of
 from edge_agent.store import MODEL_FILE, AgentState, Store
@@ -132,8 +133,10 @@ class ModelRuntime:
         inputs = [{"name": n, "shape": list(shape), "type": str(dtype)} for n, shape, dtype
                   in zip(sess.input_names, sess.input_shapes, sess.input_dtypes, strict=True)]
         path = self.store.current if name is None else self.store.model(key).current
+        info = detect.model_info(self.store.model(key).version_dir(vid) / MODEL_FILE)
         return {"model": key, "name": self._names().get(key), "version_id": vid,
-                "path": str(path / MODEL_FILE), "runtime": runtime,
+                "path": str(path / MODEL_FILE), "runtime": runtime, "task": info.task,
+                **({"classes": info.classes} if info.is_detector else {}),
                 "inputs": inputs, "outputs": [{"name": n} for n in sess.output_names]}
 
     def listing(self) -> dict[str, Any]:
@@ -283,9 +286,15 @@ class _Handler(BaseHTTPRequestHandler):
                         "X-Dtype": str(first.dtype), "X-Version-Id": str(vid),
                         "X-Model": key})
             return
-        key, vid, outs = self.runtime.run(_json_feeds(body, sess), name)
+        feeds = _json_feeds(body, sess)
+        key, vid, outs = self.runtime.run(feeds, name)
+        try:  # a detector also answers its detections (edge_agent.detect)
+            extra = detect.serve_fields(self.runtime.store.model(key).version_dir(vid)
+                                        / MODEL_FILE, feeds, outs)
+        except ValueError as e:
+            raise BadRequest(str(e)) from e
         self._json(200, {"model": key, "version_id": vid,
-                         "outputs": {k: v.tolist() for k, v in outs.items()}})
+                         "outputs": {k: v.tolist() for k, v in outs.items()}, **extra})
 
 
 class InferenceServer:
