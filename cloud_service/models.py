@@ -151,6 +151,11 @@ class ModelVersion(Base):
     built_for: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    @property
+    def task(self) -> str:
+        """``classify`` or ``detect``: its job's task, or a published file's metadata."""
+        return str((self.summary or {}).get("task") or "classify")
+
 
 class EnrollmentToken(Base):
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -187,6 +187,7 @@ class VersionPublic(Public):
     summary: dict[str, Any]
     constraints_met: bool
     created_at: datetime
+    task: str = Field(default="classify", description="`classify` or `detect`.")
     built_for: dict[str, Any] | None = Field(
         default=None, description="What it was built for: isa, accelerator, flags, runtime, "
         "runtimes, runtime_version {min, below}, memory_mb (docs/protocol.md); null: its "

@@ -94,7 +94,7 @@ def _publish(session: SessionDep, store: ArtifactStore, request: Request, model_
         {"source": "upload", "onnx": details}, sort_keys=True).encode())
     row = create_version(session=session, model_id=model_id, profile=profile,
                          onnx_hash=digest, onnx_size=size, report_hash=report_hash,
-                         summary={"source": "upload"})
+                         summary={"source": "upload", "task": details["task"]})
     publish.publish(session=session, store=store, version=row,
                     key=request.app.state.signing_key)
     session.commit()
