@@ -9,6 +9,11 @@ Latency source, as the report states it:
 - ``estimated``: otherwise; the latency is the latency model's estimate for the profile
   (roofline). The worker's own timing is kept apart as ``measured_on_worker_ms`` and never
   reported as the device's.
+
+Accuracy decisions are paired: the measurer keeps the task's per-image results of the
+baseline on the validation split (``Task.per_image``), and every candidate's validation
+measurement carries ``Task.drop_bound`` against them (``hadmc_core.decision``), so no
+comparison runs the baseline again.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hadmc_core import graph_stats
 from hadmc_core.config import MeasureConfig
+from hadmc_core.decision import DEFAULT_CONFIDENCE, DropBound
 from hadmc_core.errors import ConfigError
 from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.report import ModelStats
@@ -68,6 +74,9 @@ class Measurer:
     cfg: MeasureConfig
     input_shape: tuple[int, ...]          # (C, H, W)
     source: str                           # measured | device_table | estimated
+    confidence: float = DEFAULT_CONFIDENCE   # of the paired drop bounds
+    #: the task's per-image results of the baseline on the validation split
+    baseline_val: Any = None
     _graphs: dict[Path, dict[str, graph_stats.GraphLayer]] = field(default_factory=dict)
 
     def predict(self, path: Path, x: np.ndarray) -> list[np.ndarray]:
@@ -75,6 +84,22 @@ class Measurer:
 
     def metric(self, path: Path, split: Split) -> float:
         return self.task.metric(self.predict(path, split.x), split)
+
+    def evaluate(self, path: Path, split: Split) -> tuple[float, Any]:
+        """The metric and the task's per-image results, from one run of the model."""
+        outputs = self.predict(path, split.x)
+        return self.task.metric(outputs, split), self.task.per_image(outputs, split)
+
+    def val_drop(self, path: Path, val: Split) -> tuple[float, DropBound]:
+        """Validation metric of a candidate and its paired drop from the baseline."""
+        metric, per_image = self.evaluate(path, val)
+        return metric, self.drop_bound(per_image, val)
+
+    def drop_bound(self, per_image: Any, val: Split) -> DropBound:
+        if self.baseline_val is None:
+            raise RuntimeError("the baseline's validation results are not kept yet: measure "
+                               "it with stats(..., baseline=True) first")
+        return self.task.drop_bound(self.baseline_val, per_image, val, self.confidence)
 
     def estimate_ms(self, fp32_path: Path, precisions: dict[str, str]) -> float:
         """The latency model's estimate of the graph built from ``fp32_path`` with each
@@ -84,8 +109,10 @@ class Measurer:
         return graph_stats.estimate_ms(self.lat, self._graphs[fp32_path], precisions)
 
     def stats(self, path: Path, sizes: tuple[int, int], *, fp32_path: Path,
-              precisions: dict[str, str], test: bool, val: Split, test_split: Split
-              ) -> ModelStats:
+              precisions: dict[str, str], test: bool, val: Split, test_split: Split,
+              baseline: bool = False) -> ModelStats:
+        """``baseline``: keep this model's per-image validation results as the baseline
+        every later measurement is paired with; otherwise the stats carry the drop bound."""
         m = self.cfg
         timing = self.backend.time_model(path, (1, *self.input_shape), m.runs, m.warmup,
                                          m.threads)
@@ -93,8 +120,12 @@ class Measurer:
         if self.source != "measured":
             latency = p90 = self.estimate_ms(fp32_path, precisions)
             worker = timing.median_ms
+        val_metric, per_image = self.evaluate(path, val)
+        if baseline:
+            self.baseline_val = per_image
         return ModelStats(
             accuracy=self.metric(path, test_split) if test else float("nan"),
-            val_accuracy=self.metric(path, val),
+            val_accuracy=val_metric,
             latency_ms=latency, latency_p90_ms=p90, size_bytes=Path(path).stat().st_size,
-            params=sizes[0], macs=sizes[1], measured_on_worker_ms=worker)
+            params=sizes[0], macs=sizes[1], measured_on_worker_ms=worker,
+            val_drop=None if baseline else self.drop_bound(per_image, val))

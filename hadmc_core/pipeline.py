@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hadmc_core import graph_stats, prune, quantize, techniques
+from hadmc_core import decision, graph_stats, prune, quantize, techniques
 from hadmc_core.config import PipelineConfig
 from hadmc_core.context import Context, Variant, Work
 from hadmc_core.data import DataSplits
+from hadmc_core.decision import DropBound
 from hadmc_core.errors import BudgetError
 from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.hal.profile import HardwareProfile
@@ -59,7 +60,8 @@ def make_context(model: nn.Module | None, data: DataSplits, profile: HardwarePro
     lat = LatencyModel(profile, measure=measure, table=device_table,
                        threads=cfg.measure.threads, backend=backend)
     measurer = Measurer(backend, task, lat, cfg.measure, tuple(data.train.x.shape[1:]),
-                        latency_source(profile, device_table, profile_backend))
+                        latency_source(profile, device_table, profile_backend),
+                        confidence=cfg.constraints.confidence)
     return Context(model.cpu().eval() if model is not None else None, graph, spec, data,
                    profile, cfg, work, progress, example, lat, task, measurer,
                    origin=dict(origin or {}), source_skipped=list(source_skipped or []))
@@ -85,14 +87,32 @@ def ladder(ctx: Any) -> list[float]:
     return steps
 
 
+def accuracy_ok(ctx: Context, bound: DropBound) -> bool:
+    """Whether a drop is within the accuracy limit at the configured confidence: its paired
+    upper bound on the validation split, not its point estimate (``hadmc_core.decision``)."""
+    return decision.within(bound, ctx.cfg.constraints.max_accuracy_drop)
+
+
+def drop_of(ctx: Context, c: Candidate) -> tuple[float, float]:
+    """A candidate's validation drop and its paired upper bound (the point twice when it
+    has no bound)."""
+    assert ctx.baseline is not None
+    point = ctx.baseline.val_accuracy - c.val_accuracy if c.val_drop is None else c.val_drop
+    return point, point if c.val_drop_upper is None else c.val_drop_upper
+
+
+def over_accuracy_limit(ctx: Context, c: Candidate) -> bool:
+    return drop_of(ctx, c)[1] > ctx.cfg.constraints.max_accuracy_drop
+
+
 def violations(ctx: Context, c: Candidate) -> list[str]:
     """The constraints ``c`` breaks, in words; empty when it meets every one."""
-    cons, base = ctx.cfg.constraints, ctx.baseline
-    assert base is not None
+    cons = ctx.cfg.constraints
     why = []
-    if base.val_accuracy - c.val_accuracy > cons.max_accuracy_drop:
-        why.append(f"accuracy drop {base.val_accuracy - c.val_accuracy:.2f} points > "
-                   f"{cons.max_accuracy_drop}")
+    point, upper = drop_of(ctx, c)
+    if over_accuracy_limit(ctx, c):
+        why.append(f"validation drop {point:.2f} points, upper bound {upper:.2f} at "
+                   f"{cons.confidence:.0%} confidence > {cons.max_accuracy_drop}")
     if cons.latency_budget_ms and c.latency_ms > cons.latency_budget_ms:
         why.append(f"latency {c.latency_ms:.3f} ms > budget {cons.latency_budget_ms} ms")
     if cons.size_budget_mb and c.size_bytes > cons.size_budget_mb * 1e6:
@@ -168,7 +188,7 @@ class Controller:
                 sizes = graph_stats.sizes(path)
             ctx.baseline_path = path
             self._built["baseline"] = (path, {}, sizes)
-            ctx.baseline = self.stats("baseline", path, test=True)
+            ctx.baseline = self.stats("baseline", path, test=True, baseline=True)
             ctx.progress("baseline", 1, 1)
 
     def prepare(self) -> None:
@@ -182,11 +202,12 @@ class Controller:
             elif handler.prepare(ctx, cfg):
                 self.techs.append((handler, cfg))
 
-    def stats(self, cid: str, path: Path, test: bool) -> ModelStats:
+    def stats(self, cid: str, path: Path, test: bool, baseline: bool = False) -> ModelStats:
         fp32, precisions, sizes = self._built[cid]
         d = self.ctx.data
         return self.ctx.measurer.stats(path, sizes, fp32_path=fp32, precisions=precisions,
-                                       test=test, val=d.val, test_split=d.test)
+                                       test=test, val=d.val, test_split=d.test,
+                                       baseline=baseline)
 
     def candidate(self, fraction: float) -> Candidate:
         ctx = self.ctx
@@ -210,10 +231,9 @@ class Controller:
         graph_techs = [(h, c) for h, c in self.techs if h.phase == "graph"]
         if not graph_techs:
             return self.measure(work, fp32)
-        limit = ctx.cfg.constraints.max_accuracy_drop
         with ctx.stage("measure"):
-            fp32_val = ctx.measurer.metric(work.fp32_path, ctx.data.val)
-        if base.val_accuracy - fp32_val > limit:
+            _, fp32_drop = ctx.measurer.val_drop(work.fp32_path, ctx.data.val)
+        if not accuracy_ok(ctx, fp32_drop):
             # Graph techniques can only lose more: back off the pruning instead.
             cand = self.measure(work, fp32)
             cand.status = "accuracy"
@@ -226,7 +246,7 @@ class Controller:
             for v in handler.variants(ctx, cfg, work, current):
                 v.parent = current.candidate
                 cand = v.candidate = self.measure(work, v)
-                if base.val_accuracy - cand.val_accuracy > limit:
+                if over_accuracy_limit(ctx, cand):
                     cand.status, last = "accuracy", cand
                 handler.measured(ctx, cfg, v, cand)
                 if cand.status != "accuracy":
@@ -248,6 +268,8 @@ class Controller:
         cand = Candidate(cid, work.fraction, v.higher_precision_layers, st.val_accuracy,
                          st.latency_ms, st.size_bytes, st.params, st.macs, work.estimated_ms,
                          measured_on_worker_ms=st.measured_on_worker_ms, path=v.path)
+        if st.val_drop is not None:
+            cand.val_drop, cand.val_drop_upper = st.val_drop.point, st.val_drop.upper
         cand.layers = self.decisions(work, v)
         ctx.candidates.append(cand)
         log.info("candidate %s: val %s %.2f, %.3f ms (%s), %d bytes", cand.id,
@@ -302,6 +324,28 @@ class Controller:
             info["reason"] = "not tried: no candidate reached the INT4 step"
         return info
 
+    def decision_summary(self, final: ModelStats) -> dict[str, Any]:
+        """How the accuracy decisions were made, and whether the validation split is large
+        enough for the limit (``decision.split_warning``)."""
+        ctx = self.ctx
+        cons, n = ctx.cfg.constraints, len(ctx.data.val)
+        margins = [c.val_drop_upper - c.val_drop for c in ctx.candidates
+                   if c.val_drop is not None and c.val_drop_upper is not None]
+        bound = final.val_drop
+        out: dict[str, Any] = {
+            "rule": "a candidate is within max_accuracy_drop when the one-sided upper "
+                    "confidence bound of its validation drop, paired with the baseline on "
+                    "the same images, is at most the limit",
+            "method": bound.method if bound is not None else "point",
+            "confidence": cons.confidence, "validation_images": n,
+            "smallest_margin_points": round(min(margins), 4) if margins else None,
+            "largest_margin_points": round(max(margins), 4) if margins else None,
+        }
+        warning = decision.split_warning(margins, n, cons.max_accuracy_drop, cons.confidence)
+        if warning:
+            out["warning"] = warning
+        return out
+
     def report(self, final: ModelStats, best: Candidate, why: list[str]) -> Report:
         ctx = self.ctx
         base = ctx.baseline
@@ -311,9 +355,12 @@ class Controller:
                                              "relu": f"fused by {ctx.backend.name} at "
                                                      "session creation"}
         model = dict(ctx.origin)
+        rule = self.decision_summary(final)
+        split_note = [rule["warning"]] if rule.get("warning") else []
         return Report(
             model=model, arch=ctx.spec.to_dict() if ctx.spec is not None else None,
             task=ctx.task.name, metric=ctx.task.metric_name, dataset=ctx.data.name,
+            data_adaptation=getattr(ctx.data, "adaptation", None),
             profile=ctx.profile.model_dump(mode="json"), backend=ctx.backend.name,
             latency_source=ctx.measurer.source, latency_model=ctx.lat.source,
             baseline=base, compressed=final,
@@ -321,7 +368,9 @@ class Controller:
                          "latency_budget_ms": cons.latency_budget_ms,
                          "size_budget_mb": cons.size_budget_mb},
             violations=why,
-            warnings=[*ctx.warnings, *ctx.task.warnings(base.val_accuracy, ctx.data)],
+            warnings=[*ctx.warnings, *ctx.task.warnings(base.val_accuracy, ctx.data),
+                      *split_note],
+            decision=rule,
             candidates=ctx.candidates, layers=best.layers, stages=ctx.stages, fusion=fusion,
             int4_weight_only=self.int4_summary(best),
             distill_alignment=list(ctx.state.get("distill_alignment", [])),

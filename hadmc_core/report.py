@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hadmc_core.decision import DropBound
 
 SCHEMA = "hadmc.report/1"
 
@@ -30,11 +33,17 @@ class ModelStats:
     macs: int
     #: this worker's median when the latency is estimated or from a device table
     measured_on_worker_ms: float | None = None
+    #: paired drop from the baseline on the validation split (None for the baseline)
+    val_drop: DropBound | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if out["measured_on_worker_ms"] is None:
             del out["measured_on_worker_ms"]
+        if self.val_drop is None:
+            del out["val_drop"]
+        else:
+            out["val_drop"] = self.val_drop.to_dict()
         return out
 
 
@@ -71,6 +80,10 @@ class Candidate:
     params: int
     macs: int
     estimated_ms: float | None = None
+    #: validation drop from the baseline, points, and its paired upper confidence bound
+    #: (the accuracy decision compares the bound with the limit)
+    val_drop: float | None = None
+    val_drop_upper: float | None = None
     status: str = "tried"                # "accuracy": over the accuracy limit
     chosen: bool = False
     measured_on_worker_ms: float | None = None
@@ -81,6 +94,9 @@ class Candidate:
         out = {k: v for k, v in self.__dict__.items() if k not in ("path", "layers")}
         if out["measured_on_worker_ms"] is None:
             del out["measured_on_worker_ms"]
+        for k in ("val_drop", "val_drop_upper"):
+            if out[k] is not None:
+                out[k] = round(out[k], 4)
         return out
 
 
@@ -134,6 +150,10 @@ class Report:
     distill_alignment_source: str | None = None
     #: an update-aware recompression: which version's plan, what was reused or re-tuned
     update: dict[str, Any] | None = None
+    #: how accuracy decisions were made: method, confidence, n, margins, split warning
+    decision: dict[str, Any] = field(default_factory=dict)
+    #: how the dataset's images were fitted to the model's input (None: they fit as given)
+    data_adaptation: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
 
@@ -147,11 +167,13 @@ class Report:
                 "constraints not met; best result found is reported: "
                 + "; ".join(self.violations))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
         b, c = self.baseline, self.compressed
+        upper = round(c.val_drop.upper, 3) if c.val_drop is not None else None
         return {
             "accuracy_drop_points": round(b.accuracy - c.accuracy, 3),
             "val_accuracy_drop_points": round(b.val_accuracy - c.val_accuracy, 3),
+            "val_accuracy_drop_upper_points": upper,
             "speedup": round(b.latency_ms / c.latency_ms, 3) if c.latency_ms else math.nan,
             "compression": round(b.size_bytes / c.size_bytes, 3),
         }
@@ -160,12 +182,13 @@ class Report:
         return {
             "schema": SCHEMA, "created": self.created, "model": self.model, "arch": self.arch,
             "task": self.task, "metric": self.metric, "dataset": self.dataset,
+            "data_adaptation": self.data_adaptation,
             "profile": self.profile, "backend": self.backend,
             "latency_source": self.latency_source, "latency_model": self.latency_model,
             "baseline": self.baseline.to_dict(), "compressed": self.compressed.to_dict(),
             "summary": self.summary(),
             "constraints": {**self.constraints, "met": self.met, "message": self.message},
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "decision": dict(self.decision),
             "candidates": [c.to_dict() for c in self.candidates],
             "layers": [asdict(d) for d in self.layers],
             "stages": self.stages.to_dict(), "fusion": self.fusion,
