@@ -161,3 +161,20 @@ def test_a_probe_whose_boxes_differ_fails_the_smoke_test(
     last = fake.reports[-1]
     assert (last["ok"], last["phase"]) == (False, "smoke"), last
     assert "has no match" in last["reason"], last["reason"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_smoke_test_of_a_detector_on_each_runtime(tmp_path: Path, detectors: dict[str, bytes],
+                                                  backend: str) -> None:
+    """The server's probe (ONNX Runtime) passes on either runtime of the device."""
+    from edge_agent.smoke import load_probe, smoke_test
+    from hadmc_core import backends
+
+    if not backends.get(backend).available():
+        pytest.skip(f"{backend} is not installed")
+    p = tmp_path / "model.onnx"
+    p.write_bytes(detectors["v2"])
+    result = smoke_test(p, load_probe(server_probe(detectors["v2"])), runs=3, backend=backend)
+    assert result.max_abs_err is not None and result.max_abs_err <= detect.PROBE_SCORE_TOL
+    with pytest.raises(SmokeTestError, match="has no match"):
+        smoke_test(p, load_probe(shifted_probe(detectors["v2"], 2.0)), runs=3, backend=backend)
