@@ -93,6 +93,24 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = False          # bfloat16 autocast (weights and optimizer stay FP32)
+    #: learning-rate schedule: onecycle (warm-up 15 %, then cosine annealing), cosine
+    #: (annealing from lr, no warm-up) or constant
+    schedule: str = "onecycle"
+
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig,
+               total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=0.15)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,7 +123,8 @@ def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fit(model: nn.Module, split: Split, cfg: TrainConfig, loss_fn: LossFn = ce_loss,
         extra_params: list[nn.Parameter] | None = None, progress: ProgressFn = no_progress,
         stage: str = "train") -> list[float]:
-    """SGD + Nesterov with a one-cycle schedule for ``cfg.epochs`` (may be fractional).
+    """SGD + Nesterov with ``cfg.schedule`` (one-cycle by default) for ``cfg.epochs`` (may
+    be fractional).
 
     Returns the mean loss of each tenth of training (so callers can check it fell).
     """
@@ -117,8 +136,7 @@ def fit(model: nn.Module, split: Split, cfg: TrainConfig, loss_fn: LossFn = ce_l
                           weight_decay=cfg.weight_decay)
     per_epoch = math.ceil(len(split) / cfg.batch_size)
     total = max(1, int(round(cfg.epochs * per_epoch)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
-                                                pct_start=0.15)
+    sched = _scheduler(opt, cfg, total)
     step, losses, window = 0, [], []
     epoch = 0
     while step < total:
