@@ -127,9 +127,23 @@ class DistillConfig(TechniqueConfig):
     feature_stages: int = 2             # align the last N stages (or found feature points)
     device: str = "auto"
     precision: str = "auto"             # bf16 autocast where native (auto), or fp32 / bf16
+    #: recovery grows with what pruning removed: epochs x (1 + removed_scale x the fraction
+    #: of the model's MACs removed), at most max_epochs
+    removed_scale: float = 0.0
+    max_epochs: float = 12.0
+    #: training images with teacher logits: 0 = the fine-tune subset only, None = all; the
+    #: ones beyond the subset get the output terms but no feature term (same step count)
+    logit_samples: int | None = 0
+    schedule: str = "onecycle"          # learning rate: onecycle, cosine or constant
 
     def validate(self) -> None:
         _check(self.epochs > 0, "distill.epochs must be > 0")
+        _check(self.removed_scale >= 0, "distill.removed_scale must be >= 0")
+        _check(self.max_epochs >= self.epochs, "distill.max_epochs must be >= distill.epochs")
+        _check(self.logit_samples is None or self.logit_samples >= 0,
+               "distill.logit_samples must be >= 0 (0: the subset only) or null (all)")
+        _check(self.schedule in ("onecycle", "cosine", "constant"),
+               "distill.schedule: onecycle|cosine|constant")
         _check(self.precision in ("auto", "fp32", "bf16"), "distill.precision: auto|fp32|bf16")
         _check(0 <= self.alpha_kd <= 1, "distill.alpha_kd must be in [0, 1]")
         _check(self.temperature > 0, "distill.temperature must be > 0")
