@@ -182,6 +182,9 @@ class DesiredModel(BaseModel):
     rollback_order: RollbackOrder | None
     hold: bool = Field(default=False, description="Stay on the version you run of this "
                                                   "model (its rollout is paused).")
+    runtimes: list[str] | None = Field(default=None, description="The runtimes the version "
+                                       "may run on, the one it was built with first; the "
+                                       "agent runs it with the first it has.")
 
 
 class DesiredPublic(BaseModel):
@@ -198,4 +201,6 @@ class DesiredPublic(BaseModel):
     rollback_order: RollbackOrder | None
     hold: bool = Field(default=False, description="Stay on the version you run (the "
                                                   "rollout is paused); do not update.")
+    runtimes: list[str] | None = Field(default=None, description="The runtimes the version "
+                                       "may run on, the one it was built with first.")
     models: list[DesiredModel] = Field(default_factory=list, description="Per model.")

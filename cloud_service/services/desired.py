@@ -22,6 +22,7 @@ from cloud_service.models import (
     UpdateReport,
 )
 from cloud_service.services import deployments
+from cloud_service.services.compat import runtimes_of
 from cloud_service.services.publish import model_line
 
 #: Rollback orders are issued on the hour (so the answer and its ETag stay stable for an
@@ -29,7 +30,7 @@ from cloud_service.services.publish import model_line
 ORDER_BUCKET_SECONDS, ORDER_TTL_SECONDS = 3600, 86400
 NOTHING: dict[str, Any] = {"version_id": None, "model_id": None, "number": None,
                            "onnx_hash": None, "onnx_size": None, "rollback_order": None,
-                           "hold": False}
+                           "hold": False, "runtimes": None}
 #: Rollout rows whose device should run the version it had before the rollout.
 GO_BACK = ("failed", "cancelled", "rolled_back")
 #: Update phases that leave the device running the reported version, committed.
@@ -107,7 +108,10 @@ def _entry(session: Session, dev: Device, model_id: int, running: int | None,
                             "version": ver.number, "version_id": ver.id, "issued": issued,
                             "expires": issued + ORDER_TTL_SECONDS}, key)
     return {**base, "version_id": ver.id, "number": ver.number, "onnx_hash": ver.onnx_hash,
-            "onnx_size": ver.onnx_size, "rollback_order": order}
+            "onnx_size": ver.onnx_size, "rollback_order": order,
+            # the runtimes it may run on, the one it was built with first (the agent runs
+            # it with the first it has)
+            "runtimes": runtimes_of(ver)}
 
 
 def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,

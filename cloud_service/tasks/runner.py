@@ -137,11 +137,14 @@ def _load_inputs(model: Model, dataset: Dataset, store: ArtifactStore, tmp: Path
 
 def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
               progress: JobProgress, me: str) -> int | None:
+    from cloud_service.tasks.targets import built_for, plan
     from hadmc_core.compress import compress
     from hadmc_core.config import PipelineConfig
-    from hadmc_core.hal import load_profile
+    from hadmc_core.report import write_json
 
     store = make_store(settings)
+    with session_scope(settings.database_url) as s:
+        target = plan(s, job)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="job-") as tmp:
         progress("load", 0, 1)
         loaded, data, note = _load_inputs(model, dataset, store, Path(tmp))
@@ -149,21 +152,26 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
             log.info("job %s: %s", job.id, note, extra={"job_id": job.id})
             progress.lines.append(note)
         cfg = PipelineConfig.from_dict(job.config)
-        result = compress(loaded, data, load_profile(job.profile), Path(tmp) / "out", cfg,
-                          progress)
+        result = compress(loaded, data, target.profile, Path(tmp) / "out", cfg, progress,
+                          device_table=target.device_table)
+        rep = result.report
+        rep["target"] = {**target.info, "latency_source": rep.get("latency_source"),
+                         "backend": rep.get("backend")}
+        write_json(result.out_dir / "report.json", rep)
+        build = built_for(target, str(rep.get("backend")), result.out_dir / "model.onnx")
         onnx_hash, onnx_size = store.ingest_file(result.out_dir / "model.onnx")
         report_hash, _ = store.ingest_file(result.out_dir / "report.json")
         png = result.out_dir / "report.png"
         png_hash = store.ingest_file(png)[0] if png.exists() else None
-    rep = result.report
     summary = {**rep.get("summary", {}), "accuracy": rep["compressed"].get("accuracy"),
                "latency_ms": rep["compressed"].get("latency_ms"),
                "size_bytes": rep["compressed"].get("size_bytes"),
                "message": result.message, "report_png_hash": png_hash,
+               "latency_source": rep.get("latency_source"), "target": rep["target"],
                **({"dataset_fit": note} if note else {})}
     version_id = _store_version(job, settings, me, progress, onnx_hash=onnx_hash,
                                 onnx_size=onnx_size, report_hash=report_hash, summary=summary,
-                                met=result.met)
+                                met=result.met, built_for=build)
     if version_id is not None:
         publish_version(version_id, settings, store)
     return version_id
@@ -197,7 +205,7 @@ def _store_version(job: Job, settings: Settings, me: str, progress: JobProgress,
                                    number=next_number(session=s, model_id=job.model_id),
                                    onnx_hash=fields["onnx_hash"], onnx_size=fields["onnx_size"],
                                    report_hash=fields["report_hash"], summary=fields["summary"],
-                                   constraints_met=fields["met"])
+                                   constraints_met=fields["met"], built_for=fields["built_for"])
                 s.add(ver)
                 s.flush()
             except IntegrityError:
