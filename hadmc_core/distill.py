@@ -7,7 +7,10 @@ The alignment points are the model's ``feature_stages()`` when it declares them,
 feature points the task finds in the traced graph (``hadmc_core.tasks.graph``). Adapters are
 1x1 convolutions from the student's (pruned) channels to the teacher's, trained with the
 student and dropped afterwards. The teacher's outputs and features on the fine-tune subset
-are computed once and reused by every candidate and epoch. Uses CUDA when available.
+are computed once and reused by every candidate and epoch. With ``logit_samples`` the
+teacher's outputs cover more training images than its features (which cost far more
+memory): those images take the output terms only, and the step count stays that of the
+subset, so the same training sees more distinct images. Uses CUDA when available.
 """
 
 from __future__ import annotations
@@ -77,22 +80,40 @@ class TeacherCache:
     scale: dict[str, float]
     #: where the points came from: "feature_stages" (declared) or "graph" (found)
     alignment_source: str = "feature_stages"
+    #: rows of ``split`` that have features: the first ``n_features`` (the fine-tune subset)
+    n_features: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_features < 0:
+            self.n_features = len(self.split)
 
 
-def finetune_subset(data: Split, cfg: DistillConfig) -> Split:
-    """The fixed fine-tune subset (the same for every candidate)."""
-    n = len(data) if cfg.samples is None else min(cfg.samples, len(data))
-    idx = np.random.default_rng(7).permutation(len(data))[:n]
+def finetune_subset(data: Split, cfg: DistillConfig, n: int | None = None) -> Split:
+    """The fixed fine-tune subset (the same for every candidate); ``n`` rows of the same
+    fixed order instead of ``cfg.samples`` when given (a larger set starts with the
+    subset)."""
+    if n is None:
+        n = len(data) if cfg.samples is None else min(cfg.samples, len(data))
+    idx = np.random.default_rng(7).permutation(len(data))[:min(n, len(data))]
     return Split(data.x[idx], data.y[idx])
+
+
+def logit_count(n_data: int, cfg: DistillConfig) -> int:
+    """Training images with teacher logits (see ``DistillConfig.logit_samples``)."""
+    subset = n_data if cfg.samples is None else min(cfg.samples, n_data)
+    if cfg.logit_samples is None:
+        return n_data
+    return min(n_data, max(subset, cfg.logit_samples))
 
 
 @torch.no_grad()
 def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
                   progress: ProgressFn = no_progress, *, task: Task | None = None,
                   points: list[str] | None = None) -> TeacherCache:
-    """Teacher outputs and features at ``points`` (default: ``stage_names``) on the
-    fine-tune subset."""
-    subset = finetune_subset(data, cfg)
+    """Teacher outputs at ``points`` (default: ``stage_names``) on the fine-tune subset
+    and, for outputs only, up to ``logit_count`` images."""
+    n_feat = len(finetune_subset(data, cfg))
+    subset = finetune_subset(data, cfg, logit_count(len(data), cfg))
     n = len(subset)
     device = pick_device(cfg.device)
     teacher = teacher.to(device).eval()
@@ -110,20 +131,23 @@ def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = teacher(x.to(device))
         logits.append(out.float().cpu().numpy())
+        keep = max(0, min(len(x), n_feat - i * 256))  # rows of this batch in the subset
         for k in names:
-            feats[k].append(hooks.out[k].half().cpu().numpy())
+            if keep:
+                feats[k].append(hooks.out[k][:keep].half().cpu().numpy())
         progress("teacher", i + 1, total)
     hooks.close()
     features = {k: np.concatenate(v) for k, v in feats.items()}
     scale = {k: float(np.mean(np.square(v[:512].astype(np.float32)))) + 1e-8
              for k, v in features.items()}
-    return TeacherCache(subset, np.concatenate(logits), features, scale, source)
+    return TeacherCache(subset, np.concatenate(logits), features, scale, source, n_feat)
 
 
 def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
             progress: ProgressFn = no_progress, stage: str = "distill",
-            task: Task | None = None) -> list[float]:
-    """Train ``student`` in place against the cached teacher; returns the loss curve."""
+            task: Task | None = None, epochs: float | None = None) -> list[float]:
+    """Train ``student`` in place against the cached teacher for ``epochs`` of the
+    fine-tune subset (default ``cfg.epochs``); returns the loss curve."""
     task = _task(task)
     device = pick_device(cfg.device)
     student.to(device)
@@ -141,6 +165,7 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
     ids = Split(np.arange(len(cache.split), dtype=np.float32).reshape(-1, 1, 1, 1),
                 cache.split.y)
     t, a, b = cfg.temperature, cfg.alpha_kd, cfg.beta_feature
+    n_feat = cache.n_features
 
     def loss_fn(model: nn.Module, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r = rows.view(-1).long().cpu().numpy()
@@ -150,17 +175,20 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
         if a > 0:
             tl = torch.from_numpy(cache.logits[r]).to(device)
             loss = loss + a * task.distill_loss(out, tl, t)
+        has = r < n_feat  # rows beyond the subset have logits only
         for k in names:
-            if b <= 0:
+            if b <= 0 or not has.any():
                 break
-            tf = torch.from_numpy(cache.features[k][r]).to(device).float()
-            sf = adapters[k.replace(".", "_")](hooks.out[k])
+            tf = torch.from_numpy(cache.features[k][r[has]]).to(device).float()
+            sf = adapters[k.replace(".", "_")](hooks.out[k][torch.from_numpy(has).to(device)])
             loss = loss + b * F.mse_loss(sf, tf) / cache.scale[k]
         return loss
 
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    # Epochs count passes over the subset: the same steps whatever the logit set's size.
+    passes = (cfg.epochs if epochs is None else epochs) * n_feat / max(1, len(cache.split))
+    train_cfg = TrainConfig(epochs=passes, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=5e-4, device=str(device),
-                            bf16=use_bf16(cfg.precision, device))
+                            bf16=use_bf16(cfg.precision, device), schedule=cfg.schedule)
     try:
         return fit(student, ids, train_cfg, loss_fn=loss_fn,
                    extra_params=list(adapters.parameters()), progress=progress, stage=stage)

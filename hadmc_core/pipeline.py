@@ -370,7 +370,7 @@ class Controller:
             violations=why,
             warnings=[*ctx.warnings, *ctx.task.warnings(base.val_accuracy, ctx.data),
                       *split_note],
-            decision=rule,
+            decision=rule, recovery=list(ctx.state.get("recovery", [])),
             candidates=ctx.candidates, layers=best.layers, stages=ctx.stages, fusion=fusion,
             int4_weight_only=self.int4_summary(best),
             distill_alignment=list(ctx.state.get("distill_alignment", [])),

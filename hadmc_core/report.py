@@ -152,6 +152,8 @@ class Report:
     update: dict[str, Any] | None = None
     #: how accuracy decisions were made: method, confidence, n, margins, split warning
     decision: dict[str, Any] = field(default_factory=dict)
+    #: per pruned candidate: removed_macs_fraction, epochs of recovery, method
+    recovery: list[dict[str, Any]] = field(default_factory=list)
     #: how the dataset's images were fitted to the model's input (None: they fit as given)
     data_adaptation: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: now_iso())
@@ -189,6 +191,7 @@ class Report:
             "summary": self.summary(),
             "constraints": {**self.constraints, "met": self.met, "message": self.message},
             "warnings": list(self.warnings), "decision": dict(self.decision),
+            "recovery": [dict(r) for r in self.recovery],
             "candidates": [c.to_dict() for c in self.candidates],
             "layers": [asdict(d) for d in self.layers],
             "stages": self.stages.to_dict(), "fusion": self.fusion,
