@@ -97,6 +97,45 @@ VALIDATE_SIDE = 32
 MAX_IMAGE_PIXELS = 50_000_000
 
 
+#: The pipeline's task names (``hadmc_core.tasks``) of a job's task.
+CORE_TASKS = {"classify": "classification", "detect": "detect"}
+#: Folder images are letterboxed to the smallest multiple of 32 that holds the largest
+#: image, within these bounds (a model with a fixed input size takes that size instead).
+DETECT_SIDES = (64, 320)
+
+
+def detection_side(details: dict[str, Any], onnx_path: Path | None = None) -> int | None:
+    """The side a detection job letterboxes images to: a fixed square ONNX input's, else
+    from the dataset's largest image (None: the reader's default)."""
+    if onnx_path is not None:
+        import onnx
+
+        dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0] \
+            .type.tensor_type.shape.dim
+        hw = [d.dim_value for d in dims[2:4]] if len(dims) == 4 else []
+        if len(hw) == 2 and hw[0] == hw[1] and hw[0] > 0:
+            return int(hw[0])
+    largest = details.get("max_image_side")
+    if not isinstance(largest, int) or largest <= 0:
+        return None
+    lo, hi = DETECT_SIDES
+    return max(lo, min(hi, -(-largest // 32) * 32))
+
+
+def load_detection_data(*, dataset: Dataset, store: ArtifactStore, settings: Settings,
+                        tmp: Path, onnx_path: Path | None = None) -> Any:
+    """A detection dataset's splits for a job: a built-in one, or its archive unpacked (with
+    the same checks as at upload) under ``tmp`` and read by ``hadmc_core.data.detection``."""
+    from hadmc_core.data.detection import load_detection
+
+    side = detection_side(dataset.details or {}, onnx_path)
+    if dataset.builtin:
+        return load_detection(dataset.builtin, side)
+    dest = tmp / "dataset"
+    dest.mkdir()
+    return load_detection(str(unpack(store, dataset.artifact_hash or "", settings, dest)), side)
+
+
 def validate_folder(kind: ArchiveKind, root: Path) -> dict[str, Any]:
     """The one place a detection folder is validated: a structural check that names the
     file and the problem, image headers checked against MAX_IMAGE_PIXELS, then the detection
@@ -104,7 +143,7 @@ def validate_folder(kind: ArchiveKind, root: Path) -> dict[str, Any]:
     from hadmc_core.errors import HadmcError
 
     details = _check_structure(kind, root)
-    _check_image_sizes(root)
+    details["max_image_side"] = _check_image_sizes(root)
     try:
         details.update(_read_with_core(kind, root))
     except HadmcError as e:
@@ -126,11 +165,13 @@ def _read_with_core(kind: ArchiveKind, root: Path) -> dict[str, Any]:
             "classes": list(data.class_names), "validated_by": "hadmc_core.data.detection"}
 
 
-def _check_image_sizes(root: Path) -> None:
+def _check_image_sizes(root: Path) -> int:
+    """The largest side among the images; 413 for an image over MAX_IMAGE_PIXELS."""
     from PIL import Image, UnidentifiedImageError
 
     from hadmc_core.data.detection import IMAGE_SUFFIXES
 
+    largest = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
@@ -143,6 +184,8 @@ def _check_image_sizes(root: Path) -> None:
         if w * h > MAX_IMAGE_PIXELS:
             raise PayloadTooLargeError(f"{rel}: {w}x{h} pixels, over the limit of "
                                        f"{MAX_IMAGE_PIXELS} per image")
+        largest = max(largest, w, h)
+    return largest
 
 
 def _read_json(path: Path, rel: str) -> Any:

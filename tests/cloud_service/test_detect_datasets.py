@@ -135,6 +135,7 @@ def test_detection_folder_is_accepted(client: TestClient, auth: dict, settings: 
     assert details["images"] == 10 and details["annotations"] == 10
     assert details["samples"] == {"train": 8, "validation": 1, "test": 1}
     assert details["validated_by"] == "hadmc_core.data.detection"
+    assert details["max_image_side"] == 32
     assert details["classes"] == ["shirt", "boot"]
     got = client.get(f"/v1/datasets/{r.json()['id']}", headers=auth).json()  # type: ignore
     assert got["details"] == details
@@ -281,3 +282,22 @@ def test_plan_refuses_before_writing(tmp_path: Path) -> None:
     with pytest.raises(PayloadTooLargeError, match="'b' reaches 1200"):
         archives.extract(over, out, archives.Limits(max_bytes=1000, max_files=10))
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("details,side", [
+    ({"max_image_side": 32}, 64), ({"max_image_side": 100}, 128), ({"max_image_side": 128}, 128),
+    ({"max_image_side": 5000}, 320), ({}, None),
+], ids=["small", "rounded-up", "exact", "capped", "unknown"])
+def test_detection_side_from_the_largest_image(details: dict, side: int | None) -> None:
+    from cloud_service.services.datasets import detection_side
+
+    assert detection_side(details) == side
+
+
+def test_detection_side_of_a_fixed_onnx_input(tmp_path: Path) -> None:
+    from cloud_service.services.datasets import detection_side
+    from tests.edge_agent.detect_onnx import detector_onnx
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(detector_onnx(0, side=96))
+    assert detection_side({"max_image_side": 32}, p) == 96
