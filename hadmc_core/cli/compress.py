@@ -116,6 +116,10 @@ def compress_cmd(
     profile: str = typer.Option("local", help="Target hardware profile name or YAML path; "
                                 "'local' detects this machine."),
     max_accuracy_drop: float = typer.Option(1.0, help="Largest allowed top-1 drop, points."),
+    confidence: float | None = typer.Option(
+        None, help="One-sided confidence that a candidate's drop is within the limit, from "
+                   "a paired bound on the validation split (default 0.95; 0.5 = the point "
+                   "estimate)."),
     latency_budget_ms: float | None = typer.Option(None, help="Latency budget, ms at batch 1."),
     size_budget_mb: float | None = typer.Option(None, help="Model file size budget, MB."),
     config: Path | None = typer.Option(None, help="Pipeline config JSON (see docs)."),
@@ -153,6 +157,7 @@ def compress_cmd(
                  "prune.search": search,
                  "distill.epochs": distill_epochs, "distill.samples": distill_samples,
                  "constraints.max_accuracy_drop": max_accuracy_drop,
+                 "constraints.confidence": confidence,
                  "constraints.latency_budget_ms": latency_budget_ms,
                  "constraints.size_budget_mb": size_budget_mb}
     cfg = _load_config(config, overrides)
