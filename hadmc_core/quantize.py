@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,8 +61,11 @@ def _fq_act(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sensitivity(model: nn.Module, data: Split, cfg: QuantizeConfig, reduce_range: bool,
-                progress: ProgressFn = no_progress) -> dict[str, float]:
-    """Relative logit error when only that layer is quantized, per layer name."""
+                progress: ProgressFn = no_progress,
+                score: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+                ) -> dict[str, float]:
+    """Relative logit error when only that layer is quantized, per layer name
+    (``score(outputs, reference)`` instead, when given)."""
     model = model.cpu().eval()
     x = torch.from_numpy(data.x[: cfg.sensitivity_samples])
     ranges: dict[str, tuple[float, float]] = {}
@@ -89,7 +93,8 @@ def sensitivity(model: nn.Module, data: Split, cfg: QuantizeConfig, reduce_range
         out = model(x)
         h.remove()
         mod.weight.data = original
-        scores[name] = float((out - ref).pow(2).mean()) / denom
+        scores[name] = (score(out, ref) if score is not None
+                        else float((out - ref).pow(2).mean()) / denom)
         progress("q-sensitivity", i + 1, len(layers))
     return scores
 

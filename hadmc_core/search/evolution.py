@@ -5,7 +5,8 @@ Two objectives, the proxy and the estimated latency, with the latency target as 
 constraint (``estimate - target <= 0``), so the population moves along the whole front
 while the answer is the feasible plan of least proxy (the fastest one when none is
 feasible). The first generation starts from uniform plans (every group at the same step
-of its choices, every layer INT8); they count toward the budget like any trial.
+of its choices, every layer INT8), the smallest first, so a reachable target is always met;
+they count toward the budget like any trial.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from hadmc_core.search.registry import register
 from hadmc_core.search.space import Budget, Plan, Problem
 
-UNIFORM_STEPS = (1.0, 0.75, 0.5, 0.25, 0.0)
+#: the smallest plan first: it meets the target whenever any plan does
+UNIFORM_STEPS = (0.0, 0.5, 0.25, 0.75, 1.0)
 
 
 def _decode(pb: Problem, params: dict[str, Any]) -> tuple[dict[str, int], dict[str, str] | None]:

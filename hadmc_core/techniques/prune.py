@@ -1,8 +1,17 @@
 """Structured pruning as a technique: channel importance once, then per candidate a
-latency-aware allocation (``hadmc_core.search``) applied on Torch-Pruning's graph."""
+latency-aware plan from the configured search strategy (``hadmc_core.search``, chosen by
+``prune.search``) applied on Torch-Pruning's graph.
+
+A strategy other than greedy searches precisions too when the run quantizes and the
+importance is Taylor's (the proxy's two terms are then both estimates of the loss added):
+each layer's INT8 sensitivity is measured once on the unpruned model as the task's
+output-distillation loss with only that layer fake-quantized, and the plan's FP32 layers
+are the quantize technique's first variant (``ctx.state["search_precisions"]``).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from hadmc_core import calibrate, quantize, search
@@ -12,12 +21,15 @@ from hadmc_core.context import Context, Work
 from hadmc_core.techniques import register
 from hadmc_core.techniques.base import Technique
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PruneState:
     groups: list[pruning.Group]
     layers: dict[str, pruning.Layer]
     head: str | list[str]
+    problem: search.Problem | None = None   # for a strategy other than greedy
 
 
 @register(PruneConfig)
@@ -53,8 +65,27 @@ class Prune(Technique):
                                    / search.estimate_ms(ctx.lat, shapes, full, "fp32"))
             ctx.floor_fraction = search.floor_fraction(groups, layers, ctx.lat, q,
                                                        ctx.channel_multiple, cfg.min_keep)
-        ctx.state["prune"] = PruneState(groups, layers, head)
+        ctx.state["prune"] = PruneState(groups, layers, head, self.problem(ctx, cfg, groups,
+                                                                           layers))
         return True
+
+    def problem(self, ctx: Context, cfg: PruneConfig, groups: list[pruning.Group],
+                layers: dict[str, pruning.Layer]) -> search.Problem | None:
+        if cfg.search == "greedy" or cfg.uniform_ratio is not None:
+            return None
+        sens = None
+        if ctx.search_precision == "int8" and cfg.importance == "taylor":
+            assert ctx.model is not None
+            rr = quantize.use_reduce_range(ctx.cfg.quantize, ctx.profile)
+            with ctx.stage("sensitivity"):
+                sens = quantize.sensitivity(
+                    ctx.model, ctx.data.train, ctx.cfg.quantize, rr, ctx.progress,
+                    score=lambda out, ref: float(ctx.task.distill_loss(out, ref, 1.0)))
+        return search.Problem(groups, layers, ctx.lat, ctx.search_precision,
+                              round_to=ctx.channel_multiple, min_keep=cfg.min_keep,
+                              size_weight=cfg.size_weight,
+                              taylor_scale=1.0 / max(1, cfg.calib_batches),
+                              int8_sensitivity=sens)
 
     def apply(self, ctx: Context, cfg: PruneConfig, work: Work) -> None:
         st: PruneState | None = ctx.state.get("prune")
@@ -62,10 +93,19 @@ class Prune(Technique):
                                                  and cfg.uniform_ratio is None):
             return
         with ctx.stage("search"):
-            alloc = search.allocate(st.groups, st.layers, ctx.lat, work.fraction,
-                                    ctx.search_precision, round_to=ctx.channel_multiple,
-                                    min_keep=cfg.min_keep, uniform_ratio=cfg.uniform_ratio,
-                                    size_weight=cfg.size_weight)
+            if st.problem is None:
+                alloc = search.allocate(st.groups, st.layers, ctx.lat, work.fraction,
+                                        ctx.search_precision, round_to=ctx.channel_multiple,
+                                        min_keep=cfg.min_keep, uniform_ratio=cfg.uniform_ratio,
+                                        size_weight=cfg.size_weight)
+            else:
+                alloc = search.run(cfg.search, st.problem, work.fraction * st.problem.full_ms,
+                                   search.Budget(cfg.search_trials, seed=ctx.cfg.seed))
+                log.info("search %s for %s: %.3f ms estimated, proxy %.4g, %d candidates, "
+                         "%.1f s", cfg.search, work.cid, alloc.estimated_ms, alloc.proxy,
+                         alloc.evaluated, alloc.seconds)
+            if alloc.precisions is not None:
+                ctx.state.setdefault("search_precisions", {})[work.cid] = alloc.precisions
         with ctx.stage("prune"):
             work.module = pruning.apply(work.module, st.groups, alloc.keep, ctx.example)
         work.pruned, work.estimated_ms = True, alloc.estimated_ms

@@ -8,6 +8,9 @@ sensitivity divided by the time INT8 saves on them (latency model):
   fake-quantized (``quantize.sensitivity``);
 - graph only: the relative error of the layer's own INT8 weights (per channel when
   ``per_channel``), a cheap proxy read from the file.
+
+When the search chose precisions (``prune.search`` evolution or rl), its plan is the first
+variant, and the ranking then adds layers to it only if that plan breaks the accuracy limit.
 """
 
 from __future__ import annotations
@@ -58,20 +61,44 @@ class Quantize(Technique):
     def variants(self, ctx: Context, cfg: QuantizeConfig, work: Work, current: Variant
                  ) -> Iterator[Variant]:
         rr = quantize.use_reduce_range(cfg, ctx.profile)
-        with ctx.stage("quantize"):
-            rank = ranking(ctx, cfg, work, rr)
         nodes = list(graph_stats.layers(current.path))
-        info = {"sensitivity": rank.sensitivity, "gain_ms": rank.int8_gain_ms}
         calib = ctx.data.train.x[:cfg.calib_samples]
-        steps = sorted({min(k, len(rank.order)) for k in cfg.keep_ladder})
-        for step, n_keep in enumerate(steps):
-            ctx.progress(f"quantize {work.cid}", step, len(steps))
-            keep = rank.order[:n_keep]
-            path = ctx.work / f"{work.cid}-q{n_keep}.onnx"
+        planned = planned_fp32(ctx, work)
+        total = len(set(cfg.keep_ladder)) + (planned is not None)
+        for step, (keep, info) in enumerate(self._keep_sets(ctx, cfg, work, rr, planned)):
+            ctx.progress(f"quantize {work.cid}", step, total)
+            path = ctx.work / f"{work.cid}-q{len(keep)}.onnx"
             with ctx.stage("quantize"):
                 ctx.backend.quantize_int8(current.path, path, calib, keep_fp32=keep,
                                           per_channel=cfg.per_channel, reduce_range=rr)
             precisions = {n: ("fp32" if n in keep else "int8") for n in nodes}
             ctx.stages.add_ran("quantize")
-            yield Variant(f"q{n_keep}", path, n_keep, precisions, info)
-        ctx.progress(f"quantize {work.cid}", len(steps), len(steps))
+            yield Variant(f"q{len(keep)}", path, len(keep), precisions, info)
+        ctx.progress(f"quantize {work.cid}", total, total)
+
+    def _keep_sets(self, ctx: Context, cfg: QuantizeConfig, work: Work, rr: bool,
+                   planned: list[str] | None) -> Iterator[tuple[list[str], dict]]:
+        """Layers kept in floating point, step by step: the search's plan first when it
+        chose precisions (the ranking is then computed only if that plan fails), then the
+        ranking's most deserving layers added to reach each ``keep_ladder`` count."""
+        if planned is not None:
+            assert work.fp32_path is not None
+            yield planned, {"gain_ms": gain_ms(ctx, graph_stats.layers(work.fp32_path))}
+        with ctx.stage("quantize"):
+            rank = ranking(ctx, cfg, work, rr)
+        info = {"sensitivity": rank.sensitivity, "gain_ms": rank.int8_gain_ms}
+        base = planned or []
+        rest = [n for n in rank.order if n not in base]
+        counts = sorted({min(k, len(base) + len(rest)) for k in cfg.keep_ladder})
+        for n_keep in counts:
+            if planned is None or n_keep > len(base):
+                yield base + rest[:n_keep - len(base)], info
+
+
+def planned_fp32(ctx: Context, work: Work) -> list[str] | None:
+    """Graph nodes the search planned in FP32 for this candidate (None: it chose no
+    precisions, or the model is a graph only)."""
+    plan = ctx.state.get("search_precisions", {}).get(work.cid)
+    if plan is None or not work.onnx_names:
+        return None
+    return [work.onnx_names[n] for n, p in plan.items() if p == "fp32" and n in work.onnx_names]
