@@ -106,7 +106,9 @@ class JobCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-technique overrides (prune, distill, fuse, quantize, measure, ...), "
-                    "as read by hadmc_core.config.PipelineConfig.from_dict.")
+                    "as read by hadmc_core.config.PipelineConfig.from_dict; e.g. "
+                    "{\"prune\": {\"search\": \"evolution\"}} picks the search strategy "
+                    "(greedy, evolution, rl).")
     update_of: DbId | None = Field(
         default=None, description="A compressed version the devices run: keep its plan (kept "
         "channels, INT8 layers, quantization parameters where accuracy allows) so their "
