@@ -74,7 +74,16 @@ def _watch(api: FleetClient, job_id: int, interval: float) -> None:
 def submit_cmd(
     model: Annotated[int, typer.Option("--model", min=1, help="Base model id (safetensors).")],
     dataset: Annotated[int, typer.Option("--dataset", min=1, help="Dataset id.")],
-    profile: Annotated[str, typer.Option("--profile", help="Target hardware profile name.")],
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Target: a built-in hardware profile name.",
+        show_default=False)] = None,
+    device: Annotated[int | None, typer.Option(
+        "--device", min=1, help="Target: an enrolled device (its measured operator latency "
+                                "table and its runtime).", show_default=False)] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="Target: enrolled devices with this tag (repeat for any of several); "
+                      "their tables combined, the slowest per operator.",
+        show_default=False)] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(
         min=0, help="Points of accuracy the result may lose.", show_default=False)] = None,
     latency_budget_ms: Annotated[float | None, typer.Option(
@@ -89,11 +98,17 @@ def submit_cmd(
     interval: Interval = 1.0,
     server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Submit a compression job of a model for a hardware profile."""
+    """Submit a compression job of a model for a hardware profile, a device or devices by
+    tag (exactly one of --profile, --device, --tag)."""
+    given = [t for t, v in (("profile", profile), ("device", device), ("devices", tag)) if v]
+    if len(given) != 1:
+        raise UsageError("give exactly one target: --profile NAME, --device ID or --tag TAG")
+    target: dict[str, Any] = {"profile": profile} if profile else \
+        {"device": device} if device else {"devices": {"tags": list(tag or [])}}
     constraints = {k: v for k, v in (("max_accuracy_drop", max_accuracy_drop),
                                      ("latency_budget_ms", latency_budget_ms),
                                      ("size_budget_mb", size_budget_mb)) if v is not None}
-    body = {"model_id": model, "dataset_id": dataset, "profile": profile,
+    body = {"model_id": model, "dataset_id": dataset, "target": target,
             "constraints": constraints, "config": read_config(config) if config else {}}
     with connect(server, token) as api:
         j = api.post("/v1/jobs", body)
