@@ -21,6 +21,7 @@ from cloud_service.db import get_sessionmaker, session_scope, utcnow
 from cloud_service.errors import JobCancelledError
 from cloud_service.models import Dataset, Job, Model, ModelVersion
 from cloud_service.s3store import make_store
+from cloud_service.services.datasets import CORE_TASKS
 from cloud_service.services.models import inspect_onnx
 from cloud_service.services.versions import next_number
 from cloud_service.settings import Settings
@@ -118,20 +119,27 @@ def _load_model(model: Model, data: Any, store: ArtifactStore, tmp: Path) -> Any
                 width=spec.width, input_shape=(spec.in_channels, *data.image_size))
 
 
-def _load_inputs(model: Model, dataset: Dataset, store: ArtifactStore, tmp: Path
+def _load_inputs(model: Model, dataset: Dataset, store: ArtifactStore, tmp: Path,
+                 task: str = "classify", settings: Settings | None = None
                  ) -> tuple[Any, Any, str | None]:
     """The model, the dataset fitted to its input, and the line that says how (or None)."""
+    from cloud_service.services import datasets as datasets_svc
     from hadmc_core.data import load_dataset
     from hadmc_core.prepare import fit
 
-    if dataset.builtin:
+    if task == "detect" and settings is not None:  # COCO / YOLO archive or built-in scenes
+        onnx_path = store.path(model.artifact_hash) if model.format == "onnx" else None
+        data = datasets_svc.load_detection_data(dataset=dataset, store=store,
+                                                settings=settings, tmp=tmp,
+                                                onnx_path=onnx_path)
+    elif dataset.builtin:
         data = load_dataset(dataset.builtin)
     else:
         path = store.link_as(dataset.artifact_hash or "", tmp, "data.npz")
         classes = (model.arch or {}).get("num_classes") if model.format != "onnx" else None
         data = load_dataset(str(path), num_classes=classes)
     loaded = _load_model(model, data, store, tmp)
-    data, note = fit(loaded, data)
+    data, note = fit(loaded, data, CORE_TASKS[task])
     return loaded, data, note
 
 
@@ -147,13 +155,14 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
         target = plan(s, job)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="job-") as tmp:
         progress("load", 0, 1)
-        loaded, data, note = _load_inputs(model, dataset, store, Path(tmp))
+        loaded, data, note = _load_inputs(model, dataset, store, Path(tmp), job.task, settings)
         if note:
             log.info("job %s: %s", job.id, note, extra={"job_id": job.id})
             progress.lines.append(note)
         cfg = PipelineConfig.from_dict(job.config)
         result = compress(loaded, data, target.profile, Path(tmp) / "out", cfg, progress,
-                          device_table=target.device_table)
+                          device_table=target.device_table,
+                          task=CORE_TASKS[job.task])
         rep = result.report
         rep["target"] = {**target.info, "latency_source": rep.get("latency_source"),
                          "backend": rep.get("backend")}
@@ -166,7 +175,7 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
     summary = {**rep.get("summary", {}), "accuracy": rep["compressed"].get("accuracy"),
                "latency_ms": rep["compressed"].get("latency_ms"),
                "size_bytes": rep["compressed"].get("size_bytes"),
-               "message": result.message, "report_png_hash": png_hash,
+               "message": result.message, "report_png_hash": png_hash, "task": job.task,
                "latency_source": rep.get("latency_source"), "target": rep["target"],
                **({"dataset_fit": note} if note else {})}
     version_id = _store_version(job, settings, me, progress, onnx_hash=onnx_hash,
