@@ -67,6 +67,12 @@ with tempfile.TemporaryDirectory() as tmp:
     model = Path(tmp) / "m.onnx"
     model.write_bytes(_layer_onnx(LayerGeom("linear"), 64, 8, "int8"))
     print("smoke:", smoke_test(model, None, runs=5))
+    # the inference endpoint opens versions the same way (edge_agent.smoke.open_session)
+    from edge_agent.serve import ModelRuntime  # noqa: F401  (imports without the other runtime)
+    from edge_agent.smoke import choose_runtime, open_session
+    sess = open_session(model, 1, choose_runtime([runtime + "-cpu"]))
+    assert type(sess).__module__.endswith(runtime), type(sess)
+    print("serve:", sess.run({sess.input_names[0]: np.zeros((1, 64), np.float32)})[0].shape)
 bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "fastapi", "nncf")]
 assert not bad, bad
 PY
