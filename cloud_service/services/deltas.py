@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
@@ -16,9 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloud_service.db import utcnow
+from cloud_service.errors import InvalidInputError
 from cloud_service.models import Delta, ModelVersion
 from cloud_service.services.publish import ensure_manifest
 from cloud_service.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from hadmc_core.delta import DeltaStats
+    from hadmc_core.delta.manifest import Manifest
 
 
 def encode_delta(*, store: ArtifactStore, base: ModelVersion, target: ModelVersion,
@@ -79,3 +85,52 @@ def get_delta(*, session: Session, store: ArtifactStore, base: ModelVersion,
         row = _row(session, base.id, target.id)
         assert row is not None
     return row
+
+
+def holder_manifest(body: bytes, *, chunk_size: int) -> Manifest:
+    """The manifest a device sends of the files it holds (signed by any server, or bare;
+    the signature is not checked: the device vouches for its own files, and the delta's
+    prefix names the base files' hashes, which the device checks before using a byte).
+    ``InvalidInputError`` unless it parses within the caps, its root hash matches its
+    content, every file's hash is the one its chunk hashes and size give, and its chunk
+    size is the target's (chunks are matched by hash at that size)."""
+    from hadmc_core.delta import SignedManifest
+    from hadmc_core.delta.manifest import FileHasher, chunks
+    from hadmc_core.errors import DeltaError
+
+    try:
+        held = SignedManifest.from_bytes(body).manifest
+    except DeltaError as e:
+        raise InvalidInputError(f"the manifest of what the device holds is not usable: "
+                                f"{e}") from e
+    if held.chunk_size != chunk_size:
+        raise InvalidInputError(f"the manifest's chunk_size is {held.chunk_size}; this "
+                                f"version's is {chunk_size}: build the manifest of the held "
+                                f"files with chunk_size={chunk_size}")
+    hashers = [FileHasher() for _ in held.files]
+    for fi, _seg, _i, digest, _start, length in chunks(held):
+        hashers[fi].update(bytes.fromhex(digest), length)
+    for f, h in zip(held.files, hashers, strict=True):
+        if h.hexdigest() != f.blake3:
+            raise InvalidInputError(f"the manifest's hash of {f.path} is not the one its "
+                                    "chunk hashes give; send the manifest as built")
+    return held
+
+
+def delta_for_holder(*, session: Session, store: ArtifactStore, target: ModelVersion,
+                     key: Ed25519PrivateKey, body: bytes) -> tuple[str, DeltaStats]:
+    """A signed delta to ``target`` against the chunks a device's own manifest lists (any
+    version, from any server: chunks are matched by hash). Stored in the artifact store
+    (content-addressed, so the same request twice is stored once); its digest and stats.
+    Like every delta it is never larger than the target compressed whole (``fallback``
+    when nothing matched)."""
+    from hadmc_core.delta import SignedManifest, encode
+
+    signed = SignedManifest.from_bytes(
+        ensure_manifest(session=session, store=store, version=target, key=key))
+    held = holder_manifest(body, chunk_size=signed.manifest.chunk_size)
+    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
+        new = store.link_as(target.onnx_hash, Path(tmp), "model.onnx")
+        blob, stats = encode(signed, new, held, old_path=None)
+    digest, _ = store.put_bytes(blob)
+    return digest, stats

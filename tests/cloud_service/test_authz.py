@@ -36,6 +36,7 @@ ACCESS = {
     ("GET", "/v1/versions/{version_id}/model.onnx"): "any",
     ("GET", "/v1/versions/{version_id}/manifest"): "any",
     ("GET", "/v1/versions/{version_id}/delta"): "any",
+    ("POST", "/v1/versions/{version_id}/delta"): "any",
     ("GET", "/v1/versions/{version_id}/probe"): "any",
     ("PUT", "/v1/versions/{version_id}/probe"): "operator",
     ("POST", "/v1/enrollment-tokens"): "operator",

@@ -1,4 +1,5 @@
-"""/v1/versions/{id}/manifest and /delta: signed manifests and cached incremental updates."""
+"""/v1/versions/{id}/manifest and /delta: signed manifests, cached incremental updates
+between versions, and deltas against what a device holds (its own manifest)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from cloud_service import schemas_examples as ex
 from cloud_service.api.deps import AnyPrincipal, PathId, SessionDep, StoreDep
 from cloud_service.api.downloads import RANGE, CountedFileResponse, octet, serve_artifact
 from cloud_service.api.problems import problems
-from cloud_service.errors import InvalidInputError, NotFoundError
+from cloud_service.errors import InvalidInputError, NotFoundError, UnsupportedMediaTypeError
 from cloud_service.models import ModelVersion
 from cloud_service.schemas import MAX_ID
 from cloud_service.services import deltas as svc
@@ -68,3 +70,47 @@ def delta(version_id: PathId, request: Request, session: SessionDep, who: AnyPri
     return serve_artifact(request, store, row.artifact_hash,
                           f"model-{target.model_id}-v{base.number}-v{target.number}.delta",
                           who, target.id)
+
+
+HOLDER_BODY = {"requestBody": {
+    "required": True,
+    "description": "The manifest of the files the device holds (`docs/delta.md`), as the "
+                   "server that sent them signed it or bare, at this version's chunk size. "
+                   "At most HADMC_MAX_JSON_BODY_KB (413 beyond).",
+    "content": {"application/json": {"schema": {"type": "object"},
+                                     "example": ex.MANIFEST}}}}
+
+
+@router.post(
+    "/{version_id}/delta", summary="Delta to this version from what a device holds",
+    response_class=FileResponse, openapi_extra=HOLDER_BODY,
+    responses={200: {"description": "The signed delta container.", "content": {
+                   "application/octet-stream": {
+                       "schema": {"type": "string", "format": "binary"},
+                       "example": "(the bytes of the delta container)"}}},
+               **problems(413, 415)},
+    description="For a device that holds a version this server does not know (restored "
+                "from a backup, moved from another server): a signed delta container "
+                "built against the chunks its manifest lists, matched by hash "
+                "(`docs/delta.md`); chunks it lacks are sent compressed, and the whole file "
+                "only when that is smaller. Answered whole (no Range on a POST: a dropped "
+                "download asks again); built for each request and stored "
+                "content-addressed, so a repeat is stored once. Users and devices; bytes "
+                "sent to a device count for it. 404 unknown id, 413 a manifest over the "
+                "JSON body limit, 415 not JSON, 422 a manifest that does not parse, breaks "
+                "a cap, whose hashes disagree, or of another chunk size.")
+async def holder_delta(version_id: PathId, request: Request, session: SessionDep,
+                       who: AnyPrincipal, store: StoreDep) -> CountedFileResponse:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaTypeError(f"send the manifest as JSON with Content-Type: "
+                                        f"application/json (got {ctype or 'none'})")
+    body = await request.body()  # bounded by the guard (HADMC_MAX_JSON_BODY_KB)
+    target = await run_in_threadpool(_get, session, version_id)
+    digest, _ = await run_in_threadpool(svc.delta_for_holder, session=session, store=store,
+                                        target=target, key=request.app.state.signing_key,
+                                        body=body)
+    await run_in_threadpool(session.commit)
+    return serve_artifact(request, store, digest,
+                          f"model-{target.model_id}-held-v{target.number}.delta", who,
+                          target.id)
