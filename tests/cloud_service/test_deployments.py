@@ -182,7 +182,7 @@ def test_the_desired_list_and_its_etag(client: TestClient, auth: dict,
     assert (body["version_id"], body["rollout_id"]) == (m["det2"]["id"], r2["id"])
     entry = by_model(body)[cls]
     assert set(entry) == {"model", "model_id", "name", "version_id", "number", "onnx_hash",
-                          "onnx_size", "rollout_id", "rollback_order", "hold"}
+                          "onnx_size", "rollout_id", "rollback_order", "hold", "runtimes"}
     assert (entry["onnx_hash"], entry["number"]) == (m["cls2"]["onnx_hash"],
                                                      m["cls2"]["number"])
 
