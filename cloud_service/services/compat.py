@@ -244,7 +244,7 @@ def build_difference(built: dict[str, Any], device_profile: dict[str, Any] | Non
     if not ok:
         return (f"built for the runtime {' or '.join(wanted)}; the device has "
                 f"{', '.join(n + ('-' + v if v else '') for n, v in have) or 'none'}")
-    if not any(w != built.get("runtime") or _in_range(v, rng) for w, v in ok):
+    if rng and not any(w != built.get("runtime") or _in_range(v, rng) for w, v in ok):
         return (f"built for {built.get('runtime')} {rng['min']} up to (not including) "
                 f"{rng['below']}; the device has "
                 f"{', '.join(w + ' ' + (v or 'of unknown version') for w, v in ok)}")
