@@ -145,15 +145,18 @@ class ServerClient:
 
     # -- resumable downloads --------------------------------------------------------------
     def download(self, path: str, dest: Path, *, what: str, max_bytes: int,
-                 attempts: int = 5, backoff: Backoff | None = None) -> int:
+                 attempts: int = 5, backoff: Backoff | None = None,
+                 json_body: bytes | None = None) -> int:
         """Fetch ``path`` into ``dest``, resuming from what ``dest`` holds with ``Range``
         after a dropped connection. Refuses a body larger than ``max_bytes`` (from the
-        signed manifest) before and while reading. Returns the bytes received."""
+        signed manifest) before and while reading. Returns the bytes received.
+        ``json_body``: POST it (``application/json``) instead of a GET; the server answers
+        a POST whole, so a dropped download starts over."""
         backoff = backoff or Backoff()
         received = [0]
         for attempt in range(1, attempts + 1):
             try:
-                self._fetch_range(path, dest, what, max_bytes, received)
+                self._fetch_range(path, dest, what, max_bytes, received, json_body)
                 return received[0]
             except NetworkError as e:
                 if attempt == attempts:
@@ -165,13 +168,16 @@ class ServerClient:
         raise AssertionError("unreachable")
 
     def _fetch_range(self, path: str, dest: Path, what: str, max_bytes: int,
-                     received: list[int]) -> None:
+                     received: list[int], json_body: bytes | None = None) -> None:
         """One request from where ``dest`` ends; adds what arrives to ``received[0]``."""
         have = dest.stat().st_size if dest.exists() else 0
         headers = self._headers({"Range": f"bytes={have}-"} if have else {})
+        method = "GET" if json_body is None else "POST"
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
         got = 0
         try:
-            with self.http.stream("GET", path, headers=headers) as resp:
+            with self.http.stream(method, path, headers=headers, content=json_body) as resp:
                 if resp.status_code >= 400 and resp.status_code != 416:
                     resp.read()
                 self.check(resp, what)

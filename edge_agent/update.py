@@ -43,7 +43,7 @@ from edge_agent.store import (
     AgentState,
     Store,
 )
-from hadmc_core.delta import SignedManifest, apply_delta
+from hadmc_core.delta import SignedManifest, apply_delta, build_manifest
 from hadmc_core.delta.errors import BaseMismatchError, DeltaError
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,16 @@ class Updater:
             try:
                 self._delta(a, signed, staged)
             except (ServerError, BaseMismatchError) as e:
-                log.info("no usable delta (%s); downloading the full file", e)
-                self._full(a, signed, staged)
+                # The server does not know the version held (restored from a backup,
+                # moved from another server) or its file differs: a delta against the
+                # chunks held, from their manifest.
+                log.info("no usable delta from version %s (%s); asking for one against "
+                         "the files held", self._active(a), e)
+                try:
+                    self._holder_delta(a, signed, staged)
+                except (ServerError, BaseMismatchError) as e2:
+                    log.info("no usable delta (%s); downloading the full file", e2)
+                    self._full(a, signed, staged)
         else:
             self._full(a, signed, staged)
         a.phase = "verify"
@@ -172,11 +180,33 @@ class Updater:
         a.bytes_downloaded += self._download(
             f"/v1/versions/{a.version_id}/delta?from={base}", dest, "delta",
             delta_bound(signed, len(signed.to_bytes())))
+        self._apply(a, signed, staged, dest)
+
+    def _holder_delta(self, a: Attempt, signed: SignedManifest, staged: Path) -> None:
+        """``POST /v1/versions/{id}/delta`` with the manifest of the held version's files,
+        built here at the target's chunk size (what the device really holds)."""
+        held = self._held_file(a, signed)
+        manifest = build_manifest(held, chunk_size=signed.manifest.chunk_size)
+        a.phase = "download"
+        dest = staged / DELTA_FILE
+        s = self.settings
+        a.bytes_downloaded += self.client.download(
+            f"/v1/versions/{a.version_id}/delta", dest, what="delta",
+            max_bytes=delta_bound(signed, len(signed.to_bytes())),
+            attempts=s.download_attempts, backoff=Backoff(s.backoff_base_seconds, 30.0),
+            json_body=manifest.to_bytes())
+        self._apply(a, signed, staged, dest)
+
+    def _held_file(self, a: Attempt, signed: SignedManifest) -> Path:
+        base = int(self._active(a) or 0)
+        return self.store.model(signed.manifest.model).version_dir(base) / MODEL_FILE
+
+    def _apply(self, a: Attempt, signed: SignedManifest, staged: Path, dest: Path) -> None:
+        """Apply the downloaded delta to the held version into ``staged``."""
         a.phase = "verify"
         floor = self.state.highest.get(signed.manifest.model)
         try:
-            got = apply_delta(self.store.model(signed.manifest.model).version_dir(int(base or 0))
-                              / MODEL_FILE, dest,
+            got = apply_delta(self._held_file(a, signed), dest,
                               staged / MODEL_FILE, public_key=self.key,
                               min_version=None if a.rollback else floor)
         except BaseMismatchError:

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hadmc_core.delta import build_manifest, diff, sign
+from hadmc_core.delta import SignedManifest, build_manifest, diff, encode, sign
 from hadmc_core.delta.keys import public_pem
 from hadmc_core.hal import onnxwrite as ow
 
@@ -92,6 +92,8 @@ class FakeServer:
     #: several models per device does.
     one_model: bool = False
     deltas: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    #: Manifests devices sent to POST /v1/versions/{id}/delta.
+    holder_manifests: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- publishing ---------------------------------------------------------------------
@@ -174,6 +176,7 @@ class FakeServer:
               ("GET", r"/v1/versions/(\d+)/manifest", "manifest"),
               ("GET", r"/v1/versions/(\d+)/model\.onnx", "model"),
               ("GET", r"/v1/versions/(\d+)/delta\?from=(\d+)", "delta"),
+              ("POST", r"/v1/versions/(\d+)/delta", "holder"),
               ("GET", r"/v1/versions/(\d+)/probe", "probe")]
 
     def _route(self, method: str, path: str) -> tuple[str, tuple[int, ...]] | None:
@@ -181,7 +184,7 @@ class FakeServer:
             hit = re.fullmatch(pattern, path)
             if m == method and hit:
                 args = tuple(int(g) for g in hit.groups())
-                if name not in ("register", "manifest", "model", "delta", "probe") and \
+                if name not in ("register", "manifest", "model", "delta", "holder", "probe") and \
                         args[0] != DEVICE_ID:
                     return None
                 return name, args
@@ -254,6 +257,23 @@ class FakeServer:
                                     version=v.number)
             self.deltas[(base, vid)] = blob
         return _ranged(h, self.deltas[(base, vid)], "delta")
+
+    def _holder(self, h: dict, body: bytes, vid: int) -> tuple[int, dict, bytes, str]:
+        """A delta against the chunks the device's own manifest lists, as the service
+        builds it (``cloud_service.services.deltas.delta_for_holder``)."""
+        v = self._version(vid)
+        if v is None:
+            return _problem(404, "no such version")
+        if h.get("content-type") != "application/json":
+            return _problem(415, "send the manifest as JSON")
+        held = SignedManifest.from_bytes(body).manifest
+        target = SignedManifest.from_bytes(v.manifest)
+        with tempfile.TemporaryDirectory() as tmp:
+            new = Path(tmp) / "model.onnx"
+            new.write_bytes(v.onnx)
+            blob, _stats = encode(target, new, held)
+        self.holder_manifests.append(held)
+        return _ranged({}, blob, "delta")
 
     def count(self, kind: str, n: int) -> None:
         with self.lock:

@@ -244,3 +244,68 @@ def test_rollback_to_a_version_no_longer_held_goes_by_delta(
     assert fake.reports[-1]["ok"] and fake.reports[-1]["phase"] == "rollback"
     assert ("GET", "/v1/versions/1/delta?from=3") in fake.requests
     assert a.state.highest == {"model-1": 3} and a.store.model("model-1").held() == [1, 3]
+
+
+def wide_mlp(rows_changed: int = 0) -> bytes:
+    """x[N, 64] -> MatMul (512 KiB of weights, 8 chunks) -> y[N, 2048]; the first
+    ``rows_changed`` rows of the weight differ (a version that shares most chunks)."""
+    import numpy as np
+
+    from hadmc_core.hal import onnxwrite as ow
+
+    w = np.random.default_rng(5).standard_normal((64, 2048)).astype(np.float32)
+    w[:rows_changed] += 0.5
+    return ow.model([ow.node("MatMul", ["x", "w"], ["y"])], [ow.value_info("x", ["N", 64])],
+                    [ow.value_info("y", ["N", 2048])], [ow.tensor("w", w)])
+
+
+@pytest.mark.parametrize("case", ["unknown-id", "another-file"])
+def test_a_version_the_server_does_not_know_updates_by_a_delta_of_what_is_held(
+        fake: FakeServer, make_agent: MakeAgent, case: str) -> None:
+    """The device holds version 1, which this server never saw (restored from a backup,
+    moved from another server): either the id is unknown here (404 for the delta from it)
+    or it names another file here (the delta's base does not match). The agent sends the
+    manifest of what it holds and applies the delta built against it."""
+    models = {"v1": wide_mlp(), "v2": wide_mlp(rows_changed=2), "v3": wide_mlp(64)}
+    a = make_agent()
+    fake.publish(1, 1, models["v1"])
+    fake.want(1)
+    cycle(a)
+    on_version(a, 1)
+    if case == "unknown-id":
+        del fake.versions[1]
+    else:
+        fake.publish(1, 1, models["v3"])   # this server's version 1 is another file
+    fake.publish(5, 2, models["v2"])
+    fake.want(5)
+    cycle(a)
+    on_version(a, 5)
+    assert ("GET", "/v1/versions/5/delta?from=1") in fake.requests
+    assert ("POST", "/v1/versions/5/delta") in fake.requests
+    held = fake.holder_manifests[-1]   # built from the file held, at the target's chunks
+    assert held.files[0].size == len(models["v1"]) and held.chunk_size == 64 * 1024
+    assert fake.bytes_sent["model.onnx"] == len(models["v1"])  # the first install only
+    assert fake.reports[-1]["ok"] and fake.reports[-1]["phase"] == "done"
+    holder = fake.bytes_sent["delta"] - (len(fake.deltas.get((1, 5), b"")))
+    assert 0 < holder < len(models["v2"]) // 4, (holder, len(models["v2"]))
+    assert (a.store.current / "model.onnx").read_bytes() == models["v2"]
+
+
+def test_a_server_without_holder_deltas_sends_the_full_file(
+        fake: FakeServer, make_agent: MakeAgent, models: dict[str, bytes]) -> None:
+    """A server from before the holder delta answers the POST with 405: the agent
+    downloads the full file."""
+    from tests.edge_agent.fakes import _problem
+
+    a = make_agent()
+    fake.publish(1, 1, models["v1"])
+    fake.want(1)
+    cycle(a)
+    del fake.versions[1]
+    fake._holder = lambda *_: _problem(405, "Method Not Allowed")  # type: ignore[method-assign]
+    fake.publish(5, 2, models["v2"])
+    fake.want(5)
+    cycle(a)
+    on_version(a, 5)
+    assert ("POST", "/v1/versions/5/delta") in fake.requests
+    assert fake.bytes_sent["model.onnx"] == len(models["v1"]) + len(models["v2"])
