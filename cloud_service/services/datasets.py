@@ -4,7 +4,9 @@ YOLO detection folders uploaded as a .zip (unpacked by ``archives``, then valida
 from __future__ import annotations
 
 import json
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +99,10 @@ VALIDATE_SIDE = 32
 MAX_IMAGE_PIXELS = 50_000_000
 
 
+#: Errors of reading files that the detection reader does not turn into a DatasetError (a
+#: value of the wrong type in annotations.json, a truncated image): 422, not 500.
+READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, SyntaxError, OSError,
+               struct.error, zlib.error)
 #: The pipeline's task names (``hadmc_core.tasks``) of a job's task.
 CORE_TASKS = {"classify": "classification", "detect": "detect"}
 #: Folder images are letterboxed to the smallest multiple of 32 that holds the largest
@@ -149,6 +155,10 @@ def validate_folder(kind: ArchiveKind, root: Path) -> dict[str, Any]:
     except HadmcError as e:
         msg = str(e).replace(f"{root}/", "").replace(str(root), "the archive")
         raise InvalidInputError(f"{kind} dataset: {msg}") from e
+    except READ_ERRORS as e:  # what the reader let through: a field of the wrong type, ...
+        msg = str(e).replace(f"{root}/", "").replace(str(root), "the archive")[:300]
+        raise InvalidInputError(f"{kind} dataset: cannot be read ({type(e).__name__}: "
+                                f"{msg})") from e
     return {"kind": kind, "task": "detect", **details}
 
 
@@ -179,7 +189,7 @@ def _check_image_sizes(root: Path) -> int:
         try:
             with Image.open(path) as im:  # reads the header only
                 w, h = im.size
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, *READ_ERRORS) as e:
             raise InvalidInputError(f"{rel}: not a readable image ({e})") from e
         if w * h > MAX_IMAGE_PIXELS:
             raise PayloadTooLargeError(f"{rel}: {w}x{h} pixels, over the limit of "

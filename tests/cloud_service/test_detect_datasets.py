@@ -169,6 +169,13 @@ HOSTILE = {
         {"images": [{"id": 0, "file_name": "../../../../etc/passwd", "width": 9, "height": 9}],
          "categories": [], "annotations": []}).encode()}), 422,
         "file_name '../../../../etc/passwd' points outside the dataset folder"),
+    "coco-width-not-a-number": (make_zip({**coco_members(), "annotations.json": json.dumps(
+        {"images": [{"id": 0, "file_name": "img0.png", "width": "wide", "height": 32}],
+         "categories": [{"id": 1, "name": "a"}], "annotations": [
+             {"image_id": 0, "category_id": 1, "bbox": [0, 0, 2, 2]}]}).encode()}), 422,
+        "coco dataset: cannot be read (ValueError"),
+    "truncated-png": (make_zip({**coco_members(), "images/img4.png": png(4)[:120]}), 422,
+                      "images/img4.png"),
     "not-an-image": (make_zip({**coco_members(), "images/img4.png": b"GIF89a nope"}), 422,
                      "images/img4.png: not a readable image"),
     "image-pixel-bomb": (make_zip({**coco_members(), "images/img4.png": big_png()}), 413,
