@@ -117,7 +117,7 @@ def _split(name: str, images: list[np.ndarray], tables: list[np.ndarray],
     x = np.stack(images)
     y = pad_targets(tables)
     s = [Split(x[p], y[p]) for p in parts]
-    return DetectionSplits(name, s[0], s[1], s[2], len(class_names), class_names)
+    return DetectionSplits(name, s[0], s[1], s[2], len(class_names), class_names=class_names)
 
 
 def _read_json(path: Path) -> dict:
@@ -316,7 +316,8 @@ def fashion_mnist_scenes(size: int = DEFAULT_SIZE, counts: tuple[int, int, int] 
     for k, ((src, lab), n) in enumerate(zip(pools, counts, strict=True)):
         x, y = _compose(src, lab, n, size, np.random.default_rng([seed, k]))
         splits.append(Split(x, y))
-    return DetectionSplits(SCENES, *splits, len(FASHION_CLASSES), list(FASHION_CLASSES))
+    return DetectionSplits(SCENES, *splits, len(FASHION_CLASSES),
+                           class_names=list(FASHION_CLASSES))
 
 
 def load_detection(name_or_path: str, image_size: int | None = None,
