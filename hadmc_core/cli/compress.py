@@ -83,9 +83,10 @@ def _internal_error(e: Exception) -> NoReturn:
 def _print_result(result: Any) -> None:
     r = result.report
     b, c, s = r["baseline"], r["compressed"], r["summary"]
-    out.print(f"baseline   : {b['accuracy']:.2f}% top-1, {b['latency_ms']:.3f} ms, "
+    metric = "% top-1" if r.get("metric", "top1") == "top1" else f" {r['metric']}"
+    out.print(f"baseline   : {b['accuracy']:.2f}{metric}, {b['latency_ms']:.3f} ms, "
               f"{b['size_bytes'] / 1e6:.2f} MB")
-    out.print(f"compressed : {c['accuracy']:.2f}% top-1, {c['latency_ms']:.3f} ms, "
+    out.print(f"compressed : {c['accuracy']:.2f}{metric}, {c['latency_ms']:.3f} ms, "
               f"{c['size_bytes'] / 1e6:.2f} MB")
     out.print(f"drop {s['accuracy_drop_points']:.2f} pts, speedup {s['speedup']:.2f}x, "
               f"{s['compression']:.2f}x smaller -> {result.out_dir}")
@@ -116,6 +117,13 @@ def compress_cmd(
     profile: str = typer.Option("local", help="Target hardware profile name or YAML path; "
                                 "'local' detects this machine."),
     max_accuracy_drop: float = typer.Option(1.0, help="Largest allowed top-1 drop, points."),
+    task: str = typer.Option("classification", help="classification or detect."),
+    max_map_drop: float | None = typer.Option(
+        None, help="Detection: largest allowed mAP@0.5 drop, points (the task's metric; "
+                   "--max-accuracy-drop's name for detect)."),
+    image_size: int | None = typer.Option(
+        None, help="Detection: the square input side the data is read at (a multiple of "
+                   "32; train and compress at the same)."),
     confidence: float | None = typer.Option(
         None, help="One-sided confidence that a candidate's drop is within the limit, from "
                    "a paired bound on the validation split (default 0.95; 0.5 = the point "
@@ -145,6 +153,7 @@ def compress_cmd(
 
     The dataset's images are fitted to the model's input; one line says how.
     """
+    from hadmc_core import tasks
     from hadmc_core.compress import compress
     from hadmc_core.data import load_dataset
     from hadmc_core.hal import detect_profile, load_profile
@@ -156,7 +165,8 @@ def compress_cmd(
                  "quantize.enabled": False if no_quantize else None,
                  "prune.search": search,
                  "distill.epochs": distill_epochs, "distill.samples": distill_samples,
-                 "constraints.max_accuracy_drop": max_accuracy_drop,
+                 "constraints.max_accuracy_drop": (max_accuracy_drop if max_map_drop is None
+                                                   else max_map_drop),
                  "constraints.confidence": confidence,
                  "constraints.latency_budget_ms": latency_budget_ms,
                  "constraints.size_budget_mb": size_budget_mb}
@@ -165,9 +175,10 @@ def compress_cmd(
     args = parse_model_args(model_args)
     shape = parse_shape(input_shape, "--input-shape") if input_shape else None
     prof = detect_profile() if profile == "local" else load_profile(profile)
-    ds = load_dataset(data)
-    loaded, ds, note = prepare(ref, ds, weights=weights, model_args=args, input_shape=shape,
-                               stem=stem, width=width)
+    ds = (tasks.get(task).load_data(data, image_size=image_size) if task != "classification"
+          else load_dataset(data))
+    loaded, ds, note = prepare(ref, ds, task=task, weights=weights, model_args=args,
+                               input_shape=shape, stem=stem, width=width)
     if note:
         console.print(note, highlight=False, soft_wrap=True)
     if allow_restructure and update_of is None:
@@ -177,7 +188,7 @@ def compress_cmd(
     with progress_bar(not quiet) as prog:
         try:
             result = compress(loaded, ds, prof, out_dir, cfg, prog, overwrite=overwrite,
-                              **update)
+                              task=task, **update)
         except HadmcError:
             raise
         except Exception as e:  # a defect: one line, the traceback kept in a file
