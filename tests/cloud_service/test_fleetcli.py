@@ -383,3 +383,24 @@ def test_versions_show_measured_latency(fleet: Fleet) -> None:
     assert re.search(r"^measured latency:\s+1\.25 ms median p50 of 1 device\(s\), median "
                      r"p95 1\.5 ms$", out, re.M), out
     assert re.search(r"^predicted latency:\s+-$", out, re.M), out
+
+
+def test_jobs_submit_to_a_device_or_by_tag(fleet: Fleet) -> None:
+    admin = fleet.server.admin
+    model = ok(admin.get("/v1/models"))["data"][0]["id"]
+    data = ok(admin.post("/v1/datasets", json={"builtin": "digits"}), 201)["id"]
+    a, b = fleet.devices["cam-a"]["id"], fleet.devices["cam-b"]["id"]
+    ok(admin.patch(f"/v1/devices/{b}", json={"tags": ["line-7"]}))
+    base = ("jobs", "submit", "--model", str(model), "--dataset", str(data))
+
+    job = fleet.json(*base, "--device", str(a))
+    assert job["target"] == {"device_ids": [a], "runtime": "onnxruntime-cpu"}
+    assert job["profile"] == f"device:{a}" and job["state"] == "queued"
+    job = fleet.json(*base, "--tag", "line-7", "--tag", "line-8")
+    assert job["target"] == {"device_ids": [b], "runtime": "onnxruntime-cpu",
+                             "tags": ["line-7", "line-8"]}
+
+    line = one_error_line(fleet.hadmc(*base, "--tag", "nowhere"), 1)
+    assert line.startswith("error: 409 ") and "no usable device has any of the tags" in line
+    line = one_error_line(fleet.hadmc(*base, "--device", str(a), "--profile", "x86-avx2"), 2)
+    assert "give exactly one target" in line  # the API's 404s: test_targets.py
