@@ -34,13 +34,14 @@ def greedy(problem: Problem, target_ms: float, budget: Budget) -> Plan:
     """Channels to keep per group so the estimate is <= ``target_ms``."""
     pb, shapes = problem, problem.shapes
     keep = {g.root: round_channels(g.channels, pb.round_to, g.channels) for g in pb.groups}
+    floor = {g.root: floor_of(g, pb.round_to, pb.min_keep) for g in pb.groups}
     current = pb.latency(keep)
     full_params = max(1, params_of(shapes, pb.full))
     while current > target_ms:
         best: tuple[float, str, int, float] | None = None
         for g in pb.groups:
             k = keep[g.root]
-            step = min(pb.round_to, k - pb.floor[g.root])
+            step = min(pb.round_to, k - floor[g.root])
             if step <= 0:
                 continue
             removed = g.channels - k

@@ -120,10 +120,12 @@ def round_channels(n: float, multiple: int, full: int) -> int:
 
 def channel_choices(g: Group, round_to: int, min_keep: float) -> list[int]:
     """Kept-channel counts a strategy may pick for ``g``: from its floor up to its full
-    width rounded down to the multiple, in steps of the multiple."""
+    width rounded down to the multiple, in steps of the multiple, each rounded to whole
+    convolution groups where the channels pass through a grouped convolution (as pruning
+    applies them)."""
     lo = floor_of(g, round_to, min_keep)
     hi = max(lo, round_channels(g.channels, round_to, g.channels))
-    return list(range(lo, hi + 1, round_to)) if hi > lo else [lo]
+    return sorted({g.keepable(k) for k in range(lo, hi + 1, round_to)})
 
 
 @dataclass
