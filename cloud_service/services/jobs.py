@@ -19,9 +19,6 @@ from cloud_service.models import Dataset, Device, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CONSTRAINT_KEYS = ("max_accuracy_drop", "max_map_drop", "latency_budget_ms", "size_budget_mb")
-#: The drop constraint of each task: points of top-1, or of mAP@0.5 (``max_map_drop`` is
-#: stored as the pipeline's ``max_accuracy_drop``: points of the task's metric).
-DROP_KEY = {"classify": "max_accuracy_drop", "detect": "max_map_drop"}
 #: Base model formats a job compresses: safetensors of a built-in architecture, or ONNX.
 COMPRESSIBLE = ("safetensors", "onnx")
 
@@ -61,13 +58,16 @@ def check_task(model: Model, dataset: Dataset, task: str | None) -> str:
 
 
 def task_constraints(task: str, constraints: dict[str, Any]) -> dict[str, Any]:
-    """``max_map_drop`` for detect jobs, ``max_accuracy_drop`` for classify jobs, as the
+    """A detect job's drop is ``max_map_drop`` (points of mAP@0.5); ``max_accuracy_drop``
+    is the drop in the task's metric, so a detect job takes it too (the dashboard's form
+    sends it), but not both. A classify job refuses ``max_map_drop``. Stored as the
     pipeline's ``max_accuracy_drop``."""
-    other_task = "detect" if task == "classify" else "classify"
-    other = DROP_KEY[other_task]
-    if other in constraints:
-        raise InvalidInputError(f"constraint {other} is for {other_task} jobs; a {task} job "
-                                f"takes {DROP_KEY[task]}")
+    if "max_map_drop" in constraints and task == "classify":
+        raise InvalidInputError("constraint max_map_drop is for detect jobs; a classify job "
+                                "takes max_accuracy_drop")
+    if "max_map_drop" in constraints and "max_accuracy_drop" in constraints:
+        raise InvalidInputError("give max_map_drop or max_accuracy_drop, not both (for a "
+                                "detect job both are points of mAP@0.5)")
     out = dict(constraints)
     if "max_map_drop" in out:
         out["max_accuracy_drop"] = out.pop("max_map_drop")

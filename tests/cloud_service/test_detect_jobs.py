@@ -43,6 +43,9 @@ def test_detect_job_is_queued_with_its_task_and_map_constraint(
     assert job["task"] == "detect"
     assert job["config"]["constraints"]["max_accuracy_drop"] == 1.5
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["task"] == "detect"
+    form_like = submit(client, auth, detector, coco, constraints={"max_accuracy_drop": 2.0})
+    assert form_like.status_code == 202, form_like.text  # the dashboard's form sends this
+    assert form_like.json()["config"]["constraints"]["max_accuracy_drop"] == 2.0
 
     page = client.get("/ui/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
@@ -71,12 +74,12 @@ def test_the_task_defaults_to_the_pair(client: TestClient, auth: dict, detector:
     ("detector+digits", {}, "is a detection model but dataset {d} is a classification "
                             "dataset (digits)"),
     ("detector+coco", {"task": "classify"}, "task 'classify' does not fit"),
-    ("detector+coco", {"constraints": {"max_accuracy_drop": 1.0}},
-     "constraint max_accuracy_drop is for classify jobs; a detect job takes max_map_drop"),
+    ("detector+coco", {"constraints": {"max_accuracy_drop": 1.0, "max_map_drop": 1.0}},
+     "give max_map_drop or max_accuracy_drop, not both"),
     ("classifier+digits", {"constraints": {"max_map_drop": 1.0}},
      "constraint max_map_drop is for detect jobs; a classify job takes max_accuracy_drop"),
     ("detector+coco", {"task": "segment"}, "classify"),
-], ids=["classifier-on-coco", "detector-on-digits", "task-disagrees", "accuracy-on-detect",
+], ids=["classifier-on-coco", "detector-on-digits", "task-disagrees", "both-on-detect",
         "map-on-classify", "unknown-task"])
 def test_mismatched_task_is_one_422(client: TestClient, auth: dict, detector: dict,
                                     coco: dict, tiny_model: dict, digits: dict, pair: str,
