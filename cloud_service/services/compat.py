@@ -215,6 +215,23 @@ def runtimes_of(version: ModelVersion) -> list[str] | None:
     return list(prof.runtimes) if prof is not None else None
 
 
+def runtimes_for(version: ModelVersion, device_profile: dict[str, Any] | None
+                 ) -> list[str] | None:
+    """``runtimes_of`` for one device: without the runtime it was built with when the
+    device's version of that runtime is outside the recorded range (the agent then runs it
+    with another of them, which the rollout checked it has)."""
+    names = runtimes_of(version)
+    built = version.built_for or {}
+    rng, runtime = built.get("runtime_version"), built.get("runtime")
+    if not names or not rng or not device_profile:
+        return names
+    have = [split_runtime(str(r)) for r in device_profile.get("runtimes") or []]
+    versions = [v for n, v in have if n == runtime or n.startswith(f"{runtime}-")]
+    if versions and not any(_in_range(v, rng) for v in versions):
+        return [n for n in names if n != runtime] or names
+    return names
+
+
 def _in_range(version: str | None, rng: dict[str, str] | None) -> bool:
     if not rng:
         return True

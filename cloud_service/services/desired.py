@@ -22,7 +22,7 @@ from cloud_service.models import (
     UpdateReport,
 )
 from cloud_service.services import deployments
-from cloud_service.services.compat import runtimes_of
+from cloud_service.services.compat import runtimes_for
 from cloud_service.services.publish import model_line
 
 #: Rollback orders are issued on the hour (so the answer and its ETag stay stable for an
@@ -111,7 +111,7 @@ def _entry(session: Session, dev: Device, model_id: int, running: int | None,
             "onnx_size": ver.onnx_size, "rollback_order": order,
             # the runtimes it may run on, the one it was built with first (the agent runs
             # it with the first it has)
-            "runtimes": runtimes_of(ver)}
+            "runtimes": runtimes_for(ver, dev.profile)}
 
 
 def desired_state(*, session: Session, device_id: int, key: Ed25519PrivateKey,

@@ -178,21 +178,26 @@ def test_version_fits_by_what_it_was_built_for(client: TestClient, auth: dict,
     assert client.post(f"/v1/rollouts/{r.json()['id']}/abort", headers=auth).status_code == 200
 
 
-@pytest.mark.parametrize("runtimes,want", [
-    (["openvino-cpu"], ["openvino-cpu"]),
-    (None, ["onnxruntime-cpu", "openvino-cpu"]),  # no record: the profile's runtimes
-], ids=["built-for", "profile"])
+@pytest.mark.parametrize("number,runtimes,device,want", [
+    (91, ["openvino-cpu"], [OV, ORT], ["openvino-cpu"]),
+    (92, None, [OV, ORT], ["onnxruntime-cpu", "openvino-cpu"]),  # no record: the profile's
+    # built with ONNX Runtime 1.32; this device's 1.20 is older: OpenVINO runs it there
+    (93, ["onnxruntime-cpu", "openvino-cpu"], ["onnxruntime-cpu-1.20", OV], ["openvino-cpu"]),
+], ids=["built-for", "profile", "runtime-too-old"])
 def test_desired_state_names_the_runtimes(client: TestClient, auth: dict, settings: Settings,
-                                          tiny_model: dict, tmp_path: Path,
-                                          runtimes: list[str] | None, want: list[str]) -> None:
+                                          tiny_model: dict, tmp_path: Path, number: int,
+                                          runtimes: list[str] | None, device: list[str],
+                                          want: list[str]) -> None:
     path = make_onnx(tmp_path / "d.onnx", np.ones((8, 4), np.float32))
-    vid = insert_version(settings, tiny_model["id"], 91 if runtimes else 92, path)
+    vid = insert_version(settings, tiny_model["id"], number, path)
     if runtimes:
+        rng = {"min": "1.32", "below": "2"} if runtimes[0] == "onnxruntime-cpu" else \
+            {"min": "2026.4", "below": "2027"}
         with session_scope(settings.database_url) as s:
             s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(built_for={
                 "isa": "x86_64", "accelerator": "cpu", "flags": [], "runtime": runtimes[0],
-                "runtimes": runtimes, "runtime_version": None, "memory_mb": 1}))
-    d = enroll(client, auth, "desired", device_profile(runtimes=[OV, ORT]))
+                "runtimes": runtimes, "runtime_version": rng, "memory_mb": 1}))
+    d = enroll(client, auth, "desired", device_profile(runtimes=device))
     r = client.post("/v1/rollouts", headers=auth, json={
         "version_id": vid, "selector": {"device_ids": [d["device_id"]]},
         "wave_timeout_seconds": 600})
