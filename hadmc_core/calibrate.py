@@ -16,6 +16,7 @@ geometry's ``a + b * MMACs`` line to the per-layer kernel times
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,31 @@ from hadmc_core.progress import ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 Sample = tuple[LayerGeom, int, int, str, float]
+#: One calibration model timed whole: precision, its layers (geometry, cin, cout), ms.
+Whole = tuple[str, list[tuple[LayerGeom, int, int]], float]
 
 
-def in_graph_samples(model: nn.Module, groups: list[prune.Group], example: torch.Tensor,
-                     calib: Split, precisions: list[str], reduce_range: bool, threads: int,
-                     work: Path, round_to: int, ratios: tuple[float, ...] = (0.0, 0.3, 0.6),
-                     progress: ProgressFn = no_progress, backend: Any = None) -> list[Sample]:
-    """Per-layer (geometry, cin, cout, precision, ms) of the model at uniform ``ratios``."""
-    if backend is None:
-        from hadmc_core.backends import get
+@dataclass
+class CalibrationModel:
+    """One model of the calibration set: the model at a uniform width, exported (and
+    quantized) as a candidate is, at one precision."""
 
-        backend = get("onnxruntime")
-    samples: list[Sample] = []
+    precision: str
+    path: Path
+    layers: dict[str, prune.Layer]        # PyTorch layer name -> geometry and widths
+    names: dict[str, str]                 # PyTorch layer name -> ONNX node name
+    input_shape: tuple[int, ...]          # batch first
+
+
+def calibration_models(model: nn.Module, groups: list[prune.Group], example: torch.Tensor,
+                       calib: Split, precisions: list[str], reduce_range: bool, work: Path,
+                       round_to: int, ratios: tuple[float, ...] = (0.0, 0.3, 0.6),
+                       progress: ProgressFn = no_progress, backend: Any = None
+                       ) -> list[CalibrationModel]:
+    """The model at uniform pruning ``ratios``, folded, exported and (for ``int8``)
+    quantized by ``backend``, written under ``work``."""
+    backend = backend or _default_backend()
+    out: list[CalibrationModel] = []
     for i, ratio in enumerate(ratios):
         keep = {g.root: search.round_channels(g.channels * (1 - ratio), round_to, g.channels)
                 for g in groups}
@@ -56,30 +70,71 @@ def in_graph_samples(model: nn.Module, groups: list[prune.Group], example: torch
             if precision == "int8":
                 path = backend.quantize_int8(fp32, work / f"latency-{i}-int8.onnx",
                                              calib.x[:64], reduce_range=reduce_range)
-            try:
-                times = backend.profile_nodes(path, threads)
-            except NotImplementedError:
-                log.info("backend %s has no per-node profiler; latency model not fitted in "
-                         "graph context", backend.name)
-                return []
-            for tname, oname in names.items():
-                layer = table.get(tname)
-                if layer is not None and oname in times:
-                    samples.append((layer.geom, layer.cin, layer.cout, precision, times[oname]))
-        for leftover in work.glob(f"latency-{i}-*.onnx"):
-            leftover.unlink()
+            out.append(CalibrationModel(precision, path, table, names,
+                                          tuple(example.shape)))
         progress("latency", i + 1, len(ratios))
+    return out
+
+
+def profile(models: list[CalibrationModel], threads: int, backend: Any = None,
+            whole: list[Whole] | None = None) -> list[Sample]:
+    """Per-layer (geometry, cin, cout, precision, ms) of each calibration model under the
+    backend's per-node profiler (empty when it has none); with ``whole``, each model's
+    whole wall-clock time (median of 60 runs after 10, right after its profile) too."""
+    backend = backend or _default_backend()
+    samples: list[Sample] = []
+    for m in models:
+        try:
+            times = backend.profile_nodes(m.path, threads)
+        except NotImplementedError:
+            log.info("backend %s has no per-node profiler; latency model not fitted in "
+                     "graph context", backend.name)
+            return []
+        for tname, oname in m.names.items():
+            layer = m.layers.get(tname)
+            if layer is not None and oname in times:
+                samples.append((layer.geom, layer.cin, layer.cout, m.precision, times[oname]))
+        if whole is not None:
+            ms = backend.time_model(m.path, m.input_shape, 60, 10, threads).median_ms
+            whole.append((m.precision, [(ly.geom, ly.cin, ly.cout)
+                                        for ly in m.layers.values()], ms))
     return samples
+
+
+def _default_backend() -> Any:
+    from hadmc_core.backends import get
+
+    return get("onnxruntime")
+
+
+def in_graph_samples(model: nn.Module, groups: list[prune.Group], example: torch.Tensor,
+                     calib: Split, precisions: list[str], reduce_range: bool, threads: int,
+                     work: Path, round_to: int, ratios: tuple[float, ...] = (0.0, 0.3, 0.6),
+                     progress: ProgressFn = no_progress, backend: Any = None,
+                     whole: list[Whole] | None = None) -> list[Sample]:
+    """``profile`` of the ``calibration_models``, whose files are removed afterwards."""
+    models = calibration_models(model, groups, example, calib, precisions, reduce_range,
+                                work, round_to, ratios, progress, backend)
+    try:
+        return profile(models, threads, backend, whole)
+    finally:
+        for m in models:
+            m.path.unlink(missing_ok=True)
 
 
 def fit_latency(lat: LatencyModel, model: nn.Module, groups: list[prune.Group],
                 example: torch.Tensor, calib: Split, precisions: list[str], reduce_range: bool,
                 work: Path, round_to: int, progress: ProgressFn = no_progress,
                 backend: Any = None) -> int:
-    """Replace ``lat``'s single-layer fits by in-graph ones; returns keys fitted."""
+    """Replace ``lat``'s single-layer fits by in-graph ones, and fit what the whole model
+    costs beyond its weight layers (``LatencyModel.fit_overhead``); returns keys fitted."""
+    whole: list[Whole] = []
     samples = in_graph_samples(model, groups, example, calib, precisions, reduce_range,
-                               lat.threads, work, round_to, progress=progress, backend=backend)
+                               lat.threads, work, round_to, progress=progress, backend=backend,
+                               whole=whole)
     fitted = lat.fit_in_graph(samples)
+    if samples:
+        lat.fit_overhead(whole)
     log.info("latency model fitted in graph context: %d samples, %d geometries",
              len(samples), fitted)
     return fitted

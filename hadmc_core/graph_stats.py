@@ -167,6 +167,18 @@ def estimate_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
                * ly.tokens for name, ly in graph.items())
 
 
+def model_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
+             precisions: dict[str, str]) -> float:
+    """The latency model's estimate of the whole model: its weight layers per precision,
+    plus what the model costs beyond them where the model fitted that
+    (``LatencyModel.fit_overhead``)."""
+    by_p: dict[str, float] = {}
+    for name, ly in graph.items():
+        p = precisions.get(name, "fp32")
+        by_p[p] = by_p.get(p, 0.0) + lat.layer_ms(ly.geom, ly.cin, ly.cout, p) * ly.tokens
+    return lat.model_ms(by_p)
+
+
 def int8_weight_error(path: Path, per_channel: bool = True) -> dict[str, float]:
     """Relative squared error of symmetric INT8 weights, per weight node: a cheap proxy
     for a node's sensitivity when there is no PyTorch model to measure it on."""

@@ -100,6 +100,8 @@ class LatencyModel:
         self.device_table = dict(table or {})
         self._fits: dict[str, list[float]] = {}
         self._graph_fits: dict[str, list[float]] = {}
+        #: per precision ``[c, k]``: whole model ms = c + k * (sum of its layers' ms)
+        self._overhead: dict[str, list[float]] = {}
         self._cache_path: Path | None = None
         if measure:
             from hadmc_core.settings import get_settings
@@ -150,6 +152,33 @@ class LatencyModel:
         for key, pts in by_key.items():
             self._graph_fits[key] = _fit_line([x for x, _ in pts], [y for _, y in pts])
         return len(by_key)
+
+    def fit_overhead(self, models: list[tuple[str, list[tuple[LayerGeom, int, int]], float]]
+                     ) -> int:
+        """Fit, per precision, ``whole ms = c + k * sum of the layers' estimates`` to whole
+        models timed at one precision (``(precision, [(geom, cin, cout), ...], ms)``):
+        what a model costs beyond its weight layers (activations, pooling, additions,
+        reorders, quantizing the input, the call itself). Returns precisions fitted."""
+        by_p: dict[str, list[tuple[float, float]]] = {}
+        for precision, layers, ms in models:
+            total = sum(self.layer_ms(g, ci, co, precision) for g, ci, co in layers)
+            by_p.setdefault(precision, []).append((total, ms))
+        for p, pts in by_p.items():
+            self._overhead[p] = _fit_line([x for x, _ in pts], [y for _, y in pts])
+        return len(by_p)
+
+    def model_ms(self, layer_ms_by_precision: dict[str, float]) -> float:
+        """A whole model's estimate from the sums of its layers' estimates per precision:
+        each precision's share goes through that precision's overhead fit (the share of
+        the layer time at it weighs its constant); the plain sum where nothing is fitted."""
+        total = sum(layer_ms_by_precision.values())
+        if not self._overhead or total <= 0:
+            return total
+        out = 0.0
+        for p, ms in layer_ms_by_precision.items():
+            c, k = self._overhead.get(p) or self._overhead.get("fp32") or [0.0, 1.0]
+            out += c * ms / total + k * ms
+        return out
 
     def _roofline(self, geom: LayerGeom, cin: int, cout: int, precision: str) -> float:
         peaks = self.profile.peak_gops
