@@ -9,6 +9,7 @@ temporary sibling that is renamed into place at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,15 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadmc_core import pipeline, report, tasks
+from hadmc_core import pipeline, report, tasks, update
 from hadmc_core.config import PipelineConfig
+from hadmc_core.context import Context
 from hadmc_core.data import DataSplits
 from hadmc_core.errors import HadmcError
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.measure import backend_for
 from hadmc_core.models import ArchSpec
+from hadmc_core.plan import Plan, PlanError, load_plan, record_kept
 from hadmc_core.progress import ProgressFn, no_progress
-from hadmc_core.report import ModelStats
+from hadmc_core.report import ModelStats, Report
 from hadmc_core.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,9 @@ def compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardware
              progress: ProgressFn = no_progress, *, example_input: torch.Tensor | None = None,
              task: str = "classification", spec: ArchSpec | None = None,
              overwrite: bool = False, measure_layers: bool | None = None,
-             device_table: dict[str, list[float]] | None = None) -> CompressionResult: ...
+             device_table: dict[str, list[float]] | None = None,
+             update_of: Plan | Path | str | None = None,
+             allow_restructure: bool = False) -> CompressionResult: ...
 
 
 @overload
@@ -72,7 +77,9 @@ def compress(model: nn.Module, spec: ArchSpec, data: DataSplits, profile: Hardwa
              out_dir: Path, cfg: PipelineConfig | None = None,
              progress: ProgressFn = no_progress, *, overwrite: bool = False,
              measure_layers: bool | None = None,
-             device_table: dict[str, list[float]] | None = None) -> CompressionResult: ...
+             device_table: dict[str, list[float]] | None = None,
+             update_of: Plan | Path | str | None = None,
+             allow_restructure: bool = False) -> CompressionResult: ...
 
 
 def compress(model: Any, *args: Any, **kwargs: Any) -> CompressionResult:
@@ -82,10 +89,17 @@ def compress(model: Any, *args: Any, **kwargs: Any) -> CompressionResult:
     ``module`` is None (an ONNX graph that did not convert) is compressed on the graph
     alone. ``example_input`` defaults to two validation samples; ``task`` names the task
     (``hadmc_core.tasks``).
+
+    ``update_of`` (a deployed version's ``Plan``, its output directory or report.json)
+    keeps that version's plan: the same kept channels, INT8 layers and, where accuracy
+    allows, quantization parameters, fine-tuned from its weights (``hadmc_core.update``).
+    When the plan cannot meet the constraints the result is not met and says so; with
+    ``allow_restructure`` the model is then compressed afresh.
     """
     legacy = bool(args) and isinstance(args[0], ArchSpec)
     names = (("spec", "data", "profile", "out_dir", "cfg", "progress", "overwrite",
-              "measure_layers", "device_table") if legacy else
+              "measure_layers", "device_table", "update_of", "allow_restructure")
+             if legacy else
              ("data", "profile", "out_dir", "cfg", "progress"))
     if len(args) > len(names):
         raise TypeError(f"compress() takes at most {len(names) + 1} positional arguments")
@@ -101,8 +115,12 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
               progress: ProgressFn = no_progress, *, example_input: torch.Tensor | None = None,
               task: str = "classification", spec: ArchSpec | None = None,
               overwrite: bool = False, measure_layers: bool | None = None,
-              device_table: dict[str, list[float]] | None = None) -> CompressionResult:
+              device_table: dict[str, list[float]] | None = None,
+              update_of: Plan | Path | str | None = None,
+              allow_restructure: bool = False) -> CompressionResult:
     cfg = cfg or PipelineConfig()
+    plan = (update_of if isinstance(update_of, Plan) or update_of is None
+            else load_plan(update_of))
     the_task = tasks.get(task)
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.module if loaded is not None else model
@@ -119,16 +137,27 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
     work = tmp / "work"
     work.mkdir()
     try:
-        ctx = pipeline.make_context(
-            module, data, profile, cfg, work, progress, task=the_task, backend=backend,
-            example=example, graph=loaded.onnx_path if loaded is not None else None,
-            spec=spec, origin=_origin(model, spec),
-            source_skipped=loaded.skipped if loaded is not None else None,
-            measure_layers=measure_layers, device_table=device_table,
-            profile_backend=note is None)
-        if note:
-            ctx.warnings.append(note)
-        rep = pipeline.Controller(ctx).run()
+        def run(plan: Plan | None, cfg: PipelineConfig) -> tuple[Context, Report]:
+            ctx = pipeline.make_context(
+                module, data, profile, cfg, work, progress, task=the_task, backend=backend,
+                example=example, graph=loaded.onnx_path if loaded is not None else None,
+                spec=spec, origin=_origin(model, spec),
+                source_skipped=loaded.skipped if loaded is not None else None,
+                measure_layers=measure_layers, device_table=device_table,
+                profile_backend=note is None)
+            if note:
+                ctx.warnings.append(note)
+            if plan is None:
+                rep = pipeline.Controller(ctx).run()
+            else:
+                ctx.state["update_plan"] = plan
+                rep = update.UpdateController(ctx).run()
+            prune_state = ctx.state.get("prune")
+            record_kept(rep.layers, prune_state.groups if prune_state else None, plan)
+            return ctx, rep
+
+        ctx, rep = (_run_update(run, plan, cfg, allow_restructure, work) if plan
+                    else run(None, cfg))
         best = next(c for c in ctx.candidates if c.chosen)
         assert best.path is not None
         shutil.copyfile(best.path, tmp / "model.onnx")
@@ -141,6 +170,39 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CompressionResult(Path(out_dir), data_out, rep.met, rep.message)
+
+
+def _run_update(run: Any, plan: Plan, cfg: PipelineConfig, allow_restructure: bool,
+                work: Path) -> tuple[Context, Report]:
+    """Compress within ``plan``; afresh when it cannot meet the constraints and
+    ``allow_restructure`` says so. The report's ``update`` says which happened."""
+    section: dict[str, Any] = {"of": plan.source, "allow_restructure": allow_restructure}
+    try:
+        ctx, rep = run(plan, dataclasses.replace(cfg, max_candidates=1))
+    except PlanError as e:
+        if not allow_restructure:
+            raise
+        why = str(e)
+    else:
+        section.update(ctx.state.get(update.STATE, {}))
+        if rep.met:
+            rep.update = {**section, "met_within_plan": True}
+            return ctx, rep
+        why = rep.message
+        if not allow_restructure:
+            rep.violations.append("the deployed version's structure cannot meet the "
+                                  "constraints; allow restructuring (--allow-restructure) "
+                                  "to choose channels and precisions afresh")
+            rep.update = {**section, "met_within_plan": False}
+            return ctx, rep
+    log.info("the plan of %s cannot meet the constraints (%s); compressing afresh",
+             plan.source, why)
+    pipeline.cleanup(work)
+    work.mkdir()
+    ctx, rep = run(None, cfg)
+    rep.update = {**section, "met_within_plan": False, "structure": "chosen afresh",
+                  "why": why}
+    return ctx, rep
 
 
 def _origin(model: nn.Module | LoadedModel, spec: ArchSpec | None) -> dict[str, Any]:
