@@ -23,7 +23,8 @@ from cloud_service.models import Dataset, Job, Model, ModelVersion
 from cloud_service.s3store import make_store
 from cloud_service.services.datasets import CORE_TASKS
 from cloud_service.services.models import inspect_onnx
-from cloud_service.services.versions import next_number
+from cloud_service.services.plans import line_of
+from cloud_service.services.versions import next_number, read_report
 from cloud_service.settings import Settings
 from cloud_service.storage import ArtifactStore
 from cloud_service.tasks.progress import JobProgress
@@ -162,7 +163,8 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
         cfg = PipelineConfig.from_dict(job.config)
         result = compress(loaded, data, target.profile, Path(tmp) / "out", cfg, progress,
                           device_table=target.device_table,
-                          task=CORE_TASKS[job.task])
+                          task=CORE_TASKS[job.task],
+                          **_update_of(job, settings, store, Path(tmp)))
         rep = result.report
         rep["target"] = {**target.info, "latency_source": rep.get("latency_source"),
                          "backend": rep.get("backend")}
@@ -184,6 +186,25 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
     if version_id is not None:
         publish_version(version_id, settings, store)
     return version_id
+
+
+def _update_of(job: Job, settings: Settings, store: ArtifactStore, tmp: Path
+               ) -> dict[str, Any]:
+    """``compress()``'s arguments for a job that keeps a version's plan (``update_of``)."""
+    if job.update_of_id is None:
+        return {}
+    from hadmc_core.plan import PlanError, from_report
+
+    with session_scope(settings.database_url) as s:
+        version = s.get(ModelVersion, job.update_of_id)
+        if version is None:
+            raise PlanError(f"version {job.update_of_id} (update_of) no longer exists")
+        report = read_report(store=store, version=version)
+        onnx_hash = version.onnx_hash
+    (tmp / "update-of").mkdir(exist_ok=True)
+    artifact = store.link_as(onnx_hash, tmp / "update-of", "model.onnx")
+    plan = from_report(report, artifact, f"version {job.update_of_id}")
+    return {"update_of": plan, "allow_restructure": job.allow_restructure}
 
 
 def publish_version(version_id: int, settings: Settings, store: ArtifactStore) -> None:
@@ -210,8 +231,9 @@ def _store_version(job: Job, settings: Settings, me: str, progress: JobProgress,
     for _ in range(5):  # concurrent versions of one model race for the next number
         with session_scope(settings.database_url) as s:
             try:
-                ver = ModelVersion(model_id=job.model_id, job_id=job.id, profile=job.profile,
-                                   number=next_number(session=s, model_id=job.model_id),
+                line = line_of(job, s)  # an update continues its version's line
+                ver = ModelVersion(model_id=line, job_id=job.id, profile=job.profile,
+                                   number=next_number(session=s, model_id=line),
                                    onnx_hash=fields["onnx_hash"], onnx_size=fields["onnx_size"],
                                    report_hash=fields["report_hash"], summary=fields["summary"],
                                    constraints_met=fields["met"], built_for=fields["built_for"])

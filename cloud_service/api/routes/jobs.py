@@ -17,9 +17,11 @@ from cloud_service.api.deps import (
     ViewerUser,
 )
 from cloud_service.api.problems import problems
-from cloud_service.errors import NotFoundError
+from cloud_service.errors import InvalidInputError, NotFoundError
+from cloud_service.models import Model
 from cloud_service.schemas import JobCreate, JobPublic, JobState, Page
 from cloud_service.services import jobs as svc
+from cloud_service.services import plans
 from cloud_service.tasks.dispatch import enqueue_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403, 422))
@@ -35,15 +37,20 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401, 403
                          "admin role. 404 when the model, dataset or device does not exist; "
                          "409 for a revoked device or a tag selector without a usable device "
                          "(with each device's reason); 422 for an unknown profile or an "
-                         "invalid config.")
+                         "invalid config. With `update_of` the job keeps that version's plan "
+                         "and its version continues that version's model line: 404 when the "
+                         "version does not exist, 409 when it is of another model line or "
+                         "architecture.")
 def submit_job(body: JobCreate, session: SessionDep, user: OperatorUser,
                settings: SettingsDep) -> JobPublic:
     target = body.target.model_dump(exclude_none=True) if body.target is not None else None
+    _check_update_of(body, session)
     job = svc.create_job(session=session, model_id=body.model_id, dataset_id=body.dataset_id,
                          profile=body.profile, target=target, constraints=body.constraints,
                          config=body.config, owner_id=user.id, task=body.task)
     if job is None:
         raise NotFoundError(f"model {body.model_id} or dataset {body.dataset_id} does not exist")
+    job.update_of_id, job.allow_restructure = body.update_of, body.allow_restructure
     session.commit()  # the row exists before any worker can see the message
     enqueue_job(job.id, settings)
     session.refresh(job)
@@ -85,3 +92,14 @@ def cancel_job(job_id: PathId, session: SessionDep, user: OperatorUser) -> JobPu
         raise NotFoundError(f"job {job_id} does not exist")
     session.commit()
     return JobPublic.model_validate(job)
+
+
+def _check_update_of(body: JobCreate, session: SessionDep) -> None:
+    if body.update_of is None:
+        if body.allow_restructure:
+            raise InvalidInputError("allow_restructure needs update_of")
+        return
+    model = session.get(Model, body.model_id)
+    if model is not None and plans.check_update_of(session=session, model=model,
+                                                   version_id=body.update_of) is None:
+        raise NotFoundError(f"version {body.update_of} does not exist")
