@@ -10,7 +10,7 @@ Splits (seed 0, see docs/data.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class DataSplits:
     val: Split
     test: Split
     num_classes: int
+    #: how the images were fitted to a model's input (``data.adapt``), None when they were not
+    adaptation: dict[str, Any] | None = field(default=None, kw_only=True)
 
     @property
     def in_channels(self) -> int:

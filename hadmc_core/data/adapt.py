@@ -163,8 +163,10 @@ def adapt(data: DataSplits, input_shape: tuple[int, ...], *,
     xs = [_apply(s.x, steps, want) for s in (data.train, data.val, data.test)]
     if restandardize:
         _standardize(xs)
-    out = DataSplits(data.name, Split(xs[0], data.train.y), Split(xs[1], data.val.y),
-                     Split(xs[2], data.test.y), data.num_classes)
     line = (f"dataset images {_shape_text(have)} {' and '.join(words)} to fit the model's "
             f"input {_shape_text(want)}")
+    out = DataSplits(data.name, Split(xs[0], data.train.y), Split(xs[1], data.val.y),
+                     Split(xs[2], data.test.y), data.num_classes,
+                     adaptation={"from": list(have), "to": list(want), "steps": words,
+                                 "restandardized": restandardize, "message": line})
     return out, line

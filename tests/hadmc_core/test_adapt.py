@@ -44,6 +44,10 @@ def test_28_into_32_is_padded_and_grey_replicated_to_3_channels():
     assert x[:, 0, 0, 0].tolist() == src[:, 0, 0, 0].tolist()
     np.testing.assert_array_equal(out.val.y, data.val.y)
     assert out.num_classes == 5 and out.name == "synthetic" and len(out.test) == len(data.test)
+    assert out.adaptation == {"from": [1, 28, 28], "to": [3, 32, 32],
+                              "steps": ["padded to 1x32x32", "replicated to 3 channels"],
+                              "restandardized": False, "message": line}
+    assert data.adaptation is None
 
 
 @pytest.mark.parametrize("side,target,how", [

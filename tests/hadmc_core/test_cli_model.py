@@ -115,6 +115,9 @@ def test_onnx_model_from_outside_the_zoo_compresses_on_fitted_digits(files, digi
     rep = json.loads((out / "report.json").read_text())
     assert rep["model"]["kind"] == "onnx" and rep["model"]["file"] == str(files["rgb"])
     assert rep["arch"] is None and rep["baseline"]["accuracy"] > 70
+    assert rep["data_adaptation"]["to"] == [3, 10, 10] and rep["data_adaptation"]["message"] == (
+        "dataset images 1x8x8 padded to 1x10x10 and replicated to 3 channels to fit the "
+        "model's input 3x10x10")
     assert {"prune", "distill", "quantize"} <= set(rep["stages"]["ran"])
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape[1:] == [3, 10, 10]
