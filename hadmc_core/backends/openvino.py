@@ -33,7 +33,8 @@ from hadmc_core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 #: OpenVINO runtime precisions as the report names them.
-PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16",
+              "u4": "int4", "i4": "int4"}
 #: Runtime layer types that carry a Conv/Gemm/MatMul node's weights.
 WEIGHT_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
 
@@ -203,7 +204,8 @@ class _quiet_nncf:  # noqa: N801 - used as a context manager
 
 
 def _weight_origins(path: Path, compiled: Any) -> dict[str, tuple[str, str]]:
-    """Runtime weight layer name -> (the ONNX Conv/Gemm/MatMul node it runs, precision).
+    """Runtime weight layer name -> (the ONNX Conv/Gemm/MatMul/MatMulNBits node it runs,
+    precision: ``u4`` for a MatMulNBits layer whose 4-bit weights the kernel unpacks).
 
     OpenVINO names a layer after an op it was fused from: the ONNX node's name, that name
     plus a suffix (``/WithoutBiases``, ``/DequantizationMultiply``), or the graph output's
@@ -212,8 +214,10 @@ def _weight_origins(path: Path, compiled: Any) -> dict[str, tuple[str, str]]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    weight = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    weight = {n.name for n in graph.node
+              if n.op_type in ("Conv", "Gemm", "MatMul", "MatMulNBits")}
     producer = {o: n for n in graph.node for o in n.output}
+    by_name = {n.name: n for n in graph.node if n.name}
 
     def node_of(name: str) -> str | None:
         cut = name
@@ -221,7 +225,7 @@ def _weight_origins(path: Path, compiled: Any) -> dict[str, tuple[str, str]]:
             if cut in weight:
                 return cut
             cut = cut.rpartition("/")[0]
-        node = producer.get(name)
+        node = producer.get(name) or by_name.get(name)  # a tensor's or a node's name
         while node is not None and node.name not in weight and node.op_type in FUSED_AFTER:
             node = producer.get(node.input[0])
         return node.name if node is not None and node.name in weight else None

@@ -1,13 +1,16 @@
 """INT4 weight-only MatMul (ONNX Runtime's ``MatMulNBits``) as a candidate step.
 
-Tried where it can pay: the backend is ONNX Runtime, the profile says its runtime runs
+Tried where it can pay: the backend runs MatMulNBits (ONNX Runtime with its contrib
+kernel; OpenVINO, whose ONNX reader turns it into a FullyConnected layer with 4-bit
+weights unpacked in the kernel and FP32 activations), the profile says its runtime runs
 INT4 weight-only kernels, and MatMul/Gemm weights are at least ``min_weight_fraction`` of
 the parameter bytes (measured on the baseline graph; conv nets hold far less, and are left
 alone at no cost). The step starts from the candidate's FP32 graph: Gemm nodes become MatMul
 (+ Add for the bias), MatMul weights become 4-bit blocks, and the accepted INT8 plan is
 applied again to the rest of the graph. The controller measures the result like any variant; the
 report says whether it was chosen, its accuracy and the bytes it saved, or why it was not
-tried.
+tried; on OpenVINO also what each MatMulNBits node ran as in the compiled model
+(``executes_as``: a layer whose weights OpenVINO unpacked to FP32 at load time says so).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from hadmc_core.techniques import register
 from hadmc_core.techniques.base import Technique
 
 QUANTIZER = "onnxruntime.quantization.matmul_nbits_quantizer"
+#: Backends that execute an ONNX MatMulNBits node with its weights kept in 4 bits.
+RUNS_MATMULNBITS = ("onnxruntime", "openvino")
 
 
 def why_not(ctx: Context, cfg: Int4Config, fraction: float) -> str | None:
-    if ctx.backend.name != "onnxruntime":
-        return f"MatMulNBits is an ONNX Runtime kernel; this run's backend is {ctx.backend.name}"
+    if ctx.backend.name not in RUNS_MATMULNBITS:
+        return (f"the backend {ctx.backend.name} does not run MatMulNBits (INT4 weight-only "
+                f"runs on {' and '.join(RUNS_MATMULNBITS)})")
     if not ctx.profile.int4_weight_only:
         return f"the profile {ctx.profile.name} does not run INT4 weight-only kernels"
     if importlib.util.find_spec(QUANTIZER) is None:
@@ -94,6 +100,19 @@ def matmul_nbits(src: Path, dst: Path, nodes: list[str], cfg: Int4Config) -> Pat
     return dst
 
 
+def openvino_executes_as(ctx: Context, path: Path, targets: list[str]) -> dict[str, str]:
+    """MatMul node -> what OpenVINO's compiled model runs its MatMulNBits as: ``int4
+    weights, fp32 compute`` (u4 weights in the FullyConnected kernel) or the precision it
+    unpacked the weights to."""
+    ran = ctx.backend.executed_precisions(path, ctx.lat.threads)
+    out = {}
+    for t in targets:
+        p = ran.get(t + "_Q4", "not found in the compiled model")
+        out[t] = ("int4 weights, fp32 compute" if p == "int4"
+                  else f"{p} (OpenVINO unpacked the 4-bit weights when compiling)")
+    return out
+
+
 @register(Int4Config)
 class Int4(Technique):
     phase = "graph"
@@ -135,6 +154,8 @@ class Int4(Technique):
                     keep_fp32=sorted(set(keep)), per_channel=qc.per_channel,
                     reduce_range=quantize.use_reduce_range(qc, ctx.profile))
         ctx.stages.add_ran("int4")
+        if ctx.backend.name == "openvino":
+            ctx.state["int4"]["executes_as"] = openvino_executes_as(ctx, path, targets)
         precisions = {**current.precisions, **{t: "int4" for t in targets}}
         yield Variant("int4", path, current.higher_precision_layers, precisions, current.info)
 
