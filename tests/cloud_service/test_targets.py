@@ -206,3 +206,26 @@ def test_desired_state_names_the_runtimes(client: TestClient, auth: dict, settin
                      headers={"Authorization": f"Bearer {d['credential']}"}).json()
     assert got["runtimes"] == want and got["models"][0]["runtimes"] == want
     client.post(f"/v1/rollouts/{r.json()['id']}/abort", headers=auth)
+
+
+def test_built_for_names_the_runtime_that_built_it(client: TestClient, auth: dict,
+                                                  settings: Settings, tiny_model: dict,
+                                                  digits: dict, tmp_path: Path) -> None:
+    from cloud_service.tasks.targets import built_for
+    from hadmc_core import backends
+
+    path = make_onnx(tmp_path / "b.onnx", np.ones((64, 10), np.float32))
+    ort_version = backends.get("onnxruntime").version() or ""
+    r = _submit(client, auth, tiny_model, digits, target={"profile": "x86-avx2"})
+    got = built_for(_plan(settings, r.json()["id"]), "onnxruntime", path)
+    assert got == {"isa": "x86_64", "accelerator": "cpu", "flags": ["avx2", "fma"],
+                   "runtime": "onnxruntime-cpu", "runtimes": ["onnxruntime-cpu", "openvino-cpu"],
+                   "runtime_version": {"min": ".".join(ort_version.split(".")[:2]),
+                                       "below": str(int(ort_version.split(".")[0]) + 1)},
+                   "memory_mb": 1}
+    dev = _device(client, auth, "bf-ov", [OV])
+    p = _plan(settings, _submit(client, auth, tiny_model, digits,
+                                target={"device": dev}).json()["id"])
+    assert built_for(p, "openvino", path)["runtimes"] == ["openvino-cpu"]
+    # a worker without the device's runtime built it with ONNX Runtime: that is what it names
+    assert built_for(p, "onnxruntime", path)["runtimes"] == ["onnxruntime-cpu"]
