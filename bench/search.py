@@ -163,7 +163,7 @@ def main() -> None:
         print(json.dumps([x for x in rows if x["rung"] == r]), file=sys.stderr)
     # Measured: each strategy's equal-candidates plan at the last rung, built for real.
     last = float(args.rungs.split(",")[-1])
-    work = args.out.parent / "search-models"
+    work = get_settings().cache_dir / "bench" / "search-models"
     work.mkdir(parents=True, exist_ok=True)
     calib = Split(data.train.x[:256], data.train.y[:256])
     test = Split(data.test.x[:args.test_samples], data.test.y[:args.test_samples])
