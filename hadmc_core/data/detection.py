@@ -90,7 +90,7 @@ def _letterbox(path: Path, size: int) -> tuple[np.ndarray, float, tuple[int, int
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    canvas[:nh, :nw] = np.asarray(rgb.resize((nw, nh), Image.BILINEAR))
+    canvas[:nh, :nw] = np.asarray(rgb.resize((nw, nh), Image.Resampling.BILINEAR))
     return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, scale, (w, h)
 
 
@@ -145,7 +145,8 @@ def read_coco(root: Path, size: int = 320) -> DetectionSplits:
     for key in ("images", "annotations", "categories"):
         if not isinstance(doc.get(key), list):
             raise DatasetError(f"{ann}: {key!r} must be a list")
-    cats = sorted(doc["categories"], key=lambda c: int(_field(c, "id", f"{ann}: category")))  # type: ignore[arg-type]
+    cats = sorted(doc["categories"],
+                  key=lambda c: int(_field(c, "id", f"{ann}: category")))  # type: ignore[call-overload]
     cls_of = {int(c["id"]): i for i, c in enumerate(cats)}
     names = [str(c.get("name", c["id"])) for c in cats]
     if not names:
@@ -273,7 +274,8 @@ def _compose(src: np.ndarray, labels: np.ndarray, n: int, size: int,
             j = order[used % len(order)]
             used += 1
             side = int(round(28 * rng.uniform(0.7, 1.6)))
-            item = np.asarray(Image.fromarray(src[j]).resize((side, side), Image.BILINEAR))
+            item = np.asarray(Image.fromarray(src[j]).resize((side, side),
+                                                             Image.Resampling.BILINEAR))
             ys_, xs_ = np.nonzero(item)
             if len(ys_) == 0:
                 continue
@@ -316,7 +318,7 @@ def fashion_mnist_scenes(size: int = DEFAULT_SIZE, counts: tuple[int, int, int] 
     for k, ((src, lab), n) in enumerate(zip(pools, counts, strict=True)):
         x, y = _compose(src, lab, n, size, np.random.default_rng([seed, k]))
         splits.append(Split(x, y))
-    return DetectionSplits(SCENES, *splits, len(FASHION_CLASSES),
+    return DetectionSplits(SCENES, splits[0], splits[1], splits[2], len(FASHION_CLASSES),
                            class_names=list(FASHION_CLASSES))
 
 

@@ -126,6 +126,7 @@ class Branch(nn.Module):
         super().__init__()
         self.cv1, self.cv2 = ConvBN(cin, c, 3), ConvBN(c, c, 3)
         self.pred = nn.Conv2d(c, cout, 1)
+        assert self.pred.bias is not None
         nn.init.constant_(self.pred.bias, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,9 @@ def _gt_and_results(detections: list[np.ndarray], targets: np.ndarray
 
     if len(detections) != len(targets):
         raise ValueError(f"{len(detections)} detection lists for {len(targets)} images")
-    images, anns, classes = [], [], set()
+    images: list[dict] = []
+    anns: list[dict] = []
+    classes: set[int] = set()
     for i, y in enumerate(targets):
         images.append({"id": i + 1})
         cls, boxes = boxes_of(y)
@@ -72,7 +74,8 @@ def _gt_and_results(detections: list[np.ndarray], targets: np.ndarray
     res = [{"image_id": i + 1, "category_id": int(d[5]), "score": float(d[4]),
             "bbox": [float(d[0]), float(d[1]), float(d[2] - d[0]), float(d[3] - d[1])]}
            for i, det in enumerate(detections) for d in np.asarray(det).reshape(-1, 6)]
-    return images, anns, res, classes | {r["category_id"] for r in res}
+    return images, anns, res, classes | {int(d[5]) for det in detections
+                                         for d in np.asarray(det).reshape(-1, 6)}
 
 
 def _evaluated(detections: list[np.ndarray], targets: np.ndarray,
@@ -212,7 +215,7 @@ class Detection(GraphTask):
             return _heads_by_trace(module) or None
         except Exception:  # noqa: BLE001 - tracing is best effort; the last layer is the head
             one = super().head(module, example)
-            return [one] if one else None
+            return [one] if isinstance(one, str) else one
 
     def feature_points(self, module: nn.Module, example: torch.Tensor, n: int) -> list[str]:
         declared = getattr(module, "feature_stages", None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ def _append_nms(path: Path, anchors: int, class_names: list[str], threshold: flo
     m = onnx.load(str(path))
     g = m.graph
 
-    def const(name: str, value: object, dtype: object) -> str:
+    def const(name: str, value: Any, dtype: Any) -> str:
         g.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 

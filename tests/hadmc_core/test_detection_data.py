@@ -50,7 +50,7 @@ def test_coco_reader_letterboxes_and_scales_boxes(tmp_path):
     ds = load_detection(str(_coco(tmp_path)), image_size=128)
     assert ds.class_names == ["dog", "cat"]  # ordered by category id
     assert ds.train.x.shape[1:] == (3, 128, 128) and ds.train.x.dtype == np.float32
-    assert 0.0 <= ds.train.x.min() and ds.train.x.max() <= 1.0
+    assert ds.train.x.min() >= 0.0 and ds.train.x.max() <= 1.0
     cls, boxes = boxes_of(ds.train.y[0])
     assert cls.tolist() == [1]  # category 7 is the second class
     # 64x32 letterboxed into 128: scale 2; [4, 2, 20, 10] xywh -> x1y1x2y2 * 2
@@ -133,7 +133,7 @@ def test_scenes_have_tight_boxes_and_are_deterministic():
     assert a.class_names[0] == "T-shirt/top" and a.train.x.shape == (12, 3, 64, 64)
     for x, y in zip(a.train.x, a.train.y, strict=True):
         cls, boxes = boxes_of(y)
-        assert 1 <= len(cls) <= 3 and ((0 <= cls) & (cls < 10)).all()
+        assert 1 <= len(cls) <= 3 and ((cls >= 0) & (cls < 10)).all()
         covered = np.zeros(x.shape[1:], bool)
         for x1, y1, x2, y2 in boxes.astype(int):
             covered[y1:y2, x1:x2] = True
