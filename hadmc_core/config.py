@@ -129,7 +129,7 @@ class DistillConfig(TechniqueConfig):
     precision: str = "auto"             # bf16 autocast where native (auto), or fp32 / bf16
     #: recovery grows with what pruning removed: epochs x (1 + removed_scale x the fraction
     #: of the model's MACs removed), at most max_epochs
-    removed_scale: float = 0.0
+    removed_scale: float = 2.0
     max_epochs: float = 12.0
     #: training images with teacher logits: 0 = the fine-tune subset only, None = all; the
     #: ones beyond the subset get the output terms but no feature term (same step count)

@@ -47,7 +47,8 @@ def test_recovery_grows_with_what_pruning_removed():
     assert recovery_epochs(cfg, 0.0) == 2
     assert recovery_epochs(cfg, 0.5) == pytest.approx(4.0)
     assert recovery_epochs(cfg, 0.9) == 5  # capped
-    assert recovery_epochs(DistillConfig(epochs=2), 0.9) == 2  # removed_scale 0: as before
+    assert recovery_epochs(DistillConfig(epochs=2, removed_scale=0), 0.9) == 2  # fixed epochs
+    assert recovery_epochs(DistillConfig(epochs=2), 0.5) == 4  # default removed_scale 2
 
 
 def test_teacher_logits_over_more_images_than_features_keep_the_step_count(digits):
