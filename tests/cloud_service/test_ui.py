@@ -355,6 +355,16 @@ def test_an_operator_runs_a_job_and_steers_a_rollout(serve: Serve, browser: Brow
     # The version now has a measured latency from the device.
     page.goto(serve.url + f"/ui/versions/{version_id}")
     assert "0.420 ms" in page.inner_text("[data-testid=measured]")
+    assert "median p95 0.500 ms" in page.inner_text("[data-testid=measured]")
+    # ... beside the report's prediction with its source and the error, as the API has them
+    lat = serve.api.get(f"/v1/versions/{version_id}").json()["latency"]
+    assert lat["devices"] == 1 and lat["measured_p50_ms"] == 0.42
+    assert page.inner_text("[data-testid=device-count]") == "1"
+    assert lat["predicted_source"] == report["latency_source"]
+    assert page.inner_text("[data-testid=predicted-source]") == "({})".format({
+        "measured": "measured on the worker", "estimated": "estimated",
+        "device_table": "from the device's latency table"}[report["latency_source"]])
+    assert page.inner_text("[data-testid=error]").startswith(f"{lat['error_pct']:+.1f} %")
     shots(page, "version-measured")
     page.click("nav >> text=Versions")
     assert page.locator(f"[data-testid=versions] tr[data-version='{version_id}']").count() == 1
@@ -493,3 +503,45 @@ def test_a_device_with_two_models_shows_each(serve: Serve, browser: BrowserConte
     assert all(f"#{vid}" in runs for _mid, vid in vids.values())
     for _mid, vid in vids.values():
         assert page.locator(f"[data-testid=matrix] tr[data-version='{vid}']").count() == 1
+
+
+def test_the_version_page_shows_predicted_against_measured(serve: Serve,
+                                                            browser: BrowserContext,
+                                                            tmp_path: Path) -> None:
+    """A version whose report predicted 2.0 ms (estimated for its profile), two devices
+    that measured it: the page shows the prediction with its source, the median over the
+    devices, their count and the error, as GET /v1/versions/{id} has them."""
+    from cloud_service.db import session_scope
+    from cloud_service.models import ModelVersion
+    from cloud_service.storage import ArtifactStore
+
+    data = make_onnx(tmp_path / "timed.onnx", np.ones((6, 3), np.float32)).read_bytes()
+    mid = serve.api.post("/v1/models", params={"name": "timed", "format": "onnx"},
+                         content=data, headers=OCTET).json()["id"]
+    r = serve.api.post(f"/v1/models/{mid}/versions", params={"profile": "x86-avx2"},
+                       content=data, headers=OCTET)
+    assert r.status_code == 201, r.text
+    vid = r.json()["id"]
+    report = {"latency_source": "estimated", "latency_model": "roofline",
+              "compressed": {"latency_ms": 2.0}}
+    digest, _ = ArtifactStore(serve.tmp / "artifacts").put_bytes(json.dumps(report).encode())
+    with session_scope(serve.env["HADMC_DATABASE_URL"]) as s:
+        s.get(ModelVersion, vid).report_hash = digest   # as a finished job leaves it
+    for name, p50, p95 in (("timed-a", 2.4, 2.9), ("timed-b", 2.6, 3.1)):
+        dev = serve.enroll(name, [])
+        assert serve.api.post(f"/v1/devices/{dev['device_id']}/updates", headers=dev["auth"],
+                              json={"version_id": vid, "ok": True, "phase": "done",
+                                    "p50_ms": p50, "p95_ms": p95}).status_code == 201
+    lat = serve.api.get(f"/v1/versions/{vid}").json()["latency"]
+    assert lat["devices"] == 2 and lat["error_pct"] == pytest.approx(-20.0)
+
+    page = browser.new_page()
+    login(page, serve, serve.viewer, f"/ui/versions/{vid}")
+    assert page.inner_text("[data-testid=predicted]").startswith("2.00 ms")
+    assert page.inner_text("[data-testid=predicted-source]") == "(estimated)"
+    measured = page.inner_text("[data-testid=measured]")
+    assert measured.startswith("2.50 ms") and "median p95 3.00 ms" in measured
+    assert page.inner_text("[data-testid=device-count]") == "2"
+    assert page.inner_text("[data-testid=error]").startswith("-20.0 %")
+    assert page.locator("[data-testid=per-device] tbody tr").count() == 2
+    Shots(tmp_path)(page, "version-latency")
