@@ -28,6 +28,7 @@ def small_model():
     return build_model(spec).eval(), spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["greedy", "evolution", "rl"])
 def test_compress_with_each_strategy(name, small_model, digits, tmp_path, monkeypatch):
     model, spec = small_model
