@@ -19,7 +19,8 @@ from tests.hadmc_core.factory_grouped import GroupedNet
 _register()
 runner = CliRunner()
 FACTORY = "tests.hadmc_core.factory_grouped"
-FAST = {"prune": {"ladder": [0.5], "calib_batches": 2},
+#: ``uniform_ratio`` makes the search keep 8 of the 16 channels of each grouped set.
+FAST = {"prune": {"ladder": [0.5], "calib_batches": 2, "uniform_ratio": 0.3},
         "distill": {"epochs": 1, "samples": 256, "batch_size": 64},
         "quantize": {"keep_ladder": [0], "calib_samples": 64, "sensitivity_samples": 32},
         "measure": {"runs": 5, "warmup": 2, "in_graph": True}, "max_candidates": 1}
@@ -88,6 +89,9 @@ def test_grouped_convolutions_from_onnx_compress_through_the_cli(digits, tmp_pat
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["model"]["kind"] == "onnx" and "prune" in rep["stages"]["ran"]
     assert rep["compressed"]["params"] < rep["baseline"]["params"]
+    # both 16-channel sets (into and out of the grouped convolution) kept 8: 2 of 4 per group
+    assert sorted(r["out_channels"] for r in rep["layers"]
+                  if r["original_out_channels"] == 16) == [8, 8]
 
 
 def test_an_unexpected_failure_inside_compression_is_one_line_exit_2(tmp_path):
