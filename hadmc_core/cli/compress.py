@@ -183,8 +183,9 @@ def compress_cmd(
         console.print(note, highlight=False, soft_wrap=True)
     if allow_restructure and update_of is None:
         raise ConfigError("--allow-restructure needs --update-of")
-    update = ({"update_of": load_plan(update_of), "allow_restructure": allow_restructure}
-              if update_of is not None else {})
+    update: dict[str, Any] = ({"update_of": load_plan(update_of),
+                               "allow_restructure": allow_restructure}
+                              if update_of is not None else {})
     with progress_bar(not quiet) as prog:
         try:
             result = compress(loaded, ds, prof, out_dir, cfg, prog, overwrite=overwrite,

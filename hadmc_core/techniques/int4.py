@@ -104,6 +104,9 @@ def openvino_executes_as(ctx: Context, path: Path, targets: list[str]) -> dict[s
     """MatMul node -> what OpenVINO's compiled model runs its MatMulNBits as: ``int4
     weights, fp32 compute`` (u4 weights in the FullyConnected kernel) or the precision it
     unpacked the weights to."""
+    from hadmc_core.backends.openvino import OpenVinoBackend
+
+    assert isinstance(ctx.backend, OpenVinoBackend)
     ran = ctx.backend.executed_precisions(path, ctx.lat.threads)
     out = {}
     for t in targets:
