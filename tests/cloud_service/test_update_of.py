@@ -113,6 +113,7 @@ def test_allow_restructure_alone_is_422(client: TestClient, auth: dict, line: di
     assert r.status_code == 422 and "needs update_of" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_runner_keeps_the_plan_and_continues_the_line(tmp_path: Path,
                                                           tiny_weights: Path) -> None:
     """Two real compressions (SQLite): v1 of line A, then a job on a new base with
