@@ -1,7 +1,12 @@
-"""End to end on digits: CLI in, ONNX + report out, report checked independently."""
+"""End to end on digits: CLI in, ONNX + report out, report checked independently.
+
+The run must meet the accuracy limit it asks for, decided by the paired upper bound on
+the validation split (269 images): at that size the bound's margin alone is 0.6 to 1.3
+points, so the limit is 3 points and the ladder ends on a mild rung. How long it takes is
+measured in bench/, not asserted here.
+"""
 
 import json
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -15,33 +20,35 @@ _register()
 runner = CliRunner()
 
 
+LIMIT = 3.0
+
+
 @pytest.fixture(scope="module")
 def compressed(trained_digits_resnet, tmp_path_factory):
     _model, _spec, weights = trained_digits_resnet
     root = tmp_path_factory.mktemp("e2e")
     cfg = PipelineConfig.from_dict({
+        "prune": {"ladder": [0.3, 0.65]},
         "distill": {"epochs": 4, "samples": None, "batch_size": 64},
         "quantize": {"keep_ladder": [0, 2]}, "max_candidates": 2,
     })
     (root / "cfg.json").write_text(cfg.to_json())
-    t = time.perf_counter()
     res = runner.invoke(app, ["compress", "--weights", str(weights), "--data", "digits",
                               "--profile", "x86-avx2", "--out", str(root / "out"),
-                              "--config", str(root / "cfg.json"), "--max-accuracy-drop", "1.5",
-                              "--quiet"])
-    return res, root / "out", time.perf_counter() - t
+                              "--config", str(root / "cfg.json"),
+                              "--max-accuracy-drop", str(LIMIT), "--quiet"])
+    return res, root / "out"
 
 
-def test_compress_cli_finishes_quickly_with_all_outputs(compressed):
-    res, out, seconds = compressed
-    assert res.exit_code in (0, 3), res.output
-    assert seconds < 120
+def test_compress_cli_meets_its_constraint_with_all_outputs(compressed):
+    res, out = compressed
+    assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"model.onnx", "report.json", "report.png"}
     assert not list(out.parent.glob(".out.tmp-*")), "no temporary directory left behind"
 
 
 def test_report_matches_an_independent_evaluation(compressed, digits):
-    _res, out, _ = compressed
+    _res, out = compressed
     rep = json.loads((out / "report.json").read_text())
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: digits.test.x})[0]
@@ -69,8 +76,7 @@ def test_report_matches_an_independent_evaluation(compressed, digits):
     assert set(rep["stages_seconds"]) >= {"baseline", "sensitivity", "latency", "prune", "distill",
                                           "fuse", "quantize", "measure"}
     assert rep["versions"]["onnxruntime"] == ort.__version__
-    if rep["constraints"]["met"]:
-        assert rep["summary"]["val_accuracy_drop_points"] <= 1.5
+    assert rep["constraints"]["met"], rep["constraints"]["message"]
     assert PipelineConfig.from_dict(rep["config"]).to_dict() == rep["config"]
     # The ONNX graph really is quantized.
     import onnx
@@ -86,6 +92,50 @@ def test_config_round_trips_through_json():
 
 
 def test_report_png_is_an_image(compressed):
-    _res, out, _ = compressed
+    _res, out = compressed
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.frombuffer((out / "report.png").read_bytes()[:8], np.uint8).size == 8
+
+
+def _per_image(path, split):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: split.x})[0]
+    return np.where(logits.argmax(1) == split.y, 100.0, 0.0)
+
+
+def test_limit_is_met_by_the_paired_upper_bound_recomputed_here(compressed, digits,
+                                                                trained_digits_resnet,
+                                                                tmp_path):
+    import torch
+
+    from hadmc_core.decision import paired_mean_bound
+    from hadmc_core.onnx_io import export_onnx
+
+    _res, out = compressed
+    rep = json.loads((out / "report.json").read_text())
+    model = trained_digits_resnet[0].cpu().eval()
+    base_onnx = export_onnx(model, torch.from_numpy(digits.val.x[:1]), tmp_path / "base.onnx")
+    bound = paired_mean_bound(_per_image(base_onnx, digits.val),
+                              _per_image(out / "model.onnx", digits.val), 0.95)
+    got = rep["compressed"]["val_drop"]
+    assert got["method"] == "paired-normal" and got["n"] == len(digits.val) == 269
+    assert got["point"] == pytest.approx(bound.point, abs=1e-3)
+    assert got["upper"] == pytest.approx(bound.upper, abs=1e-3)
+    assert bound.upper <= LIMIT and bound.upper > bound.point
+    assert rep["summary"]["val_accuracy_drop_upper_points"] == pytest.approx(bound.upper,
+                                                                             abs=1e-3)
+    # Every candidate carries its bound; the ones refused for accuracy are over the limit
+    # by their bound, and the chosen one is within it.
+    for c in rep["candidates"]:
+        assert c["val_drop_upper"] > c["val_drop"]
+        assert (c["status"] == "accuracy") == (c["val_drop_upper"] > LIMIT), c
+    chosen = next(c for c in rep["candidates"] if c["chosen"])
+    assert chosen["val_drop_upper"] <= LIMIT
+    d = rep["decision"]
+    assert d["confidence"] == 0.95 and d["validation_images"] == 269
+    assert 0 < d["smallest_margin_points"] <= d["largest_margin_points"]
+    assert ("warning" in d) == (d["smallest_margin_points"] > LIMIT / 2)
+    assert [r["candidate"] for r in rep["recovery"]] == sorted(
+        {c["id"].split("-")[0] for c in rep["candidates"] if c["params"] <
+         rep["baseline"]["params"]})
+    assert all(0 < r["removed_macs_fraction"] < 1 for r in rep["recovery"])
