@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_agent.errors import SmokeTestError
+from hadmc_core.tasks.detection_io import iou as box_iou
 
 PROBE_IOU = 0.9
 PROBE_SCORE_TOL = 0.05
@@ -167,15 +168,6 @@ def serve_fields(path: Path, feeds: dict[str, np.ndarray],
     return {"task": "detect", "detections": detections(outputs, info)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-             + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter)
-    return float(inter / union) if union > 0 else 0.0
-
-
 def match(want: np.ndarray, got: np.ndarray, info: ModelInfo, iou: float = PROBE_IOU,
           score_tol: float = PROBE_SCORE_TOL) -> float:
     """Match two (K, 6) tables one to one (see module doc); returns the largest score
@@ -189,7 +181,7 @@ def match(want: np.ndarray, got: np.ndarray, info: ModelInfo, iou: float = PROBE
         best, best_j = 0.0, -1
         for j, g in enumerate(got):
             if j not in taken and int(g[5]) == int(w[5]) and abs(g[4] - w[4]) <= score_tol:
-                v = _iou(w, g)
+                v = box_iou(w[:4].tolist(), g[:4].tolist())
                 if v > best:
                     best, best_j = v, j
         if best >= iou:

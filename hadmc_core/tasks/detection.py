@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from hadmc_core.errors import HadmcError
 from hadmc_core.tasks.base import GraphTask
 from hadmc_core.tasks.detection_loss import detection_loss
+from hadmc_core.tasks.graph import heads_by_trace
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,28 +122,6 @@ def _map50_on(ev: Any, idx: np.ndarray) -> float:
     return 100.0 * float(valid.mean()) if valid.size else 0.0
 
 
-def _heads_by_trace(module: nn.Module) -> list[str]:
-    """Every weight layer reached first on a path back from the output."""
-    import torch.fx as fx
-
-    from hadmc_core.tasks.graph import is_weight_layer
-
-    gm = fx.symbolic_trace(module)
-    mods = dict(gm.named_modules())
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    frontier, seen, heads = list(out.all_input_nodes), set(), []
-    while frontier:
-        node = frontier.pop(0)
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.op == "call_module" and is_weight_layer(mods[str(node.target)]):
-            heads.append(str(node.target))
-            continue
-        frontier.extend(node.all_input_nodes)
-    return heads
-
-
 class Detection(GraphTask):
     name = "detect"
     metric_name = "map50"
@@ -212,7 +191,7 @@ class Detection(GraphTask):
         if callable(declared):
             return list(declared())
         try:
-            return _heads_by_trace(module) or None
+            return heads_by_trace(module) or None
         except Exception:  # noqa: BLE001 - tracing is best effort; the last layer is the head
             one = super().head(module, example)
             return [one] if isinstance(one, str) else one

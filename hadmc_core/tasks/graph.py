@@ -37,20 +37,27 @@ def is_weight_layer(module: nn.Module) -> bool:
     return w is not None and w.dim() >= 2
 
 
-def _head_by_trace(module: nn.Module) -> str | None:
+def heads_by_trace(module: nn.Module) -> list[str]:
+    """Every weight layer reached first on a path back from the output, nearest first."""
     gm = fx.symbolic_trace(module)
     mods = dict(gm.named_modules())
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    frontier, seen = list(out.all_input_nodes), set()
+    frontier, seen, heads = list(out.all_input_nodes), set(), []
     while frontier:
         node = frontier.pop(0)
         if node in seen:
             continue
         seen.add(node)
         if node.op == "call_module" and is_weight_layer(mods[str(node.target)]):
-            return str(node.target)
+            heads.append(str(node.target))
+            continue
         frontier.extend(node.all_input_nodes)
-    return None
+    return heads
+
+
+def _head_by_trace(module: nn.Module) -> str | None:
+    heads = heads_by_trace(module)
+    return heads[0] if heads else None
 
 
 def _head_by_execution(module: nn.Module, example: torch.Tensor) -> str | None:
