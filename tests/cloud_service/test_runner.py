@@ -55,8 +55,9 @@ def _row(settings: Settings, job_id: int) -> Job:
 
 
 def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | None = None,  # type: ignore[no-untyped-def]
-                  onnx: bytes = b"onnx-bytes", seen: list | None = None):
-    """A stand-in for compress(); what it was given is appended to ``seen``."""
+                  onnx: bytes | None = None, seen: list | None = None):
+    """A stand-in for compress() that writes ``onnx`` (a small real model by default) and a
+    report; what it was given is appended to ``seen``."""
     from hadmc_core.compress import CompressionResult
 
     seen = [] if seen is None else seen
@@ -73,9 +74,16 @@ def fake_compress(steps: int = 3, delay: float = 0.0, error: BaseException | Non
             raise error
         out = Path(out_dir)
         out.mkdir(parents=True)
-        (out / "model.onnx").write_bytes(onnx)
-        rep = {"summary": {"speedup": 1.5}, "compressed": {"accuracy": 90.0,
-                                                          "latency_ms": 1.0, "size_bytes": 10}}
+        if onnx is None:
+            import numpy as np
+
+            from tests.cloud_service.conftest import make_onnx
+
+            make_onnx(out / "model.onnx", np.ones((8, 2), np.float32))
+        else:
+            (out / "model.onnx").write_bytes(onnx)
+        rep = {"backend": "onnxruntime", "summary": {"speedup": 1.5},
+               "compressed": {"accuracy": 90.0, "latency_ms": 1.0, "size_bytes": 10}}
         (out / "report.json").write_text(json.dumps(rep))
         return CompressionResult(out, rep, True, "all constraints met")
 

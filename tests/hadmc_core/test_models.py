@@ -9,7 +9,14 @@ from hadmc_core.models import ARCHITECTURES, ArchSpec, build_model, load_model, 
 @pytest.mark.parametrize("stem,size", [("small", 28), ("imagenet", 64)])
 def test_forward_shapes(arch, stem, size):
     model = build_model(ArchSpec(arch, in_channels=3, num_classes=7, stem=stem)).eval()
-    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+    out = model(torch.randn(2, 3, size, size))
+    if arch.startswith("yolo"):
+        # A detector predicts at strides 8, 16 and 32: one row of 4 box + 7 class values
+        # per cell of each level.
+        cells = sum((-(-size // s)) ** 2 for s in (8, 16, 32))
+        assert out.shape == (2, cells, 4 + 7)
+    else:
+        assert out.shape == (2, 7)
 
 
 def test_resnet18_has_imagenet_parameter_count():

@@ -116,10 +116,13 @@ def test_plain_module_compresses_end_to_end_with_alignment_points(convnet_report
     assert rep["distill_alignment_source"] == "graph"
     assert {"prune", "distill", "fuse", "quantize"} <= set(rep["stages"]["ran"])
     assert rep["compressed"]["params"] < rep["baseline"]["params"]
-    # The head (a 1x1 convolution) keeps one output per class; its input was pruned.
-    head = next(row for row in rep["layers"] if row["layer"] == "classifier")
+    # The head (a 1x1 convolution) keeps one output per class and takes what the last body
+    # convolution kept (which layers lose channels follows the latency measured here).
+    rows = {row["layer"]: row for row in rep["layers"]}
+    head = rows["classifier"]
     assert head["out_channels"] == head["original_out_channels"] == 10
-    assert head["in_channels"] < 32
+    assert head["in_channels"] == rows["body.6"]["out_channels"]
+    assert any(r["out_channels"] < r["original_out_channels"] for r in rows.values())
     assert rep["latency_source"] == ("measured" if runs_here(load_profile("x86-avx2"))
                                      else "estimated")
     # A conv net holds almost no MatMul weights: INT4 is not tried, and the report says why.
