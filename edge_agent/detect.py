@@ -19,23 +19,22 @@ threshold and NMS inside the graph. Its ONNX ``metadata_props`` say ``hadmc.task
 from __future__ import annotations
 
 import json
-import os
+import mmap
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from edge_agent.errors import SmokeTestError
+from hadmc_core.delta import onnxwire
+from hadmc_core.delta.errors import FormatError
 from hadmc_core.tasks.detection_io import iou as box_iou
 
 PROBE_IOU = 0.9
 PROBE_SCORE_TOL = 0.05
 OUTPUT = "detections"
-#: ModelProto field 14: repeated StringStringEntryProto metadata_props (key 1, value 2).
-_METADATA_FIELD = 14
-_MAX_METADATA_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -49,71 +48,25 @@ class ModelInfo:
         return self.task == "detect"
 
 
-def _varint(f: BinaryIO) -> int | None:
-    shift, out = 0, 0
-    while True:
-        b = f.read(1)
-        if not b:
-            if shift:
-                raise ValueError("truncated varint")
-            return None
-        out |= (b[0] & 0x7F) << shift
-        if b[0] < 0x80:
-            return out
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(data: bytes) -> dict[int, bytes]:
-    """Length-delimited fields of a small message (the last of each number)."""
-    import io
-
-    out: dict[int, bytes] = {}
-    f = io.BytesIO(data)
-    while (tag := _varint(f)) is not None:
-        num, wire = tag >> 3, tag & 7
-        if wire == 2:
-            n = _varint(f) or 0
-            out[num] = f.read(n)
-        elif wire == 0:
-            _varint(f)
-        else:
-            f.seek({1: 8, 5: 4}[wire], os.SEEK_CUR)
-    return out
-
-
 def read_metadata(path: Path) -> dict[str, str]:
-    """An ONNX file's ``metadata_props`` as a dict, reading only ModelProto's top level."""
-    meta: dict[str, str] = {}
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        while (tag := _varint(f)) is not None:
-            num, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _varint(f)
-            elif wire == 1 or wire == 5:
-                f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-            elif wire == 2:
-                n = _varint(f)
-                if n is None or f.tell() + n > size:
-                    raise ValueError("truncated field")
-                if num == _METADATA_FIELD and n <= _MAX_METADATA_BYTES:
-                    entry = _fields(f.read(n))
-                    meta[entry.get(1, b"").decode("utf-8", "replace")] = \
-                        entry.get(2, b"").decode("utf-8", "replace")
-                else:
-                    f.seek(n, os.SEEK_CUR)
-            else:
-                raise ValueError(f"wire type {wire} at the top of ModelProto")
-    return meta
+    """An ONNX file's ``metadata_props`` as a dict (``hadmc_core.delta.onnxwire``, which
+    reads the protobuf wire format without the onnx package; the file is mapped, so only
+    the model's top level is read)."""
+    if path.stat().st_size == 0:
+        return {}
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            return onnxwire.metadata_props(view)
+        finally:
+            view.release()
 
 
 @lru_cache(maxsize=64)
 def _info(path: str, mtime_ns: int) -> ModelInfo:
     try:
         meta = read_metadata(Path(path))
-    except (ValueError, KeyError, OSError):
+    except (FormatError, OSError):
         return ModelInfo()  # not readable as ONNX here: the runtime will say why
     try:
         classes = [str(c) for c in json.loads(meta.get("hadmc.classes") or "[]")]

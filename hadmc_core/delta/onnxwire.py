@@ -85,6 +85,13 @@ def _entry(buf: memoryview, a: int, b: int) -> tuple[str, str]:
     return key, value
 
 
+def metadata_props(buf: memoryview) -> dict[str, str]:
+    """``ModelProto.metadata_props`` (field 14) as a dict, reading only the model's top
+    level: the graph and its tensors are skipped whole."""
+    return dict(_entry(buf, a, b) for f, w, a, b in fields(buf, 0, len(buf))
+                if f == 14 and w == 2)
+
+
 def _tensor(buf: memoryview, start: int, end: int) -> tuple[Segment | None, str]:
     """A segment for the tensor's bytes and its external file ('' when inside)."""
     name, dtype, dims, raw, ext, location = "", "bytes", [], None, {}, 0
