@@ -4,7 +4,6 @@ by ``hadmc train`` and ``hadmc compress``."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -43,17 +42,14 @@ def test_near_chance_is_within_5_points_of_guessing(accuracy: float, classes: in
 
 
 def test_default_train_on_digits_is_useful(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
     res = runner.invoke(app, ["train", "--arch", "resnet18", "--data", "digits",
                               "-o", str(tmp_path / "base.safetensors")])
-    seconds = time.perf_counter() - t0
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "base.json").read_text())
     assert summary["epochs"] == 10 and summary["steps"] == 100
     assert summary["val_accuracy"] > 80 and summary["test_accuracy"] > 80, summary
     assert "100 steps of 128 (default: at least 100 steps" in res.stderr
     assert "near chance" not in res.stderr
-    assert seconds < 120
 
 
 def test_train_warns_about_a_near_chance_model(tmp_path: Path) -> None:
