@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadmc_core import pipeline, report, tasks, update
+from hadmc_core import pipeline, references, report, tasks, update
 from hadmc_core.config import PipelineConfig
 from hadmc_core.context import Context
 from hadmc_core.data import DataSplits
@@ -160,6 +160,8 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
                     else run(None, cfg))
         best = next(c for c in ctx.candidates if c.chosen)
         assert best.path is not None
+        with ctx.stage("references"):
+            rep.references = references.measure(ctx, best, rep.compressed.accuracy)
         shutil.copyfile(best.path, tmp / "model.onnx")
         pipeline.cleanup(work)
         data_out = rep.to_dict()

@@ -202,6 +202,9 @@ class MeasureConfig(TechniqueConfig):
     warmup: int = 10
     threads: int | None = None
     in_graph: bool = True               # fit the latency model to in-model layer times
+    #: measure what a user would run instead (FP32 on each CPU runtime, NNCF PTQ INT8 on
+    #: OpenVINO) beside the chosen model when the target is this machine (``references``)
+    references: bool = True
 
 
 @dataclass

@@ -156,6 +156,9 @@ class Report:
     recovery: list[dict[str, Any]] = field(default_factory=list)
     #: how the dataset's images were fitted to the model's input (None: they fit as given)
     data_adaptation: dict[str, Any] | None = None
+    #: the alternatives a user would run instead, measured in the same job
+    #: (``hadmc_core.references``)
+    references: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
 
@@ -188,7 +191,7 @@ class Report:
             "profile": self.profile, "backend": self.backend,
             "latency_source": self.latency_source, "latency_model": self.latency_model,
             "baseline": self.baseline.to_dict(), "compressed": self.compressed.to_dict(),
-            "summary": self.summary(),
+            "summary": self.summary(), "references": self.references,
             "constraints": {**self.constraints, "met": self.met, "message": self.message},
             "warnings": list(self.warnings), "decision": dict(self.decision),
             "recovery": [dict(r) for r in self.recovery],
