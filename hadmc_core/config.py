@@ -93,7 +93,10 @@ class PruneConfig(TechniqueConfig):
     search: str = "greedy"              # strategy (hadmc_core.search): greedy, evolution, rl
     search_trials: int = 200            # candidate plans evolution / rl evaluate per rung
     # latency targets tried, most aggressive first: fractions of the latency that pruning
-    # can remove (0 = every group at min_keep, 1 = unpruned)
+    # can remove (0 = every group at min_keep, 1 = unpruned). The unpruned rung (1.0) is
+    # measured after the pruned ones whatever they gave and does not count towards
+    # max_candidates: the run's answer is never worse than the unpruned model quantized
+    # (hadmc_core.pipeline). Leave 1.0 out to consider pruned models only.
     ladder: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.45, 0.65, 1.0])
 
     def validate(self) -> None:
@@ -233,7 +236,7 @@ class PipelineConfig:
     int4: Int4Config = field(default_factory=Int4Config)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     constraints: Constraints = field(default_factory=Constraints)
-    max_candidates: int = 4
+    max_candidates: int = 4             # pruned rungs tried at most (the unpruned one is extra)
     seed: int = 0
     version: int = CONFIG_VERSION
     #: techniques registered beyond the built-in ones (JSON: a top-level key each)

@@ -10,8 +10,17 @@ candidate (the module phase allocates channels against the latency model, prunes
 distills, fuses), exports it, and lets each graph-phase technique offer variants (for
 quantization: more and more layers kept in floating point) until one is within the
 accuracy limit; if the FP32 export is already over the limit, it backs off to less
-pruning. The first candidate within every constraint ends the ladder; when none is, the
-best one found is returned with a clear message (``CompressionResult.met`` is False).
+pruning. The first pruned candidate within every constraint ends the pruned rungs.
+
+The unpruned rung (``1.0`` in ``prune.ladder``, there by default) is measured after the
+pruned ones whatever they gave, outside ``max_candidates`` (it needs no recovery
+training): the unpruned model quantized as the other candidates are, i.e. what plain
+post-training INT8 gives. The fastest candidate within every constraint is chosen, so a
+run never returns a model slower than that one when it meets the constraints, nor a
+pruned model over the accuracy limit when it does. When every INT8 variant of the
+unpruned model is over the limit too, its FP32 export is a candidate (nothing
+compressed, said in a warning). Only when no candidate meets every constraint is the
+best one found returned with a clear message (``CompressionResult.met`` is False).
 A model that exists only as an ONNX graph runs the same loop with one rung and the graph
 phase alone; the report lists the stages skipped and why.
 """
@@ -133,6 +142,10 @@ def choose(ctx: Context) -> tuple[Candidate, list[str]]:
 class Controller:
     """Runs one compression (see module doc)."""
 
+    #: Whether the unpruned rung of the ladder is measured after the pruned ones whatever
+    #: they gave (the module doc); an update within a deployed plan has one candidate.
+    unpruned_rung = True
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.techs: list[tuple[techniques.Technique, Any]] = []
@@ -144,6 +157,9 @@ class Controller:
         self.baseline()
         self.prepare()
         rungs, tried = ladder(ctx), 0
+        last = self.unpruned_rung and len(rungs) > 1 and rungs[-1] >= 1.0
+        if last:
+            rungs.pop()
         budget = ctx.cfg.constraints.latency_budget_ms
         while rungs and tried < ctx.cfg.max_candidates:
             fraction = rungs.pop(0)
@@ -156,13 +172,25 @@ class Controller:
                 # Accurate but slower than the budget: the estimate was optimistic, so aim
                 # lower in proportion before backing off.
                 rungs.insert(0, round(fraction * budget / cand.latency_ms * 0.95, 4))
+        if last:
+            self.unpruned()
         best, why = choose(ctx)
         best.chosen = True
+        if best.latency_fraction >= 1.0 and best.id.endswith("-fp32") and len(ctx.candidates) > 1:
+            ctx.warnings.append(f"the chosen model {best.id} is the unpruned FP32 export: no "
+                                "compressed candidate met every constraint")
         with ctx.stage("measure"):
             final = self.stats(best.id, best.path, test=True)  # type: ignore[arg-type]
         for handler, cfg in self.techs:  # prepared but never applied
             ctx.stages.skip(handler.stage_name(cfg), self.unused_reason(handler))
         return self.report(final, best, why)
+
+    def unpruned(self) -> None:
+        """The unpruned rung (module doc)."""
+        ctx = self.ctx
+        cand = self.candidate(1.0, fp32_fallback=True)
+        log.info("unpruned rung: candidate %s, val %s %.2f, %.3f ms", cand.id,
+                 ctx.task.metric_name, cand.val_accuracy, cand.latency_ms)
 
     def unused_reason(self, handler: techniques.Technique) -> str:
         cands = self.ctx.candidates
@@ -209,7 +237,10 @@ class Controller:
                                        test=test, val=d.val, test_split=d.test,
                                        baseline=baseline)
 
-    def candidate(self, fraction: float) -> Candidate:
+    def candidate(self, fraction: float, fp32_fallback: bool = False) -> Candidate:
+        """Build and measure the candidate of one rung. ``fp32_fallback``: when a graph
+        technique cannot bring it within the accuracy limit, its FP32 export is measured
+        and returned instead of the last variant over the limit."""
         ctx = self.ctx
         base = ctx.baseline
         assert base is not None and ctx.baseline_path is not None
@@ -255,7 +286,7 @@ class Controller:
             if accepted is not None:
                 current = accepted
             elif last is not None and not handler.optional:
-                return last
+                return self.measure(work, fp32) if fp32_fallback else last
         return current.candidate or self.measure(work, fp32)
 
     def measure(self, work: Work, v: Variant) -> Candidate:

@@ -225,6 +225,7 @@ class UpdateController(pipeline.Controller):
 
     SWAP: dict[type, type[Technique]] = {PruneConfig: PlanPrune, DistillConfig: PlanDistill,
                                          QuantizeConfig: PlanQuantize}
+    unpruned_rung = False  # one candidate: the plan's structure
 
     def prepare(self) -> None:
         ctx = self.ctx
