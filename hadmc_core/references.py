@@ -136,3 +136,25 @@ def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
         nncf_log.setLevel(level)
     ov.save_model(q, str(out))
     return out
+
+
+#: how a reference row is named in words
+REFERENCE_NAMES = {"onnxruntime-fp32": "ONNX Runtime FP32", "openvino-fp32": "OpenVINO FP32",
+                   "openvino-nncf-int8": "NNCF PTQ INT8 on OpenVINO"}
+
+
+def lines(refs: dict[str, Any]) -> list[str]:
+    """One line per reference the job measured: the chosen model's speedup over it and
+    the chosen model's accuracy minus the reference's, in points."""
+    if "skipped" in refs:
+        return [f"references : not measured ({refs['skipped']})"]
+    out = []
+    for row in refs.get("rows", []):
+        label = REFERENCE_NAMES.get(row["name"], row["name"])
+        if "error" in row:
+            out.append(f"vs {label}: not measured ({row['error']})")
+        else:
+            out.append(f"vs {label}: {row['chosen_speedup']:.2f}x faster "
+                       f"({row['latency_ms']:.3f} ms), accuracy "
+                       f"{-row['accuracy_minus_chosen']:+.2f} pts")
+    return out

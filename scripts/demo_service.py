@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from hadmc_core.references import lines as reference_lines
+
 BIN = Path(sys.executable).parent
 
 
@@ -139,6 +141,10 @@ def side_by_side(report: dict[str, Any], on_device_ms: float | None, dashboard: 
              f"{c['size_bytes'] / 1e6:.2f} MB", f"{s['compression']:.2f}x smaller")]
     lines = [f"{a:<20}{x:>12}{y:>14}   {z}".rstrip() for a, x, y, z in rows]
     lines.append(f"constraints: {report['constraints']['message']}")
+    refs = report.get("references") or {}
+    if refs.get("rows"):
+        lines.append("what you could run instead, measured in the same job on this CPU:")
+        lines += [f"  {line}" for line in reference_lines(refs)]
     lines += [f"warning: {w}" for w in report.get("warnings", [])]
     lines.append(f"dashboard: {dashboard}")
     return "\n".join(lines)

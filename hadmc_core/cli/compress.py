@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from hadmc_core import references
 from hadmc_core.cli._common import console, fail, friendly, out, progress_bar
 from hadmc_core.errors import ConfigError, HadmcError
 
@@ -90,32 +91,10 @@ def _print_result(result: Any) -> None:
               f"{c['size_bytes'] / 1e6:.2f} MB")
     out.print(f"drop {s['accuracy_drop_points']:.2f} pts, speedup {s['speedup']:.2f}x, "
               f"{s['compression']:.2f}x smaller -> {result.out_dir}")
-    for line in reference_lines(r.get("references") or {}):
+    for line in references.lines(r.get("references") or {}):
         out.print(line)
     for warning in r.get("warnings", []):
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-
-
-#: how the CLI names each reference row of the report
-REFERENCE_NAMES = {"onnxruntime-fp32": "ONNX Runtime FP32", "openvino-fp32": "OpenVINO FP32",
-                   "openvino-nncf-int8": "NNCF PTQ INT8 on OpenVINO"}
-
-
-def reference_lines(refs: dict[str, Any]) -> list[str]:
-    """One line per reference the job measured: the chosen model's speedup over it and
-    the accuracy difference (``hadmc_core.references``)."""
-    if "skipped" in refs:
-        return [f"references : not measured ({refs['skipped']})"]
-    lines = []
-    for row in refs.get("rows", []):
-        label = REFERENCE_NAMES.get(row["name"], row["name"])
-        if "error" in row:
-            lines.append(f"vs {label}: not measured ({row['error']})")
-        else:
-            lines.append(f"vs {label}: {row['chosen_speedup']:.2f}x faster "
-                         f"({row['latency_ms']:.3f} ms), accuracy "
-                         f"{-row['accuracy_minus_chosen']:+.2f} pts")
-    return lines
 
 
 @friendly

@@ -61,3 +61,18 @@ def test_side_by_side_without_a_device_latency_and_with_warnings(demo: ModuleTyp
 
 def test_an_older_report_without_warnings(demo: ModuleType) -> None:
     assert "warning" not in demo.side_by_side(_report(), 1.0, "http://h:1/ui")
+
+
+def test_the_references_the_job_measured_follow_the_constraints(demo: ModuleType) -> None:
+    refs = {"chosen": {"runtime": "onnxruntime", "latency_ms": 0.2, "accuracy": 90.8},
+            "rows": [{"name": "openvino-fp32", "latency_ms": 0.3, "accuracy": 91.37,
+                      "accuracy_minus_chosen": 0.57, "chosen_speedup": 1.5},
+                     {"name": "openvino-nncf-int8", "error": "RuntimeError: no"}]}
+    lines = demo.side_by_side(_report(references=refs), 0.2, "http://h:1/ui").splitlines()
+    at = lines.index("constraints: all constraints met")
+    assert lines[at + 1:at + 4] == [
+        "what you could run instead, measured in the same job on this CPU:",
+        "  vs OpenVINO FP32: 1.50x faster (0.300 ms), accuracy -0.57 pts",
+        "  vs NNCF PTQ INT8 on OpenVINO: not measured (RuntimeError: no)"]
+    skipped = {"skipped": "the target is not this machine"}
+    assert "instead" not in demo.side_by_side(_report(references=skipped), 0.2, "http://h:1/ui")
