@@ -154,7 +154,8 @@ def lines(refs: dict[str, Any]) -> list[str]:
         if "error" in row:
             out.append(f"vs {label}: not measured ({row['error']})")
         else:
-            out.append(f"vs {label}: {row['chosen_speedup']:.2f}x faster "
-                       f"({row['latency_ms']:.3f} ms), accuracy "
+            x = row["chosen_speedup"]
+            pace = f"{x:.2f}x faster" if x >= 1 else f"{1 / x:.2f}x slower"
+            out.append(f"vs {label}: {pace} ({row['latency_ms']:.3f} ms), accuracy "
                        f"{-row['accuracy_minus_chosen']:+.2f} pts")
     return out

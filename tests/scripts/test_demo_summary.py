@@ -67,12 +67,15 @@ def test_the_references_the_job_measured_follow_the_constraints(demo: ModuleType
     refs = {"chosen": {"runtime": "onnxruntime", "latency_ms": 0.2, "accuracy": 90.8},
             "rows": [{"name": "openvino-fp32", "latency_ms": 0.3, "accuracy": 91.37,
                       "accuracy_minus_chosen": 0.57, "chosen_speedup": 1.5},
+                     {"name": "onnxruntime-fp32", "latency_ms": 0.1, "accuracy": 91.37,
+                      "accuracy_minus_chosen": 0.57, "chosen_speedup": 0.5},
                      {"name": "openvino-nncf-int8", "error": "RuntimeError: no"}]}
     lines = demo.side_by_side(_report(references=refs), 0.2, "http://h:1/ui").splitlines()
     at = lines.index("constraints: all constraints met")
-    assert lines[at + 1:at + 4] == [
+    assert lines[at + 1:at + 5] == [
         "what you could run instead, measured in the same job on this CPU:",
         "  vs OpenVINO FP32: 1.50x faster (0.300 ms), accuracy -0.57 pts",
+        "  vs ONNX Runtime FP32: 2.00x slower (0.100 ms), accuracy -0.57 pts",
         "  vs NNCF PTQ INT8 on OpenVINO: not measured (RuntimeError: no)"]
     skipped = {"skipped": "the target is not this machine"}
     assert "instead" not in demo.side_by_side(_report(references=skipped), 0.2, "http://h:1/ui")
