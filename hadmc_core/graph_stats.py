@@ -173,10 +173,12 @@ def model_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
     plus what the model costs beyond them where the model fitted that
     (``LatencyModel.fit_overhead``)."""
     by_p: dict[str, float] = {}
+    fixed: dict[str, float] = {}
     for name, ly in graph.items():
         p = precisions.get(name, "fp32")
         by_p[p] = by_p.get(p, 0.0) + lat.layer_ms(ly.geom, ly.cin, ly.cout, p) * ly.tokens
-    return lat.model_ms(by_p)
+        fixed[p] = fixed.get(p, 0.0) + lat.fixed_ms(ly.geom, p)
+    return lat.model_ms(by_p, fixed)
 
 
 def int8_weight_error(path: Path, per_channel: bool = True) -> dict[str, float]:

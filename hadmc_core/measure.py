@@ -3,7 +3,9 @@ from, and their statistics.
 
 Latency source, as the report states it:
 - ``device_table``: a device's own per-layer table was given; the latency is the latency
-  model's estimate from that table.
+  model's estimate from that table, through the device's whole-model term when the table
+  carries one (``hadmc_core.hal.wholeterm``; the report's ``latency_model`` is then
+  ``device-table+whole-model-term``), else the sum of the layers.
 - ``measured``: the profile describes this machine (``runs_here``) and no table was given;
   the latency is the backend's median wall-clock at batch 1.
 - ``estimated``: otherwise; the latency is the latency model's estimate for the profile
@@ -102,11 +104,13 @@ class Measurer:
         return self.task.drop_bound(self.baseline_val, per_image, val, self.confidence)
 
     def estimate_ms(self, fp32_path: Path, precisions: dict[str, str]) -> float:
-        """The latency model's estimate of the graph built from ``fp32_path`` with each
-        weight node at its precision."""
+        """The latency model's estimate of the whole graph built from ``fp32_path`` with
+        each weight node at its precision: its layers through the model's whole-model term
+        where it has one (a device's, sent with its table; or fitted in graph context),
+        else their sum (``graph_stats.model_ms``)."""
         if fp32_path not in self._graphs:
             self._graphs[fp32_path] = graph_stats.layers(fp32_path)
-        return graph_stats.estimate_ms(self.lat, self._graphs[fp32_path], precisions)
+        return graph_stats.model_ms(self.lat, self._graphs[fp32_path], precisions)
 
     def stats(self, path: Path, sizes: tuple[int, int], *, fp32_path: Path,
               precisions: dict[str, str], test: bool, val: Split, test_split: Split,

@@ -6,7 +6,9 @@ and channel counts. For a geometry and a precision the model holds a line
 backend (ONNX Runtime here; the lookup table, cached on disk per CPU, ORT version and
 thread count).
 A device's own measured table (same key format, sent by the edge agent) overrides
-both. Torch-free: the edge agent can build the same table on the device.
+both; it may carry the device's whole-model term under ``model|<precision>`` keys
+(``[c, k]``, ``hadmc_core.hal.wholeterm``). Torch-free: the edge agent can build the same
+table on the device.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 MEASURE_PRECISIONS = ("fp32", "int8")
 #: Version of the timing graphs; part of the cache key, so a changed graph re-measures.
 TABLE_FORMAT = 2
+#: Table keys of a whole-model term (``model|fp32``: ``[c, k]``).
+TERM_PREFIX = "model|"
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 
 
@@ -86,7 +90,9 @@ class LatencyModel:
     ``measure=True`` times layers on this machine with ``backend`` (use it when the
     profile describes this machine; pass the run's backend); otherwise a roofline from the
     profile's peak throughput and bandwidth. ``table``
-    (``{"<geom key>|<precision>": [a, b]}``) from a device overrides both.
+    (``{"<geom key>|<precision>": [a, b]}``) from a device overrides both; its
+    ``model|<precision>`` entries (``[c, k]``) are the device's whole-model term
+    (``model_ms``).
     """
 
     def __init__(self, profile: HardwareProfile, measure: bool = False,
@@ -97,11 +103,14 @@ class LatencyModel:
         self.measure = measure
         self.threads = threads or profile.threads or os.cpu_count() or 1
         self.backend = backends.resolve(backend)
-        self.device_table = dict(table or {})
+        self.device_table = {k: list(v) for k, v in (table or {}).items()
+                             if not k.startswith(TERM_PREFIX)}
         self._fits: dict[str, list[float]] = {}
         self._graph_fits: dict[str, list[float]] = {}
         #: per precision ``[c, k]``: whole model ms = c + k * (sum of its layers' ms)
-        self._overhead: dict[str, list[float]] = {}
+        self._overhead: dict[str, list[float]] = {
+            k[len(TERM_PREFIX):]: [float(x) for x in v] for k, v in (table or {}).items()
+            if k.startswith(TERM_PREFIX) and len(v) in (2, 3)}
         self._cache_path: Path | None = None
         if measure:
             from hadmc_core.settings import get_settings
@@ -118,7 +127,7 @@ class LatencyModel:
     @property
     def source(self) -> str:
         if self.device_table:
-            return "device-table"
+            return "device-table+whole-model-term" if self._overhead else "device-table"
         if self._graph_fits:
             return f"measured-{self.backend.name}-in-graph"
         return f"measured-{self.backend.name}" if self.measure else "roofline"
@@ -167,18 +176,42 @@ class LatencyModel:
             self._overhead[p] = _fit_line([x for x, _ in pts], [y for _, y in pts])
         return len(by_p)
 
-    def model_ms(self, layer_ms_by_precision: dict[str, float]) -> float:
+    def model_ms(self, layer_ms_by_precision: dict[str, float],
+                 fixed_ms_by_precision: dict[str, float] | None = None) -> float:
         """A whole model's estimate from the sums of its layers' estimates per precision:
-        each precision's share goes through that precision's overhead fit (the share of
-        the layer time at it weighs its constant); the plain sum where nothing is fitted."""
+        each precision's share goes through that precision's term (the share of the layer
+        time at it weighs its constant); the plain sum where nothing is fitted.
+
+        A term ``[c, k]``: ``c + k * layers``. A device's term may have a third
+        coefficient ``j`` for the layers' constant parts (their ``a``; a one-layer graph's
+        constant is mostly the call, which a model pays once): ``c + k * (layers - fixed)
+        + j * fixed``, with ``fixed_ms_by_precision`` the sums of the layers' ``a``."""
         total = sum(layer_ms_by_precision.values())
         if not self._overhead or total <= 0:
             return total
+        fixed = fixed_ms_by_precision or {}
         out = 0.0
         for p, ms in layer_ms_by_precision.items():
-            c, k = self._overhead.get(p) or self._overhead.get("fp32") or [0.0, 1.0]
+            term = self._overhead.get(p) or self._overhead.get("fp32") or [0.0, 1.0]
+            c, k = term[0], term[1]
             out += c * ms / total + k * ms
+            if len(term) > 2:
+                out += (term[2] - k) * min(fixed.get(p, 0.0), ms)
         return out
+
+    def fixed_ms(self, geom: LayerGeom, precision: str) -> float:
+        """The constant part ``a`` of a layer's line (0 for the roofline)."""
+        key = f"{geom.key}|{precision}"
+        for fits in (self.device_table, self._graph_fits, self._fits):
+            if key in fits:
+                return float(fits[key][0])
+        return 0.0
+
+    @property
+    def overhead(self) -> dict[str, list[float]]:
+        """The whole-model term per precision (``[c, k]`` or a device's ``[c, k, j]``;
+        empty: the layer sum)."""
+        return dict(self._overhead)
 
     def _roofline(self, geom: LayerGeom, cin: int, cout: int, precision: str) -> float:
         peaks = self.profile.peak_gops
@@ -206,7 +239,8 @@ class LatencyModel:
 
     def table(self) -> dict[str, list[float]]:
         """The fitted coefficients, in the format a device table uses."""
-        return {**self._fits, **self.device_table}
+        return {**self._fits, **self.device_table,
+                **{f"{TERM_PREFIX}{p}": v for p, v in self._overhead.items()}}
 
 
 def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],

@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent('''
 
     parse_profile(device_profile("guarded"))
     table = operator_table(1, [(LayerGeom("conv", 3, 1, 8, 8), 8, 8)])
-    assert set(table) == {"conv-k3-s1-8x8|fp32", "conv-k3-s1-8x8|int8"}, table
+    assert set(table) == {"conv-k3-s1-8x8|fp32", "conv-k3-s1-8x8|int8", "model|fp32",
+                          "model|int8"}, table
     fake = FakeServer()
     fake.publish(1, 1, mlp_onnx(0))
     fake.publish(2, 2, mlp_onnx(0, scale=0.001))

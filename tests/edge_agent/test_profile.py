@@ -23,11 +23,13 @@ def test_profile_is_a_valid_hal_profile() -> None:
 def test_operator_table_feeds_the_latency_model() -> None:
     geom = LayerGeom("dwconv", 3, 1, 8, 8)
     table = operator_table(1, [(geom, 16, 16)], precisions=("fp32",))
-    assert list(table) == ["dwconv-k3-s1-8x8|fp32"]
+    assert list(table) == ["dwconv-k3-s1-8x8|fp32", "model|fp32"]
     a, b = table["dwconv-k3-s1-8x8|fp32"]
     assert a >= 0 and b >= 0
+    c, k, j = table["model|fp32"]  # the whole-model term: calibration chains timed whole
+    assert min(c, k, j) >= 0
     model = LatencyModel(parse_profile(device_profile("t")), table=table)
-    assert model.source == "device-table"
+    assert model.source == "device-table+whole-model-term"
     assert model.layer_ms(geom, 16, 16, "fp32") == pytest.approx(a + b * geom.macs(16, 16) / 1e6)
 
 

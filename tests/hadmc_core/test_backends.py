@@ -303,4 +303,4 @@ def test_latency_model_times_layers_with_the_backend(name, tmp_path):
                      backend=other).layer_ms(geom, 16, 16, "int8")
         assert len(list(tmp_path.iterdir())) == 2
     table = operator_table(1, [(geom, 8, 8)], backend=name)
-    assert set(table) == {f"{geom.key}|fp32", f"{geom.key}|int8"}
+    assert set(table) == {f"{geom.key}|fp32", f"{geom.key}|int8", "model|fp32", "model|int8"}
