@@ -168,6 +168,11 @@ class VersionLatency(BaseModel):
     predicted_source: str | None = Field(description="Where it comes from: `measured` (on "
                                          "the worker, a machine of the target's class), "
                                          "`device_table` or `estimated` (docs/report.md).")
+    predicted_model: str | None = Field(
+        default=None, description="The latency model behind it (the report's "
+        "`latency_model`): `device-table+whole-model-term` (the device's table through the "
+        "whole-model term it measured), `device-table` (the sum of its layers), "
+        "`measured-<backend>-in-graph`, `roofline`, ...")
     measured_p50_ms: float | None = Field(description="Median over devices of each "
                                           "device's p50 for this version.")
     measured_p95_ms: float | None = Field(description="Median over devices of their p95.")

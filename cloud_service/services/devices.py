@@ -142,14 +142,18 @@ def set_profile(*, session: Session, device_id: int, profile: dict[str, Any]) ->
 def report_latency(*, session: Session, device_id: int, version_id: int | None,
                    p50_ms: float | None, p99_ms: float | None,
                    operators: dict[str, list[float]]) -> Device | None:
+    """Record a latency report. A report without an operator table (a version's p50
+    after an update) keeps the table the device sent before: jobs that target the device
+    read it (``cloud_service.tasks.targets``)."""
     dev = session.get(Device, device_id)
     if dev is None:
         return None
     _check_version(session, version_id)
     session.add(LatencyReport(device_id=device_id, version_id=version_id, p50_ms=p50_ms,
                               p99_ms=p99_ms, operators=operators))
+    kept = operators or (dev.latency or {}).get("operators") or {}
     dev.latency = {"version_id": version_id, "p50_ms": p50_ms, "p99_ms": p99_ms,
-                   "operators": operators, "at": utcnow().isoformat()}
+                   "operators": kept, "at": utcnow().isoformat()}
     dev.last_seen_at = utcnow()
     session.flush()
     return dev

@@ -59,9 +59,11 @@ def predicted(report: dict[str, Any]) -> tuple[float | None, str | None]:
 def version_latency(*, session: Session, version_id: int, report: dict[str, Any]
                     ) -> dict[str, Any]:
     """Predicted against measured latency of a version: the report's prediction with its
-    source, the median p50 and p95 over the devices that reported the version, how many,
-    and the error of the prediction, ``(predicted - measured) / measured`` in percent
-    (negative: the prediction was faster than the devices)."""
+    source and the latency model behind it (``latency_model``: e.g.
+    ``device-table+whole-model-term``), the median p50 and p95 over the devices that
+    reported the version, how many, and the error of the prediction,
+    ``(predicted - measured) / measured`` in percent (negative: the prediction was faster
+    than the devices)."""
     ms, source = predicted(report)
     per = measured(session=session, version_id=version_id)
     p50s = [p50 for p50, _ in per.values()]
@@ -69,7 +71,9 @@ def version_latency(*, session: Session, version_id: int, report: dict[str, Any]
     median = statistics.median(p50s) if p50s else None
     error = (round(100.0 * (ms - median) / median, 1)
              if ms is not None and median else None)
+    model = report.get("latency_model")
     return {"predicted_ms": ms, "predicted_source": source,
+            "predicted_model": model if isinstance(model, str) else None,
             "measured_p50_ms": median,
             "measured_p95_ms": statistics.median(p95s) if p95s else None,
             "devices": len(p50s), "error_pct": error,

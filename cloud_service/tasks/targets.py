@@ -16,6 +16,14 @@ the version records (``built_for``) and its report says (``target``).
   the estimate at or above each device's own (a percentile would let some devices exceed
   the budget). Devices without a table are named in the notes.
 
+A table carries the device's whole-model term (``model|<precision>``: ``[c, k, j]``,
+``hadmc_core.hal.wholeterm``): what the device's models cost beyond the sum of their
+one-layer timings. The predicted latency is the whole-model estimate through it
+(``target.whole_model`` says so); a table without one (an older agent) predicts the plain
+layer sum, and the notes say so. A group's terms are combined as its tables are, the upper
+envelope coefficient by coefficient; a device without a term counts as ``[0, 1, 1]`` (the
+plain sum), so the group's estimate stays at or above each device's own.
+
 Devices are read again when the job runs (their profile or table may have changed since
 submission); a device revoked meanwhile is left out, and the job fails when none is left.
 """
@@ -33,6 +41,12 @@ from cloud_service.models import Device, Job
 if TYPE_CHECKING:
     from hadmc_core.hal.profile import HardwareProfile
 
+#: Keys of a table's whole-model term (``hadmc_core.hal.latency.TERM_PREFIX``; the API
+#: process does not import the latency model).
+TERM_PREFIX = "model|"
+#: Where a device-table prediction's whole-model term comes from (``target.whole_model``).
+WHOLE_MODEL = ("the device's whole-model term: calibration networks of its operator classes "
+               "timed whole on it against its table (hadmc_core.hal.wholeterm)")
 #: How a group's tables are combined (the report's ``target.combine``).
 COMBINE = "slowest per operator: max(a) + max(b) * MMACs over the devices that measured it"
 
@@ -49,20 +63,33 @@ class Plan:
 
 
 def combine_tables(tables: list[dict[str, list[float]]]) -> dict[str, list[float]]:
-    """Per operator class, the upper envelope of the devices' lines (see module doc)."""
+    """Per operator class, the upper envelope of the devices' lines, and of their
+    whole-model terms coefficient by coefficient (see module doc)."""
     out: dict[str, list[float]] = {}
+    term_keys = {k for t in tables for k in t if k.startswith(TERM_PREFIX)}
     for table in tables:
-        for key, (a, b) in table.items():
+        if term_keys and not any(k.startswith(TERM_PREFIX) for k in table):
+            table = {**table, **dict.fromkeys(term_keys, [0.0, 1.0, 1.0])}  # the plain sum
+        for key, line in table.items():
             have = out.get(key)
-            out[key] = [a, b] if have is None else [max(have[0], a), max(have[1], b)]
+            if have is not None and len(have) != len(line):  # [c, k] is [c, k, k]
+                have, line = _three(have), _three(line)
+            out[key] = list(line) if have is None else [
+                max(h, v) for h, v in zip(have, line, strict=True)]
     return out
 
 
+def _three(line: list[float]) -> list[float]:
+    return [*line, line[1]] if len(line) == 2 else list(line)
+
+
 def _table(dev: Device) -> dict[str, list[float]] | None:
+    """The device's operator table with its whole-model term (``model|<precision>``)."""
     ops = (dev.latency or {}).get("operators") or {}
-    good = {k: [float(v[0]), float(v[1])] for k, v in ops.items()
-            if isinstance(v, list) and len(v) == 2}
-    return good or None
+    good = {k: [float(x) for x in v] for k, v in ops.items()
+            if isinstance(v, list) and (len(v) == 2 or (len(v) == 3
+                                                      and k.startswith(TERM_PREFIX)))}
+    return good if any(not k.startswith(TERM_PREFIX) for k in good) else None
 
 
 def plan(session: Session, job: Job) -> Plan:
@@ -98,11 +125,16 @@ def plan(session: Session, job: Job) -> Plan:
         device_table = tables[devices[0].id]
     else:
         device_table = combine_tables([t for t in tables.values() if t]) or None
+    terms = [i for i, t in tables.items() if t and any(k.startswith(TERM_PREFIX) for k in t)]
+    notes += [f"device {i} sent no whole-model term with its table (an agent from before "
+              "it); its prediction is the sum of its layers" for i in measured if i not in terms]
     info: dict[str, Any] = {
         "kind": "devices" if "tags" in target else "device",
         "device_ids": [d.id for d in devices], "runtime": runtime or None,
-        "profile_of": slowest.id, "tables_from": measured,
-        "latency": "device_table" if device_table else "profile", "notes": notes}
+        "profile_of": slowest.id, "tables_from": measured, "terms_from": terms,
+        "latency": "device_table" if device_table else "profile",
+        "whole_model": (WHOLE_MODEL if terms else "layer sum") if device_table else None,
+        "notes": notes}
     if "tags" in target:
         info["tags"] = target["tags"]
         info["combine"] = COMBINE

@@ -16,17 +16,21 @@ from cloud_service.db import session_scope
 from cloud_service.models import Job, ModelVersion
 from cloud_service.services.compat import memory_needed_mb
 from cloud_service.settings import Settings
-from cloud_service.tasks.targets import combine_tables, plan
+from cloud_service.tasks.targets import TERM_PREFIX, WHOLE_MODEL, combine_tables, plan
 from tests.cloud_service.conftest import device_profile, enroll, insert_version, make_onnx
 
 OV = "openvino-cpu-2026.4"
 ORT = "onnxruntime-cpu-1.32"
 
 
+_credentials: dict[int, str] = {}
+
+
 def _device(client: TestClient, auth: dict, name: str, runtimes: list[str], *,
             tags: list[str] | None = None, table: dict[str, list[float]] | None = None,
             **profile: Any) -> int:
     d = enroll(client, auth, name, device_profile(runtimes=runtimes, **profile))
+    _credentials[int(d["device_id"])] = d["credential"]
     if table is not None:
         r = client.post(f"/v1/devices/{d['device_id']}/latency", json={"operators": table},
                         headers={"Authorization": f"Bearer {d['credential']}"})
@@ -93,7 +97,8 @@ def test_bad_targets_are_problems(client: TestClient, auth: dict, tiny_model: di
 def test_device_target_uses_its_table_and_runtime(client: TestClient, auth: dict,
                                                   settings: Settings, tiny_model: dict,
                                                   digits: dict) -> None:
-    table = {"conv-k3-s1-32x32|fp32": [0.01, 0.2], "linear|int8": [0.002, 0.05]}
+    table = {"conv-k3-s1-32x32|fp32": [0.01, 0.2], "linear|int8": [0.002, 0.05],
+             "model|fp32": [0.05, 1.1, 0.3], "model|int8": [0.04, 0.9, 0.2]}
     dev = _device(client, auth, "ov-box", [OV, ORT], table=table)
     r = _submit(client, auth, tiny_model, digits, target={"device": dev})
     assert r.status_code == 202, r.text
@@ -104,6 +109,21 @@ def test_device_target_uses_its_table_and_runtime(client: TestClient, auth: dict
     assert p.device_table == table and p.runtime == "openvino-cpu"
     assert p.profile.runtimes == ["openvino-cpu"] and p.profile.isa == "x86_64"
     assert p.info["latency"] == "device_table" and p.info["notes"] == []
+    assert p.info["whole_model"] == WHOLE_MODEL and p.info["terms_from"] == [dev]
+    # a p50 report after an update carries no table: the device's table and term stay
+    r = client.post(f"/v1/devices/{dev}/latency", json={"p50_ms": 3.5},
+                    headers={"Authorization": f"Bearer {_credentials[dev]}"})
+    assert r.status_code == 200 and r.json()["latency"]["p50_ms"] == 3.5
+    assert r.json()["latency"]["operators"] == table
+    assert _plan(settings, job["id"]).device_table == table
+
+    older = _device(client, auth, "older-agent", [ORT], table={"linear|fp32": [0.1, 0.2]})
+    p = _plan(settings, _submit(client, auth, tiny_model, digits,
+                                target={"device": older}).json()["id"])
+    assert p.device_table == {"linear|fp32": [0.1, 0.2]} and p.info["whole_model"] == \
+        "layer sum" and p.info["terms_from"] == []
+    assert p.info["notes"] == [f"device {older} sent no whole-model term with its table (an "
+                               "agent from before it); its prediction is the sum of its layers"]
 
     bare = _device(client, auth, "no-table", [ORT])
     p = _plan(settings, _submit(client, auth, tiny_model, digits,
@@ -141,6 +161,22 @@ def test_group_combines_the_slowest_per_operator(client: TestClient, auth: dict,
     assert any(f"device {none} has sent no operator latency table" in n
                for n in p.info["notes"])
     assert combine_tables([]) == {}
+
+
+def test_group_terms_combine_as_an_upper_envelope() -> None:
+    """Coefficient by coefficient; a [c, k] term counts as [c, k, k], and a device without
+    a term as the plain sum [0, 1, 1], so no device's own estimate is above the group's."""
+    a = {"conv|fp32": [0.01, 0.5], "model|fp32": [0.2, 0.6, 0.1]}
+    b = {"conv|fp32": [0.02, 0.4], "model|fp32": [0.1, 0.9], "model|int8": [0.3, 2.0, 0.5]}
+    c = {"conv|fp32": [0.01, 0.3]}
+    assert combine_tables([a, b]) == {"conv|fp32": [0.02, 0.5],
+                                      "model|fp32": [0.2, 0.9, 0.9],
+                                      "model|int8": [0.3, 2.0, 0.5]}
+    assert combine_tables([a, c])["model|fp32"] == [0.2, 1.0, 1.0]
+    assert combine_tables([c]) == c
+    from hadmc_core.hal.latency import TERM_PREFIX as CORE_PREFIX
+
+    assert TERM_PREFIX == CORE_PREFIX
 
 
 def test_version_fits_by_what_it_was_built_for(client: TestClient, auth: dict,

@@ -49,8 +49,9 @@ def test_predicted_with_source_against_median_of_devices(client: TestClient, aut
                                                          version_id: int) -> None:
     before = client.get(f"/v1/versions/{version_id}", headers=auth).json()["latency"]
     assert before == {"predicted_ms": 2.0, "predicted_source": "estimated",
-                      "measured_p50_ms": None, "measured_p95_ms": None, "devices": 0,
-                      "error_pct": None, "per_device": []}
+                      "predicted_model": "roofline", "measured_p50_ms": None,
+                      "measured_p95_ms": None, "devices": 0, "error_pct": None,
+                      "per_device": []}
     a, b, c = (enroll(client, auth, f"lat-{i}") for i in range(3))
     report(client, a, version_id, p50_ms=9.0, p95_ms=12.0)   # superseded below
     report(client, a, version_id, p50_ms=2.4, p95_ms=2.9)
