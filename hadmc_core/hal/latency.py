@@ -173,7 +173,7 @@ class LatencyModel:
             total = sum(self.layer_ms(g, ci, co, precision) for g, ci, co in layers)
             by_p.setdefault(precision, []).append((total, ms))
         for p, pts in by_p.items():
-            self._overhead[p] = _fit_line([x for x, _ in pts], [y for _, y in pts])
+            self._overhead[p] = _fit_term([x for x, _ in pts], [y for _, y in pts])
         return len(by_p)
 
     def model_ms(self, layer_ms_by_precision: dict[str, float],
@@ -197,7 +197,7 @@ class LatencyModel:
             out += c * ms / total + k * ms
             if len(term) > 2:
                 out += (term[2] - k) * min(fixed.get(p, 0.0), ms)
-        return out
+        return max(out, MIN_WHOLE_FRACTION * total)
 
     def fixed_ms(self, geom: LayerGeom, precision: str) -> float:
         """The constant part ``a`` of a layer's line (0 for the roofline)."""
@@ -256,6 +256,27 @@ def fit_layer(geom: LayerGeom, precision: str, ref: tuple[int, int],
         xs.append(geom.macs(ci, co) / 1e6)
         ys.append(time_layer(geom, ci, co, precision, threads, backend=backend))
     return _fit_line(xs, ys)
+
+
+#: A whole-model estimate is at least this fraction of its layers' sum: a term fitted with
+#: a negative constant (``_fit_term``) never takes a small model below it.
+MIN_WHOLE_FRACTION = 0.25
+
+
+def _fit_term(xs: list[float], ys: list[float]) -> list[float]:
+    """``[c, k]`` of ``whole = c + k * layer sum``, least squares, ``k >= 0``. Unlike a
+    layer's line the constant may be negative: the layer times come from the runtime's
+    profiler, which adds its own cost to every node it times, so a model of many small
+    nodes (MobileNetV2: depthwise and 1x1 convolutions of microseconds each) runs in less
+    than the sum of its profiled layers; the negative constant is that per-node cost, the
+    same for every candidate of one architecture. Clipping it to zero kept the slope of
+    the unclipped line and predicted such models up to twice their time."""
+    if len(set(xs)) < 2:  # one size only: a ratio through the origin
+        return [0.0, float(np.median(ys)) / max(xs[0], 1e-9)]
+    k, c = (float(v) for v in np.polyfit(xs, ys, 1))
+    if k < 0:  # whole times that do not grow with the layers: their mean
+        return [float(np.mean(ys)), 0.0]
+    return [c, k]
 
 
 def _fit_line(xs: list[float], ys: list[float]) -> list[float]:

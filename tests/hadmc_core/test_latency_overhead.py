@@ -44,6 +44,31 @@ def test_fit_recovers_the_constant_and_the_slope_per_precision() -> None:
         0.5 * 0.8 + 0.2 * 0.2 + 1.5 * fp32 + 2.0 * int8)
 
 
+def test_a_model_faster_than_its_profiled_layers_keeps_a_negative_constant() -> None:
+    """Profiled layer times carry the profiler's per-node cost, so a model of many small
+    nodes runs in less than their sum: whole = -0.3 + 1.0 * sum. Clipping the constant to 0
+    and keeping the slope predicted every candidate at its layer sum or above."""
+    lat = _lat()
+    models = []
+    for cout in (16, 32, 64):
+        layers = [(CONV, 16, cout)] * 3
+        total = sum(lat.layer_ms(g, ci, co, "int8") for g, ci, co in layers)
+        models.append(("int8", layers, total - 0.3))
+    lat.fit_overhead(models)
+    c, k = lat.overhead["int8"]
+    assert c == pytest.approx(-0.3) and k == pytest.approx(1.0)
+    assert lat.model_ms({"int8": 1.0}) == pytest.approx(0.7)
+    # never below a quarter of the layer sum, however small the model
+    assert lat.model_ms({"int8": 0.2}) == pytest.approx(0.05)
+
+
+def test_whole_times_that_do_not_grow_with_the_layers_give_their_mean() -> None:
+    lat = _lat()
+    models = [("fp32", [(CONV, 16, cout)], ms) for cout, ms in ((16, 2.0), (32, 1.5), (64, 1.0))]
+    lat.fit_overhead(models)
+    assert lat.overhead["fp32"] == pytest.approx([1.5, 0.0])
+
+
 @pytest.mark.slow
 def test_calibration_models_timed_whole_give_the_overhead(tmp_path) -> None:
     """On a real model: the calibration models are timed whole too, and the fitted
