@@ -2,6 +2,7 @@
 
     python bench/latency_model.py                       # both models, both backends
     python bench/latency_model.py --models resnet18 --backends onnxruntime --rounds 3
+    python bench/latency_model.py --quick               # does it run? (a few minutes)
 
 For ResNet-18 and MobileNetV2 from the zoo (small stem, Fashion-MNIST's 1x28x28 input,
 weights as built: latency does not depend on the weights' values) and for each backend
@@ -17,7 +18,10 @@ quantization step's first back-off keeps the most sensitive layers). Then, per r
   overhead it fits from the same calibration models (``LatencyModel.fit_overhead``);
 - **device table** (what a job for a registered device uses): the table the agent's own
   code measures (``edge_agent.optable.operator_table``, one-layer graphs, for the
-  geometries of the model), estimate = ``LatencyModel(table=...)``;
+  geometries of the model) with the whole-model term it fits from calibration networks of
+  the same geometries timed whole (``hadmc_core.hal.wholeterm``); estimate =
+  ``graph_stats.model_ms`` of ``LatencyModel(table=...)`` (the pipeline's
+  ``Measurer.estimate_ms``), and the plain layer sum beside it;
 - **measured**: every candidate timed whole (``Backend.time_model``: 10 warm-up runs,
   the median of 60) and by the agent's smoke-test timing (``edge_agent.smoke``).
 
@@ -58,6 +62,8 @@ from hadmc_core.quantize import use_reduce_range  # noqa: E402
 LADDER = PruneConfig().ladder
 THREADS = 2
 RUNS = 60
+#: --quick: two rungs of the ladder, 20 timed runs per candidate
+QUICK = False
 
 
 def build_candidates(name: str, backend: Any, profile: Any, work: Path, data: Any
@@ -77,6 +83,8 @@ def build_candidates(name: str, backend: Any, profile: Any, work: Path, data: An
                           reduce_range, work, round_to, backend=backend)
     floor = search.floor_fraction(groups, layers, lat, "int8", round_to, cfg.min_keep)
     rungs = sorted({round(floor + r * (1 - floor), 4) for r in LADDER})
+    if QUICK:  # the most pruned rung and the unpruned model
+        rungs = [rungs[0], rungs[-1]]
     calib = fitted.train.x[:64]
     cands: list[dict[str, Any]] = []
     for i, frac in enumerate(rungs):
@@ -136,13 +144,21 @@ def predict_in_graph(cands: list[dict[str, Any]], ctx: dict[str, Any], backend: 
 
 
 def predict_table(cands: list[dict[str, Any]], ctx: dict[str, Any], backend: Any,
-                  profile: Any) -> dict[str, float]:
+                  profile: Any) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
+    """(layer sum, whole-model estimate) per candidate from the table the agent's own code
+    measures: one-layer graphs for the model's geometries, and the whole-model term from
+    calibration networks of the same geometries timed whole
+    (``hadmc_core.hal.wholeterm``); and the term itself."""
     from edge_agent.optable import operator_table
 
     table = operator_table(THREADS, operators=ctx["geoms"], backend=backend)
     lat = LatencyModel(profile, measure=False, table=table, threads=THREADS)
-    return {c["id"]: graph_stats.estimate_ms(lat, graph_stats.layers(c["fp32"]),
-                                             c["precisions"]) for c in cands}
+    out = {}
+    for c in cands:
+        graph = graph_stats.layers(c["fp32"])
+        out[c["id"]] = (graph_stats.estimate_ms(lat, graph, c["precisions"]),
+                        graph_stats.model_ms(lat, graph, c["precisions"]))
+    return out, lat.overhead
 
 
 def measure(cands: list[dict[str, Any]], ctx: dict[str, Any], backend: Any
@@ -175,18 +191,22 @@ def run(name: str, bname: str, rounds: int, data: Any, profile: Any) -> dict[str
         print(f"{name}/{bname}: {len(cands)} candidates built in "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
         per: dict[str, dict[str, list[float]]] = {
-            c["id"]: {k: [] for k in ("sum", "model", "table", "whole", "smoke")}
+            c["id"]: {k: [] for k in ("sum", "model", "table_sum", "table", "whole",
+                                      "smoke")}
             for c in cands}
         loads: list[float] = []
+        terms: list[dict[str, Any]] = []
         for r in range(rounds):
             t0 = time.perf_counter()
             pred = predict_in_graph(cands, ctx, backend, profile, work)
             whole, smoke = measure(cands, ctx, backend)
-            table = predict_table(cands, ctx, backend, profile)
+            table, term = predict_table(cands, ctx, backend, profile)
+            terms.append(term)
             for cid, v in per.items():
                 v["sum"].append(pred[cid][0])
                 v["model"].append(pred[cid][1])
-                v["table"].append(table[cid])
+                v["table_sum"].append(table[cid][0])
+                v["table"].append(table[cid][1])
                 v["whole"].append(whole[cid])
                 v["smoke"].append(smoke[cid])
             loads.append(os.getloadavg()[0])
@@ -201,40 +221,59 @@ def run(name: str, bname: str, rounds: int, data: Any, profile: Any) -> dict[str
                      "measured_ms": round(med["whole"], 4),
                      "error_pct": round(err(med["model"], med["whole"]), 1),
                      "layer_sum_error_pct": round(err(med["sum"], med["whole"]), 1),
+                     "table_sum_ms": round(med["table_sum"], 4),
                      "table_ms": round(med["table"], 4), "smoke_ms": round(med["smoke"], 4),
+                     "table_sum_error_pct": round(err(med["table_sum"], med["smoke"]), 1),
                      "table_error_pct": round(err(med["table"], med["smoke"]), 1)})
     return {"model": name, "backend": bname, "rounds": rounds, "load_per_round": loads,
-            "candidates": rows,
+            "candidates": rows, "device_terms": terms,
             "in_graph": summary([r["error_pct"] for r in rows]),
             "layer_sum": summary([r["layer_sum_error_pct"] for r in rows]),
+            "device_table_sum": summary([r["table_sum_error_pct"] for r in rows]),
             "device_table": summary([r["table_error_pct"] for r in rows])}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| model | backend | candidates | in-graph model: median / worst abs. error | "
-             "layer sum alone | device table vs smoke test |",
-             "|---|---|---|---|---|---|"]
+             "layer sum alone | device table + its whole-model term vs smoke test | "
+             "device table, layer sum alone |",
+             "|---|---|---|---|---|---|---|"]
     def pair(s: dict[str, float]) -> str:
         return f"{s['median_abs_pct']} % / {s['worst_abs_pct']} %"
 
     for r in results:
         lines.append(f"| {r['model']} | {r['backend']} | {len(r['candidates'])} | "
                      f"{pair(r['in_graph'])} | {pair(r['layer_sum'])} | "
-                     f"{pair(r['device_table'])} |")
+                     f"{pair(r['device_table'])} | {pair(r['device_table_sum'])} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    global THREADS
+    global THREADS, RUNS, QUICK
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="resnet18,mobilenetv2")
-    ap.add_argument("--backends", default="onnxruntime,openvino")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default=None, help="default resnet18,mobilenetv2 "
+                    "(--quick: resnet18)")
+    ap.add_argument("--backends", default=None, help="default onnxruntime,openvino "
+                    "(--quick: onnxruntime)")
+    ap.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 1)")
     ap.add_argument("--threads", type=int, default=THREADS)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/latency_model.json")
+    ap.add_argument("--quick", action="store_true",
+                    help="a check that the script runs (a few minutes on 2 cores): ResNet-18 "
+                         "on ONNX Runtime, one round, two rungs (6 candidates), 20 timed "
+                         "runs per candidate; its figures are not the benchmark's")
+    ap.add_argument("--out", type=Path, default=None, help="default "
+                    "bench/results/latency_model.json (--quick: latency_model-quick.json)")
     args = ap.parse_args()
     import torch
 
+    QUICK = args.quick
+    args.models = args.models or ("resnet18" if QUICK else "resnet18,mobilenetv2")
+    args.backends = args.backends or ("onnxruntime" if QUICK else "onnxruntime,openvino")
+    args.rounds = args.rounds or (1 if QUICK else 3)
+    args.out = args.out or ROOT / "bench/results" / (
+        "latency_model-quick.json" if QUICK else "latency_model.json")
+    if QUICK:
+        RUNS = 20
     THREADS = args.threads
     torch.set_num_threads(THREADS)
     profile = detect_profile()
@@ -252,13 +291,14 @@ def main() -> None:
     print(markdown(results))
     for r in results:
         print(f"\n{r['model']} / {r['backend']}")
+        print(f"device whole-model term per round: {r['device_terms']}")
         print("| candidate | layer sum ms | predicted ms | measured ms | error % | "
-              "table ms | smoke ms | table error % |")
-        print("|---|---|---|---|---|---|---|---|")
+              "table sum ms | table + term ms | smoke ms | table error % |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for c in r["candidates"]:
             print(f"| {c['id']} | {c['layer_sum_ms']} | {c['predicted_ms']} | "
-                  f"{c['measured_ms']} | {c['error_pct']} | {c['table_ms']} | "
-                  f"{c['smoke_ms']} | {c['table_error_pct']} |")
+                  f"{c['measured_ms']} | {c['error_pct']} | {c['table_sum_ms']} | "
+                  f"{c['table_ms']} | {c['smoke_ms']} | {c['table_error_pct']} |")
 
 
 if __name__ == "__main__":
