@@ -167,8 +167,16 @@ def bench_model(name: str, data, args) -> list[dict]:
             "vs_nncf": round(nncf_lat / lat[key], 2), "size_mb": round(size / 1e6, 3),
             "compression": round(base_size / size, 2), "wall_s": round(walls[key], 1),
             "stages": rep.get("stages") if rep else None,
+            "chosen": chosen(rep) if rep else None,
             "constraints_met": rep["constraints"]["met"] if rep else None})
     return out_rows
+
+
+def chosen(rep: dict) -> dict:
+    """The chosen candidate: its id, rung (1.0: the unpruned model) and FP32-kept layers."""
+    c = next(c for c in rep["candidates"] if c["chosen"])
+    return {"id": c["id"], "latency_fraction": c["latency_fraction"],
+            "higher_precision_layers": c["higher_precision_layers"]}
 
 
 def table(rows: list[dict]) -> str:
