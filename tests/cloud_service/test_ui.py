@@ -545,3 +545,73 @@ def test_the_version_page_shows_predicted_against_measured(serve: Serve,
     assert page.inner_text("[data-testid=error]").startswith("-20.0 %")
     assert page.locator("[data-testid=per-device] tbody tr").count() == 2
     Shots(tmp_path)(page, "version-latency")
+
+
+def test_the_version_pages_show_what_it_was_built_for_and_the_job_target(
+        serve: Serve, browser: BrowserContext, tmp_path: Path) -> None:
+    """A version a job built for one device (OpenVINO, its table and whole-model term): the
+    version page shows the hardware class, runtime and its version range, the memory, the
+    target device (a link to it), what the latency came from and the latency model, beside
+    the prediction; the versions list shows what it was built for and the target."""
+    from cloud_service.db import session_scope
+    from cloud_service.models import ModelVersion
+    from cloud_service.storage import ArtifactStore
+
+    dev = serve.enroll("built-for-target", ["bf"])
+    did = dev["device_id"]
+    data = make_onnx(tmp_path / "built.onnx", np.ones((5, 3), np.float32)).read_bytes()
+    mid = serve.api.post("/v1/models", params={"name": "built", "format": "onnx"},
+                         content=data, headers=OCTET).json()["id"]
+    r = serve.api.post(f"/v1/models/{mid}/versions", params={"profile": "x86-avx2"},
+                       content=data, headers=OCTET)
+    assert r.status_code == 201, r.text
+    vid = r.json()["id"]
+    target = {"kind": "device", "device_ids": [did], "runtime": "openvino-cpu",
+              "profile_of": did, "tables_from": [did], "terms_from": [did],
+              "latency": "device_table", "whole_model": "the device's whole-model term",
+              "notes": [], "latency_source": "device_table", "backend": "openvino"}
+    report = {"latency_source": "device_table", "latency_model": "device-table+whole-model-term",
+              "compressed": {"latency_ms": 3.2}, "target": target}
+    built = {"isa": "x86_64", "accelerator": "cpu", "flags": ["avx2", "fma"],
+             "runtime": "openvino-cpu", "runtimes": ["openvino-cpu"],
+             "runtime_version": {"min": "2026.4", "below": "2027"}, "memory_mb": 7}
+    digest, _ = ArtifactStore(serve.tmp / "artifacts").put_bytes(json.dumps(report).encode())
+    with session_scope(serve.env["HADMC_DATABASE_URL"]) as s:
+        row = s.get(ModelVersion, vid)
+        row.report_hash, row.built_for = digest, built   # as a finished job leaves them
+        row.summary = {**(row.summary or {}), "target": target}
+    assert serve.api.get(f"/v1/versions/{vid}").json()["latency"]["predicted_model"] == \
+        "device-table+whole-model-term"
+
+    page = browser.new_page()
+    login(page, serve, serve.viewer, f"/ui/versions/{vid}")
+    card = page.locator("[data-testid=built-for]")
+    assert card.locator("[data-field=hardware]").inner_text() == "x86_64 cpu (avx2, fma)"
+    assert card.locator("[data-field=runtime]").inner_text() == "openvino-cpu"
+    assert card.locator("[data-field=runtime-versions]").inner_text() == ">= 2026.4 < 2027"
+    assert card.locator("[data-field=memory]").inner_text() == "7 MiB"
+    assert card.locator("[data-field=target]").inner_text() == \
+        f"device {did} on openvino-cpu"
+    assert card.locator("[data-field=target-latency]").inner_text() == \
+        "operator table + whole-model term"
+    assert page.inner_text("[data-testid=predicted]").startswith("3.20 ms")
+    assert page.inner_text("[data-testid=predicted-model]") == \
+        "latency model: device's operator table through its whole-model term"
+    Shots(tmp_path)(page, "version-built-for")
+    assert card.locator("[data-field=target] a").get_attribute("href") == \
+        f"/ui/devices/{did}"
+
+    page.goto(f"{serve.url}/ui/versions")
+    row = page.locator(f"[data-testid=versions] tr[data-version='{vid}']")
+    assert row.locator("[data-field=built-for]").inner_text() == \
+        "x86_64 cpu · openvino-cpu >= 2026.4 < 2027"
+    assert row.locator("[data-field=target]").inner_text() == f"device {did}"
+    # a published upload records nothing of the kind: matched by its profile
+    other = make_onnx(tmp_path / "other.onnx", np.full((5, 3), 2, np.float32)).read_bytes()
+    r = serve.api.post(f"/v1/models/{mid}/versions", params={"profile": "x86-avx2"},
+                       content=other, headers=OCTET)
+    assert r.status_code == 201, r.text
+    page.reload()
+    row = page.locator(f"[data-testid=versions] tr[data-version='{r.json()['id']}']")
+    assert row.locator("[data-field=built-for]").inner_text() == "its profile"
+    assert row.locator("[data-field=target]").inner_text() == "profile x86-avx2"
