@@ -58,8 +58,10 @@ class Chain:
 
 def chains(operators: list[tuple[LayerGeom, int, int]], width: float = 1.0) -> list[Chain]:
     """Calibration networks from operator classes ``(geom, cin, cout)``, widths scaled by
-    ``width``: convolutions from the largest input size down (stride 1 before stride 2),
-    a new network where the sizes do not connect, the linear layers after the last."""
+    ``width``: convolutions from the largest input size down (stride 1 before stride 2;
+    a class of stride 1 as a residual block at its output width, after a layer that
+    changes the width if it does), a new network where the sizes do not connect, the
+    linear layers after the last."""
     def scale(c: int) -> int:
         return c if c <= 4 else max(1, round(c * width))
 
@@ -77,10 +79,10 @@ def chains(operators: list[tuple[LayerGeom, int, int]], width: float = 1.0) -> l
             out[-1].steps.append(("pool", h // geom.h))
             h, w = geom.h, geom.w
         co = c if geom.kind == "dwconv" else scale(cout)
-        if geom.stride == 1 and co == c:
-            out[-1].steps.append(("block", geom, c, c))
-        else:
+        if geom.stride != 1 or co != c:
             out[-1].steps.append(("layer", geom, c, co))
+        if geom.stride == 1:  # a stage of the class at its output width (a stem, too)
+            out[-1].steps.append(("block", geom, co, co))
         c, (h, w) = co, geom.out_hw
     linears = [o for o in operators if o[0].kind == "linear"]
     if not out and linears:

@@ -144,3 +144,12 @@ def test_a_job_for_a_device_reports_the_whole_model_estimate(digits, tmp_path: P
     assert rep["latency_model"] == "device-table+whole-model-term"
     assert rep["baseline"]["latency_ms"] == pytest.approx(
         plain["baseline"]["latency_ms"] + 1.0, abs=1e-6)
+
+
+def test_a_stem_gets_a_stage_at_its_output_width() -> None:
+    """A stride-1 class seen first with other widths (a stem: 1 -> 64) is a layer that
+    changes the width and then a residual block at 64, as the stage after a stem is."""
+    (chain,) = wt.chains([(LayerGeom("conv", 3, 1, 28, 28), 1, 64)])
+    geom = LayerGeom("conv", 3, 1, 28, 28)
+    assert chain.steps == [("layer", geom, 1, 64), ("block", geom, 64, 64), ("gap",)]
+    assert chain.layers() == [(geom, 1, 64), (geom, 64, 64), (geom, 64, 64)]
