@@ -140,6 +140,10 @@ def test_job_for_a_device_runs_on_its_runtime(server: Server, tmp_path: Path) ->
         assert report["target"]["device_ids"] == [ov_id]
         assert report["target"]["runtime"] == "openvino-cpu"
         assert report["target"]["latency"] == "device_table" and table
+        # the agent's table carries its whole-model term; the prediction goes through it
+        assert {"model|fp32", "model|int8"} <= set(table), table
+        assert report["latency_model"] == "device-table+whole-model-term"
+        assert report["target"]["terms_from"] == [ov_id], report["target"]
         built = ok(s.admin.get(f"/v1/versions/{vid}"))["built_for"]
         assert built["runtime"] == "openvino-cpu" and built["runtimes"] == ["openvino-cpu"]
         assert built["memory_mb"] >= 1 and built["runtime_version"]["min"].startswith("20")
@@ -156,6 +160,11 @@ def test_job_for_a_device_runs_on_its_runtime(server: Server, tmp_path: Path) ->
         rows = {r["device_id"]: r for r in ok(s.admin.get(f"/v1/rollouts/{rid}/devices"))[
             "data"]}
         assert rows[ov_id]["status"] == "succeeded" and rows[ov_id]["p50_ms"], rows
+        lat = ok(s.admin.get(f"/v1/versions/{vid}"))["latency"]
+        assert lat["predicted_source"] == "device_table" and lat["predicted_ms"] > 0
+        assert lat["predicted_model"] == "device-table+whole-model-term"
+        # a version's p50 report does not empty the device's table
+        assert ok(s.admin.get(f"/v1/devices/{ov_id}"))["latency"]["operators"] == table
         assert rows[ort_id]["status"] == "skipped", rows
         assert rows[ort_id]["reason"].startswith("built for the runtime openvino-cpu; the "
                                                  "device has onnxruntime-cpu-"), rows
