@@ -1,8 +1,17 @@
 """Feature-aligned knowledge distillation to recover a pruned student's accuracy.
 
 Loss = (1 - a) * task.loss(student, y) + a * task.distill_loss(student, teacher, T)
-       + b * sum_points MSE(adapter(student_feature), teacher_feature) / E[teacher^2]
+       + b * sum_points MSE(adapter(student_feature / rms_s), teacher_feature / rms_t)
 For classification the task's losses are cross-entropy and T^2 * KL(student/T || teacher/T).
+``rms_t`` is the root mean square of the teacher's feature on the fine-tune subset (cached,
+eval mode), ``rms_s`` the student's on the batch (train mode, not differentiated): both
+sides of the feature term are of order 1 whatever the features' magnitude. Dividing the
+squared error by E[teacher^2] alone compares the adapter's output, of the student's
+train-mode magnitude, with the teacher's eval-mode features: when those are small (a
+briefly trained detector's neck outputs have E[teacher^2] ~ 1e-3 while the student's
+batch-normalized features are of order 1) the term starts in the hundreds and training
+diverges. For classifiers, whose features are of similar magnitude on both sides, the term
+is nearly the former one: the adapter is linear, so it absorbs the student's scale.
 The alignment points are the model's ``feature_stages()`` when it declares them, else the
 feature points the task finds in the traced graph (``hadmc_core.tasks.graph``). Adapters are
 1x1 convolutions from the student's (pruned) channels to the teacher's, trained with the
@@ -77,6 +86,7 @@ class TeacherCache:
     split: Split
     logits: np.ndarray                  # the teacher's (first) output
     features: dict[str, np.ndarray]
+    #: E[teacher feature^2] per point (over the first 512 rows of the subset)
     scale: dict[str, float]
     #: where the points came from: "feature_stages" (declared) or "graph" (found)
     alignment_source: str = "feature_stages"
@@ -138,9 +148,21 @@ def cache_teacher(teacher: nn.Module, data: Split, cfg: DistillConfig,
         progress("teacher", i + 1, total)
     hooks.close()
     features = {k: np.concatenate(v) for k, v in feats.items()}
-    scale = {k: float(np.mean(np.square(v[:512].astype(np.float32)))) + 1e-8
-             for k, v in features.items()}
+    scale = {k: mean_square(v[:512]) for k, v in features.items()}
     return TeacherCache(subset, np.concatenate(logits), features, scale, source, n_feat)
+
+
+#: Smallest root mean square a feature is divided by (all-zero features stay zero).
+MIN_RMS = 1e-12
+
+
+def mean_square(x: np.ndarray) -> float:
+    """E[x^2] of a feature array, in float64 (float16 squares underflow)."""
+    return float(np.mean(np.square(x.astype(np.float64)))) if x.size else 0.0
+
+
+def _rms(mean_sq: float) -> float:
+    return max(float(np.sqrt(mean_sq)), MIN_RMS)
 
 
 def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
@@ -156,6 +178,7 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
     with torch.no_grad():
         student.eval()
         student(torch.from_numpy(cache.split.x[:2]).to(device))
+    t_rms = {k: _rms(cache.scale[k]) for k in names}  # the feature term's scale (module doc)
     adapters = nn.ModuleDict({
         k.replace(".", "_"): nn.Conv2d(hooks.out[k].shape[1], cache.features[k].shape[1], 1)
         for k in names
@@ -179,9 +202,11 @@ def distill(student: nn.Module, cache: TeacherCache, cfg: DistillConfig,
         for k in names:
             if b <= 0 or not has.any():
                 break
-            tf = torch.from_numpy(cache.features[k][r[has]]).to(device).float()
-            sf = adapters[k.replace(".", "_")](hooks.out[k][torch.from_numpy(has).to(device)])
-            loss = loss + b * F.mse_loss(sf, tf) / cache.scale[k]
+            tf = torch.from_numpy(cache.features[k][r[has]]).to(device).float() / t_rms[k]
+            s = hooks.out[k][torch.from_numpy(has).to(device)]
+            s_rms = s.detach().float().pow(2).mean().sqrt().clamp_min(MIN_RMS)
+            sf = adapters[k.replace(".", "_")](s / s_rms)
+            loss = loss + b * F.mse_loss(sf, tf)
         return loss
 
     # Epochs count passes over the subset: the same steps whatever the logit set's size.
