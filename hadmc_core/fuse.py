@@ -21,10 +21,19 @@ class FusionResult:
     model: nn.Module
     fused_pairs: int
     max_abs_diff: float
+    #: largest magnitude of the original model's outputs on the example (what the
+    #: difference is judged against: a detector outputs pixels, a classifier logits)
+    output_scale: float = 1.0
+
+    def within(self, tolerance: float) -> bool:
+        """Whether the outputs moved by at most ``tolerance`` of their scale (absolute
+        for outputs under 1)."""
+        return self.max_abs_diff <= tolerance * max(1.0, self.output_scale)
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> FusionResult:
-    """Return a copy with every Conv2d->BatchNorm2d pair folded, and its max abs diff."""
+    """Return a copy with every Conv2d->BatchNorm2d pair folded, its max abs diff and the
+    scale of the outputs that diff is judged against."""
     src = copy.deepcopy(model).cpu().eval()
     gm = fx.symbolic_trace(src)
     modules = dict(gm.named_modules())
@@ -47,8 +56,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> FusionResult:
     gm.recompile()
     gm.delete_all_unused_submodules()
     with torch.no_grad():
-        diff = (gm(example) - src(example)).abs().max().item()
-    return FusionResult(gm, fused, float(diff))
+        ref = src(example)
+        diff = (gm(example) - ref).abs().max().item()
+        scale = ref.abs().max().item() if ref.numel() else 0.0
+    return FusionResult(gm, fused, float(diff), float(scale))
 
 
 def _set_module(root: nn.Module, target: str, new: nn.Module) -> None:

@@ -1,5 +1,9 @@
 """Operator fusion: BatchNorm folded into the preceding convolution before export; the
-runtime fuses activations (and, for a graph-only model, everything) at session creation."""
+runtime fuses activations (and, for a graph-only model, everything) at session creation.
+
+The folded model must give the same outputs within ``10 x fuse.tolerance`` of their scale
+(the largest output magnitude on the example, absolute below 1): float32 rounding grows
+with the values, and a detector's outputs are pixel coordinates."""
 
 from __future__ import annotations
 
@@ -33,8 +37,10 @@ class Fuse(Technique):
                 ctx.state.setdefault("fusion", {"fused_conv_bn": 0, "max_abs_diff": 0.0,
                                                 "relu": _runtime(ctx), "note": reason})
                 return
-        if res.max_abs_diff > cfg.tolerance * 10:
-            raise HadmcError(f"fusion changed outputs by {res.max_abs_diff:g}")
+        if not res.within(cfg.tolerance * 10):
+            raise HadmcError(f"fusion changed outputs by {res.max_abs_diff:g} (outputs up to "
+                             f"{res.output_scale:g}; allowed {cfg.tolerance * 10:g} of that, "
+                             "at least absolute)")
         work.module = res.model
         ctx.state.setdefault("fusion", {"fused_conv_bn": res.fused_pairs,
                                         "max_abs_diff": res.max_abs_diff,
