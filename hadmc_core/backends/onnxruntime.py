@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hadmc_core.backends.base import Backend, Session, Shape, default_threads
+from hadmc_core.backends.postprocess import network_only
 from hadmc_core.fsutil import atomic_path
 
 #: Distributions that install the ``onnxruntime`` module.
@@ -151,6 +152,7 @@ class OnnxRuntimeBackend(Backend):
                 times.setdefault(name, []).append(e["dur"] / 1e3)
         return {n: statistics.median(v[warmup:] or v) for n, v in times.items()}
 
+    @network_only
     def quantize_int8(self, fp32_path: Path, out_path: Path, calib_x: np.ndarray, *,
                       keep_fp32: Sequence[str] = (), per_channel: bool = True,
                       reduce_range: bool = False) -> Path:

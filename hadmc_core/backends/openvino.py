@@ -29,6 +29,7 @@ import numpy as np
 
 from hadmc_core.backends.base import Backend, Session, Shape, default_threads
 from hadmc_core.backends.onnxruntime import FUSED_AFTER, graph_input_names
+from hadmc_core.backends.postprocess import network_only
 from hadmc_core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class OpenVinoBackend(Backend):
                 times.setdefault(n, []).append(ms)
         return {n: statistics.median(v) for n, v in times.items()}
 
+    @network_only
     def quantize_int8(self, fp32_path: Path, out_path: Path, calib_x: np.ndarray, *,
                       keep_fp32: Sequence[str] = (), per_channel: bool = True,
                       reduce_range: bool = False) -> Path:
