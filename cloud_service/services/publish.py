@@ -84,7 +84,9 @@ def ensure_manifest(*, session: Session, store: ArtifactStore, version: ModelVer
 
 def make_probe(onnx_path: Path) -> bytes:
     """Seeded random inputs shaped like the graph's first input (batch 2 when the batch
-    dimension is free) and the outputs ONNX Runtime gives here, as an ``.npz``."""
+    dimension is free) and the outputs ONNX Runtime gives here, as an ``.npz``. A detector
+    (metadata ``hadmc.task`` = ``detect``) gets what it is built for: one image (its
+    detections carry no image index) with pixels uniform in 0..1."""
     import onnxruntime as ort
 
     try:
@@ -93,9 +95,12 @@ def make_probe(onnx_path: Path) -> bytes:
         if len(sess.get_inputs()) != 1 or first.type != "tensor(float)":
             raise InvalidInputError("the graph must have exactly one float32 input for the "
                                     "server to make a probe; upload one with PUT .../probe")
-        shape = [d if isinstance(d, int) and d > 0 else (PROBE_BATCH if i == 0 else 1)
+        detector = sess.get_modelmeta().custom_metadata_map.get("hadmc.task") == "detect"
+        batch = 1 if detector else PROBE_BATCH
+        shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)
                  for i, d in enumerate(first.shape)]
-        x = np.random.default_rng(PROBE_SEED).standard_normal(shape).astype(np.float32)
+        rng = np.random.default_rng(PROBE_SEED)
+        x = (rng.random(shape) if detector else rng.standard_normal(shape)).astype(np.float32)
         y = np.asarray(sess.run(None, {first.name: x})[0])
     except InvalidInputError:
         raise

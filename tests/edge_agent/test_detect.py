@@ -178,3 +178,13 @@ def test_smoke_test_of_a_detector_on_each_runtime(tmp_path: Path, detectors: dic
     assert result.max_abs_err is not None and result.max_abs_err <= detect.PROBE_SCORE_TOL
     with pytest.raises(SmokeTestError, match="has no match"):
         smoke_test(p, load_probe(shifted_probe(detectors["v2"], 2.0)), runs=3, backend=backend)
+
+
+def test_server_probe_of_a_detector_is_one_image_in_0_to_1(detectors: dict[str, bytes]) -> None:
+    with np.load(io.BytesIO(server_probe(detectors["v1"]))) as z:
+        x, y = z["inputs"], z["outputs"]
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0.2  # pixels, not N(0, 1)
+    np.testing.assert_array_equal(y, run(detectors["v1"], x))
+    with np.load(io.BytesIO(server_probe(mlp_onnx(0)))) as z:  # a classifier's is unchanged
+        assert z["inputs"].shape[0] == 2 and z["inputs"].min() < 0
