@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hadmc_core import decision, graph_stats, prune, quantize, techniques
+from hadmc_core import decision, graph_stats, prune, quantize, renorm, techniques
 from hadmc_core.config import PipelineConfig
 from hadmc_core.context import Context, Variant, Work
 from hadmc_core.data import DataSplits
@@ -221,6 +221,11 @@ class Controller:
 
     def prepare(self) -> None:
         ctx = self.ctx
+        if ctx.model is not None and (ctx.cfg.prune.enabled or ctx.cfg.distill.enabled) \
+                and renorm.needs_norm(ctx.model):
+            # a converted ONNX model has its BatchNorms folded: restore them to train it
+            ctx.origin["batchnorm_restored"] = renorm.restore_batchnorm(
+                ctx.model, ctx.data.train.x[:256])  # type: ignore[arg-type]
         for handler, cfg in techniques.ordered(ctx.cfg.techniques()):
             stage = handler.stage_name(cfg)
             if handler.phase == "module" and ctx.model is None:
