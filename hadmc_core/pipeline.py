@@ -219,13 +219,18 @@ class Controller:
             ctx.baseline = self.stats("baseline", path, test=True, baseline=True)
             ctx.progress("baseline", 1, 1)
 
-    def prepare(self) -> None:
+    def restore_norm(self) -> None:
+        """A converted ONNX model has its BatchNorms folded: restore them before anything
+        trains it (``hadmc_core.renorm``)."""
         ctx = self.ctx
         if ctx.model is not None and (ctx.cfg.prune.enabled or ctx.cfg.distill.enabled) \
                 and renorm.needs_norm(ctx.model):
-            # a converted ONNX model has its BatchNorms folded: restore them to train it
             ctx.origin["batchnorm_restored"] = renorm.restore_batchnorm(
                 ctx.model, ctx.data.train.x[:256])  # type: ignore[arg-type]
+
+    def prepare(self) -> None:
+        ctx = self.ctx
+        self.restore_norm()
         for handler, cfg in techniques.ordered(ctx.cfg.techniques()):
             stage = handler.stage_name(cfg)
             if handler.phase == "module" and ctx.model is None:

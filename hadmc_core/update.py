@@ -233,6 +233,7 @@ class UpdateController(pipeline.Controller):
         if ctx.model is None:
             raise PlanError("an update within a deployed plan needs a PyTorch model; this "
                             "model is an ONNX graph only")
+        self.restore_norm()
         for handler, cfg in techniques.ordered(ctx.cfg.techniques()):
             stage = handler.stage_name(cfg)
             swap = self.SWAP.get(type(cfg))
