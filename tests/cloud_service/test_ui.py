@@ -245,6 +245,14 @@ def test_an_operator_runs_a_job_and_steers_a_rollout(serve: Serve, browser: Brow
         len(report["candidates"])
     assert page.locator("[data-testid=layers] tbody tr").count() == len(report["layers"])
     assert "no device has reported it yet" in page.inner_text("[data-testid=measured]")
+    # What the job measured a user could run instead, one row each, as the report has them.
+    refs = report["references"]
+    assert {r["name"] for r in refs["rows"]} == {"onnxruntime-fp32", "openvino-fp32",
+                                                 "openvino-nncf-int8"}
+    assert page.locator("[data-testid=references] tr[data-reference]").count() == 3
+    for r in refs["rows"]:
+        cell = page.inner_text(f"tr[data-reference={r['name']}] [data-field=speedup]")
+        assert cell.endswith("faster" if r["chosen_speedup"] >= 1 else "slower"), cell
     shots(page, "version")
 
     # Two devices on line-1; a rollout of the version in two waves, from the version page.
