@@ -48,7 +48,11 @@ def compile_config(threads: int | None = None, *, profiling: bool = False) -> di
 
     cfg: dict[Any, Any] = {hints.performance_mode: hints.PerformanceMode.LATENCY,
                            props.inference_num_threads: default_threads(threads),
-                           hints.inference_precision: ov.Type.f32}
+                           hints.inference_precision: ov.Type.f32,
+                           # no dynamic INT8 quantization of activations for layers with
+                           # compressed (INT4) weights, which OpenVINO turns on by itself on
+                           # CPUs with VNNI/AMX: "int4 weights, fp32 compute" stays true
+                           "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
     if profiling:
         cfg[props.enable_profiling] = True
     return cfg

@@ -78,7 +78,7 @@ def test_references_can_be_switched_off_and_the_cli_prints_them(convnet, digits,
         "compress", "--model", "tests.hadmc_core.nets:ConvNet", "--input-shape", "1,8,8",
         "--weights", str(weights), "--data", "digits", "--profile", "x86-avx2",
         "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "cli")])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code in (0, 3), res.output  # 3: written, a constraint not met
     assert "vs NNCF PTQ INT8 on OpenVINO" in res.output
     assert np.isfinite(json.loads((tmp_path / "cli" / "report.json").read_text())
                        ["references"]["speedup_vs_fastest"])
