@@ -31,13 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from byo_models import MODELS  # noqa: E402
 
+from hadmc_core.references import nncf_int8  # noqa: E402,F401 (bench/detect.py imports it from here)
 from hadmc_core.settings import get_settings  # noqa: E402
 
 CACHE = get_settings().cache_dir / "bench" / "byo"
@@ -63,18 +62,6 @@ def trained_onnx(name: str, data, epochs: float) -> tuple[Path, float]:
     export_onnx(model, torch.from_numpy(data.val.x[:1]), path)
     meta.write_text(json.dumps({"train_s": train_s}))
     return path, train_s
-
-
-def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    """NNCF post-training INT8 for OpenVINO with its defaults (OpenVINO IR)."""
-    import nncf
-    import openvino as ov
-
-    model = ov.Core().read_model(str(fp32))
-    items = [calib[i:i + 1] for i in range(len(calib))]
-    q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
-    ov.save_model(q, str(out))
-    return out
 
 
 def profile_arg(profile: str) -> str:

@@ -124,16 +124,12 @@ def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     import nncf
     import openvino as ov
 
+    from hadmc_core.backends.openvino import quiet_nncf
+
     model = ov.Core().read_model(str(fp32))
     items = [np.ascontiguousarray(calib[i:i + 1]) for i in range(len(calib))]
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # progress bars
-            q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
-    finally:
-        nncf_log.setLevel(level)
+    with quiet_nncf(), contextlib.redirect_stdout(io.StringIO()):  # progress bars
+        q = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
     ov.save_model(q, str(out))
     return out
 

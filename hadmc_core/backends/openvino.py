@@ -186,7 +186,7 @@ class OpenVinoBackend(Backend):
             overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE,
             weights_quantization_params=(None if per_channel
                                          else QuantizationParameters(per_channel=False)))
-        with _quiet_nncf(), contextlib.redirect_stdout(io.StringIO()):  # progress bars
+        with quiet_nncf(), contextlib.redirect_stdout(io.StringIO()):  # progress bars
             model = nncf.quantize(
                 onnx.load(str(fp32_path)), nncf.Dataset(samples, lambda a: {name: a}),
                 subset_size=len(samples), target_device=nncf.TargetDevice.CPU,
@@ -197,7 +197,7 @@ class OpenVinoBackend(Backend):
         return out_path
 
 
-class _quiet_nncf:  # noqa: N801 - used as a context manager
+class quiet_nncf:  # noqa: N801 - used as a context manager
     """NNCF logs each step at INFO with progress bars; keep warnings and errors."""
 
     def __enter__(self) -> None:
