@@ -27,6 +27,7 @@ from hadmc_core.config import PipelineConfig
 from hadmc_core.context import Context
 from hadmc_core.data import DataSplits
 from hadmc_core.errors import HadmcError
+from hadmc_core.hal.feedback import Correction
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.measure import backend_for
 from hadmc_core.models import ArchSpec
@@ -69,7 +70,10 @@ def compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardware
              overwrite: bool = False, measure_layers: bool | None = None,
              device_table: dict[str, list[float]] | None = None,
              update_of: Plan | Path | str | None = None,
-             allow_restructure: bool = False) -> CompressionResult: ...
+             allow_restructure: bool = False,
+             latency_correction: Correction | None = None,
+             device_tables: dict[str, dict[str, list[float]]] | None = None
+             ) -> CompressionResult: ...
 
 
 @overload
@@ -79,7 +83,10 @@ def compress(model: nn.Module, spec: ArchSpec, data: DataSplits, profile: Hardwa
              measure_layers: bool | None = None,
              device_table: dict[str, list[float]] | None = None,
              update_of: Plan | Path | str | None = None,
-             allow_restructure: bool = False) -> CompressionResult: ...
+             allow_restructure: bool = False,
+             latency_correction: Correction | None = None,
+             device_tables: dict[str, dict[str, list[float]]] | None = None
+             ) -> CompressionResult: ...
 
 
 def compress(model: Any, *args: Any, **kwargs: Any) -> CompressionResult:
@@ -95,6 +102,12 @@ def compress(model: Any, *args: Any, **kwargs: Any) -> CompressionResult:
     allows, quantization parameters, fine-tuned from its weights (``hadmc_core.update``).
     When the plan cannot meet the constraints the result is not met and says so; with
     ``allow_restructure`` the model is then compressed afresh.
+
+    ``device_table`` (a device's operator table, or a group's combined) estimates the
+    latency; ``latency_correction`` scales its estimates by what the device's reported p50s
+    showed (``hadmc_core.hal.feedback``); ``device_tables`` (each targeted device's own
+    table by name) makes the report keep each one's uncorrected estimate per candidate
+    (``device_table_ms``).
     """
     legacy = bool(args) and isinstance(args[0], ArchSpec)
     names = (("spec", "data", "profile", "out_dir", "cfg", "progress", "overwrite",
@@ -117,7 +130,10 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
               overwrite: bool = False, measure_layers: bool | None = None,
               device_table: dict[str, list[float]] | None = None,
               update_of: Plan | Path | str | None = None,
-              allow_restructure: bool = False) -> CompressionResult:
+              allow_restructure: bool = False,
+              latency_correction: Correction | None = None,
+              device_tables: dict[str, dict[str, list[float]]] | None = None
+              ) -> CompressionResult:
     cfg = cfg or PipelineConfig()
     plan = (update_of if isinstance(update_of, Plan) or update_of is None
             else load_plan(update_of))
@@ -144,7 +160,8 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
                 spec=spec, origin=_origin(model, spec),
                 source_skipped=loaded.skipped if loaded is not None else None,
                 measure_layers=measure_layers, device_table=device_table,
-                profile_backend=note is None)
+                profile_backend=note is None, latency_correction=latency_correction,
+                device_tables=device_tables)
             if note:
                 ctx.warnings.append(note)
             if plan is None:

@@ -5,7 +5,12 @@ Latency source, as the report states it:
 - ``device_table``: a device's own per-layer table was given; the latency is the latency
   model's estimate from that table, through the device's whole-model term when the table
   carries one (``hadmc_core.hal.wholeterm``; the report's ``latency_model`` is then
-  ``device-table+whole-model-term``), else the sum of the layers.
+  ``device-table+whole-model-term``), else the sum of the layers; times the device's
+  correction from the p50s it reported when one came with the table
+  (``hadmc_core.hal.feedback``; ``latency_model`` ends in ``+p50-correction``). Each
+  targeted device's own table, when given, also estimates every candidate uncorrected
+  (``ModelStats.device_table_ms``), so the p50 a device reports for the version can be
+  paired with its own table's prediction.
 - ``measured``: the profile describes this machine (``runs_here``) and no table was given;
   the latency is the backend's median wall-clock at batch 1.
 - ``estimated``: otherwise; the latency is the latency model's estimate for the profile
@@ -79,6 +84,8 @@ class Measurer:
     confidence: float = DEFAULT_CONFIDENCE   # of the paired drop bounds
     #: the task's per-image results of the baseline on the validation split
     baseline_val: Any = None
+    #: each targeted device's own table (uncorrected), by device name
+    device_lats: dict[str, LatencyModel] = field(default_factory=dict)
     _graphs: dict[Path, dict[str, graph_stats.GraphLayer]] = field(default_factory=dict)
 
     def predict(self, path: Path, x: np.ndarray) -> list[np.ndarray]:
@@ -112,6 +119,17 @@ class Measurer:
             self._graphs[fp32_path] = graph_stats.layers(fp32_path)
         return graph_stats.model_ms(self.lat, self._graphs[fp32_path], precisions)
 
+    def device_estimates(self, fp32_path: Path, precisions: dict[str, str]
+                         ) -> dict[str, float] | None:
+        """Each targeted device's own table's estimate of the graph, uncorrected."""
+        if not self.device_lats:
+            return None
+        if fp32_path not in self._graphs:
+            self._graphs[fp32_path] = graph_stats.layers(fp32_path)
+        graph = self._graphs[fp32_path]
+        return {name: round(graph_stats.model_ms(lat, graph, precisions), 6)
+                for name, lat in self.device_lats.items()}
+
     def stats(self, path: Path, sizes: tuple[int, int], *, fp32_path: Path,
               precisions: dict[str, str], test: bool, val: Split, test_split: Split,
               baseline: bool = False) -> ModelStats:
@@ -120,10 +138,11 @@ class Measurer:
         m = self.cfg
         timing = self.backend.time_model(path, (1, *self.input_shape), m.runs, m.warmup,
                                          m.threads)
-        latency, p90, worker = timing.median_ms, timing.p90_ms, None
+        latency, p90, worker, per_device = timing.median_ms, timing.p90_ms, None, None
         if self.source != "measured":
             latency = p90 = self.estimate_ms(fp32_path, precisions)
             worker = timing.median_ms
+            per_device = self.device_estimates(fp32_path, precisions)
         val_metric, per_image = self.evaluate(path, val)
         if baseline:
             self.baseline_val = per_image
@@ -132,4 +151,5 @@ class Measurer:
             val_accuracy=val_metric,
             latency_ms=latency, latency_p90_ms=p90, size_bytes=Path(path).stat().st_size,
             params=sizes[0], macs=sizes[1], measured_on_worker_ms=worker,
-            val_drop=None if baseline else self.drop_bound(per_image, val))
+            val_drop=None if baseline else self.drop_bound(per_image, val),
+            device_table_ms=per_device)

@@ -42,6 +42,7 @@ from hadmc_core.context import Context, Variant, Work
 from hadmc_core.data import DataSplits
 from hadmc_core.decision import DropBound
 from hadmc_core.errors import BudgetError
+from hadmc_core.hal.feedback import Correction
 from hadmc_core.hal.latency import LatencyModel, runs_here
 from hadmc_core.hal.profile import HardwareProfile
 from hadmc_core.measure import Measurer, latency_source
@@ -60,17 +61,24 @@ def make_context(model: nn.Module | None, data: DataSplits, profile: HardwarePro
                  source_skipped: list[dict[str, Any]] | None = None,
                  measure_layers: bool | None = None,
                  device_table: dict[str, list[float]] | None = None,
-                 profile_backend: bool = True) -> Context:
+                 profile_backend: bool = True,
+                 latency_correction: Correction | None = None,
+                 device_tables: dict[str, dict[str, list[float]]] | None = None) -> Context:
     """``profile_backend`` is False when ``backend`` stands in for runtimes of the profile
-    that are not on this machine."""
+    that are not on this machine. ``latency_correction`` scales ``device_table``'s
+    estimates (``hadmc_core.hal.feedback``); ``device_tables``: each targeted device's own
+    table by name, whose uncorrected estimates the report keeps per candidate."""
     measure = runs_here(profile) if measure_layers is None else measure_layers
     # Single layers are timed with the run's backend (an OpenVINO run fits OpenVINO's
     # layer times), cached per runtime.
     lat = LatencyModel(profile, measure=measure, table=device_table,
-                       threads=cfg.measure.threads, backend=backend)
+                       threads=cfg.measure.threads, backend=backend,
+                       correction=latency_correction)
+    own = {name: lat.with_table(t) for name, t in (device_tables or {}).items() if t} \
+        if device_table else {}
     measurer = Measurer(backend, task, lat, cfg.measure, tuple(data.train.x.shape[1:]),
                         latency_source(profile, device_table, profile_backend),
-                        confidence=cfg.constraints.confidence)
+                        confidence=cfg.constraints.confidence, device_lats=own)
     return Context(model.cpu().eval() if model is not None else None, graph, spec, data,
                    profile, cfg, work, progress, example, lat, task, measurer,
                    origin=dict(origin or {}), source_skipped=list(source_skipped or []))
@@ -387,6 +395,15 @@ class Controller:
             out["warning"] = warning
         return out
 
+    def correction_summary(self, final: ModelStats) -> dict[str, Any] | None:
+        """The device's correction as the report keeps it, with the chosen model's
+        estimate before it; None when the latency was not corrected."""
+        corr = self.ctx.lat.correction
+        if corr is None or self.ctx.measurer.source != "device_table":
+            return None
+        return {**corr.to_dict(),
+                "uncorrected_ms": round(final.latency_ms / corr.factor, 6)}
+
     def report(self, final: ModelStats, best: Candidate, why: list[str]) -> Report:
         ctx = self.ctx
         base = ctx.baseline
@@ -404,6 +421,7 @@ class Controller:
             data_adaptation=getattr(ctx.data, "adaptation", None),
             profile=ctx.profile.model_dump(mode="json"), backend=ctx.backend.name,
             latency_source=ctx.measurer.source, latency_model=ctx.lat.source,
+            latency_correction=self.correction_summary(final),
             baseline=base, compressed=final,
             constraints={"max_accuracy_drop": cons.max_accuracy_drop,
                          "latency_budget_ms": cons.latency_budget_ms,

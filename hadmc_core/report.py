@@ -35,11 +35,15 @@ class ModelStats:
     measured_on_worker_ms: float | None = None
     #: paired drop from the baseline on the validation split (None for the baseline)
     val_drop: DropBound | None = None
+    #: per targeted device, its own table's estimate before any correction (what the p50
+    #: it reports for this version is compared with: ``hadmc_core.hal.feedback``)
+    device_table_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["measured_on_worker_ms"] is None:
-            del out["measured_on_worker_ms"]
+        for key in ("measured_on_worker_ms", "device_table_ms"):
+            if out[key] is None:
+                del out[key]
         if self.val_drop is None:
             del out["val_drop"]
         else:
@@ -159,6 +163,9 @@ class Report:
     #: the alternatives a user would run instead, measured in the same job
     #: (``hadmc_core.references``)
     references: dict[str, Any] | None = None
+    #: the device's correction from the p50s it reported (``hadmc_core.hal.feedback``):
+    #: factor, pairs, versions, source; None when the latency is not corrected
+    latency_correction: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
 
@@ -190,6 +197,7 @@ class Report:
             "data_adaptation": self.data_adaptation,
             "profile": self.profile, "backend": self.backend,
             "latency_source": self.latency_source, "latency_model": self.latency_model,
+            "latency_correction": self.latency_correction,
             "baseline": self.baseline.to_dict(), "compressed": self.compressed.to_dict(),
             "summary": self.summary(), "references": self.references,
             "constraints": {**self.constraints, "met": self.met, "message": self.message},

@@ -7,7 +7,9 @@ backend (ONNX Runtime here; the lookup table, cached on disk per CPU, ORT versio
 thread count).
 A device's own measured table (same key format, sent by the edge agent) overrides
 both; it may carry the device's whole-model term under ``model|<precision>`` keys
-(``[c, k]``, ``hadmc_core.hal.wholeterm``). Torch-free: the edge agent can build the same
+(``[c, k]``, ``hadmc_core.hal.wholeterm``), and come with a correction from the p50s the
+device reported for versions predicted from its table (``hadmc_core.hal.feedback``),
+which scales its whole-model estimates. Torch-free: the edge agent can build the same
 table on the device.
 """
 
@@ -30,6 +32,7 @@ from hadmc_core.fsutil import write_atomic
 from hadmc_core.hal.detect import cpu_flags, cpu_model
 
 if TYPE_CHECKING:
+    from hadmc_core.hal.feedback import Correction
     from hadmc_core.hal.profile import HardwareProfile
 
 log = logging.getLogger(__name__)
@@ -92,13 +95,15 @@ class LatencyModel:
     profile's peak throughput and bandwidth. ``table``
     (``{"<geom key>|<precision>": [a, b]}``) from a device overrides both; its
     ``model|<precision>`` entries (``[c, k]``) are the device's whole-model term
-    (``model_ms``).
+    (``model_ms``). ``correction`` (with a table only): the device's factor from the p50s
+    it reported (``hadmc_core.hal.feedback``), applied to every whole-model estimate.
     """
 
     def __init__(self, profile: HardwareProfile, measure: bool = False,
                  table: dict[str, list[float]] | None = None, threads: int | None = None,
                  cache_dir: Path | None = None,
-                 backend: str | Backend = "onnxruntime") -> None:
+                 backend: str | Backend = "onnxruntime",
+                 correction: Correction | None = None) -> None:
         self.profile = profile
         self.measure = measure
         self.threads = threads or profile.threads or os.cpu_count() or 1
@@ -111,6 +116,7 @@ class LatencyModel:
         self._overhead: dict[str, list[float]] = {
             k[len(TERM_PREFIX):]: [float(x) for x in v] for k, v in (table or {}).items()
             if k.startswith(TERM_PREFIX) and len(v) in (2, 3)}
+        self.correction = correction if self.device_table else None
         self._cache_path: Path | None = None
         if measure:
             from hadmc_core.settings import get_settings
@@ -124,10 +130,19 @@ class LatencyModel:
                 except (OSError, ValueError):
                     self._fits = {}
 
+    def with_table(self, table: dict[str, list[float]]) -> LatencyModel:
+        """A model like this one (profile, layer timing and its fits, shared) with another
+        device's table and no correction: that device's own estimate."""
+        out = LatencyModel(self.profile, measure=False, table=table, threads=self.threads,
+                           backend=self.backend)
+        out.measure, out._fits, out._cache_path = self.measure, self._fits, self._cache_path
+        return out
+
     @property
     def source(self) -> str:
         if self.device_table:
-            return "device-table+whole-model-term" if self._overhead else "device-table"
+            base = "device-table+whole-model-term" if self._overhead else "device-table"
+            return f"{base}+p50-correction" if self.correction is not None else base
         if self._graph_fits:
             return f"measured-{self.backend.name}-in-graph"
         return f"measured-{self.backend.name}" if self.measure else "roofline"
@@ -177,7 +192,8 @@ class LatencyModel:
         return len(by_p)
 
     def model_ms(self, layer_ms_by_precision: dict[str, float],
-                 fixed_ms_by_precision: dict[str, float] | None = None) -> float:
+                 fixed_ms_by_precision: dict[str, float] | None = None,
+                 corrected: bool = True) -> float:
         """A whole model's estimate from the sums of its layers' estimates per precision:
         each precision's share goes through that precision's term (the share of the layer
         time at it weighs its constant); the plain sum where nothing is fitted.
@@ -185,7 +201,15 @@ class LatencyModel:
         A term ``[c, k]``: ``c + k * layers``. A device's term may have a third
         coefficient ``j`` for the layers' constant parts (their ``a``; a one-layer graph's
         constant is mostly the call, which a model pays once): ``c + k * (layers - fixed)
-        + j * fixed``, with ``fixed_ms_by_precision`` the sums of the layers' ``a``."""
+        + j * fixed``, with ``fixed_ms_by_precision`` the sums of the layers' ``a``.
+
+        A device's correction (``correction``) multiplies the result; ``corrected=False``:
+        the table's own estimate."""
+        ms = self._whole_ms(layer_ms_by_precision, fixed_ms_by_precision)
+        return self.correction.apply(ms) if corrected and self.correction else ms
+
+    def _whole_ms(self, layer_ms_by_precision: dict[str, float],
+                  fixed_ms_by_precision: dict[str, float] | None) -> float:
         total = sum(layer_ms_by_precision.values())
         if not self._overhead or total <= 0:
             return total

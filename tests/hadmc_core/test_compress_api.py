@@ -13,6 +13,7 @@ from hadmc_core.compress import compress
 from hadmc_core.config import PipelineConfig
 from hadmc_core.errors import HadmcError
 from hadmc_core.hal import load_profile
+from hadmc_core.hal.feedback import Correction
 from hadmc_core.hal.latency import runs_here
 from hadmc_core.models import ArchSpec, build_model
 from hadmc_core.onnx_io import export_onnx
@@ -109,6 +110,30 @@ def test_latency_source_follows_the_profile_and_the_device_table(convnet, digits
     # Its INT8 gain is the table's own difference, 0.5 - 0.25 ms.
     first = next(r for r in rep["layers"] if r["layer"] == "body.0")
     assert first["int8_gain_ms_estimate"] == pytest.approx(0.25)
+
+
+def test_a_device_tables_correction_scales_the_reported_latency(convnet, digits, tmp_path):
+    """A job for a device with a correction from its reported p50s: the estimates are
+    the table's times the factor, the report keeps the factor, its pairs' versions and
+    each targeted device's own uncorrected estimate (what its next p50 is paired with)."""
+    prof = load_profile("x86-avx2")
+    table = {"conv-k3-s1-8x8|fp32": [0.5, 0.0], "conv-k3-s1-8x8|int8": [0.25, 0.0]}
+    slower = {k: [2 * v[0], v[1]] for k, v in table.items()}
+    corr = Correction(2.0, 3, [11, 12, 13])
+    rep = compress(convnet, digits, prof, tmp_path / "c", QUICK, device_table=slower,
+                   latency_correction=corr, device_tables={"7": table, "9": slower}).report
+    assert rep["latency_source"] == "device_table"
+    assert rep["latency_model"] == "device-table+p50-correction"
+    lc = rep["latency_correction"]
+    assert lc["factor"] == 2.0 and lc["pairs"] == 3 and lc["versions"] == [11, 12, 13]
+    assert lc["source"] == "device table, corrected by 3 reported p50s"
+    final = rep["compressed"]
+    assert final["latency_ms"] == pytest.approx(2.0 * lc["uncorrected_ms"])
+    assert final["device_table_ms"]["9"] == pytest.approx(lc["uncorrected_ms"], rel=1e-4)
+    assert final["device_table_ms"]["7"] < final["device_table_ms"]["9"]
+    # the baseline: the table's 1.0 ms FP32 convolution dominates, doubled
+    assert 2.0 <= rep["baseline"]["latency_ms"] < 3.0
+    assert rep["baseline"]["device_table_ms"]["7"] < rep["baseline"]["device_table_ms"]["9"]
 
 
 @pytest.mark.parametrize("case", ["width", "channels"])
