@@ -152,14 +152,13 @@ def kept_by_group(groups: list[Group], outs: dict[str, int]) -> dict[str, list[i
     """Per layer, the original output channels a pruned model kept, from its layers' output
     channels (``outs``): for each coupled group the channels Torch-Pruning keeps when
     ``prune.apply`` removes the group's ``channels - kept`` least important ones
-    (``Group.order``), in their original order."""
+    (``Group.kept``), in their original order."""
     out: dict[str, list[int]] = {}
     for g in groups:
         k = outs.get(g.root)
         if k is None:
             continue
-        removed = set(g.order[: g.channels - k])
-        kept = [i for i in range(g.channels) if i not in removed]
+        kept = g.kept(k)
         for layer in g.outs:
             out[layer] = kept
     return out

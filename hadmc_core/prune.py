@@ -65,6 +65,16 @@ class Group:
             return k
         return max(self.ch_groups, k // self.ch_groups * self.ch_groups)
 
+    def removed(self, k: int) -> list[int]:
+        """The channel indices pruning removes to keep ``k``: the least important ones,
+        in ascending index order (what ``apply`` hands Torch-Pruning)."""
+        return sorted(self.order[: max(self.channels - k, 0)])
+
+    def kept(self, k: int) -> list[int]:
+        """The original channel indices left after keeping ``k``, in their order."""
+        removed = set(self.removed(k))
+        return [i for i in range(self.channels) if i not in removed]
+
 
 def layer_table(model: nn.Module, example: torch.Tensor) -> dict[str, Layer]:
     """Conv and linear layers with their input sizes, from one forward pass."""
@@ -221,8 +231,7 @@ def apply(model: nn.Module, groups: list[Group], keep: dict[str, int],
         k = grp.keepable(keep.get(grp.root, grp.channels))
         if k >= grp.channels:
             continue
-        idxs = sorted(grp.order[: grp.channels - k])
-        group = dg.get_pruning_group(modules[grp.root], grp.handler, idxs=idxs)
+        group = dg.get_pruning_group(modules[grp.root], grp.handler, idxs=grp.removed(k))
         if dg.check_pruning_group(group):
             group.prune()
         else:

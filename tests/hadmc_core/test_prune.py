@@ -43,3 +43,33 @@ def test_taylor_prefers_channels_with_gradient_signal(digits):
     groups, _ = prune.analyze(model, digits.train, PruneConfig(calib_batches=2), example)
     g = next(g for g in groups if g.root == "layer1.0.conv1")
     assert set(g.order[:4]) == {0, 1, 2, 3}
+
+
+def test_group_kept_names_the_channels_pruning_keeps(digits):
+    """``Group.kept`` (what a report and an update's plan record) is what ``apply`` leaves:
+    the BatchNorm after every pruned convolution holds the original's entries at those
+    indices, in that order."""
+    torch.manual_seed(0)
+    model = build_model(ArchSpec("resnet18", 1, 10, "small", width=0.25)).eval()
+    with torch.no_grad():  # distinct per-channel values to tell channels apart
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn_like(m.running_mean))
+    example = torch.from_numpy(digits.val.x[:2])
+    groups, _ = prune.analyze(model, digits.train, PruneConfig(calib_batches=2), example)
+    keep = {g.root: max(1, g.channels // 3) for g in groups}
+    pruned = prune.apply(model, groups, keep, example)
+    before, after = dict(model.named_modules()), dict(pruned.named_modules())
+    checked = 0
+    for g in groups:
+        kept = g.kept(g.keepable(keep[g.root]))
+        assert len(kept) == g.keepable(keep[g.root]) and kept == sorted(kept)
+        assert sorted(kept + g.removed(len(kept))) == list(range(g.channels))
+        for layer in g.outs:
+            bn = layer.rsplit("conv", 1)[0] + "bn" + layer.rsplit("conv", 1)[1] \
+                if "conv" in layer else None
+            if bn not in before:
+                continue
+            assert torch.equal(after[bn].running_mean, before[bn].running_mean[kept]), bn
+            checked += 1
+    assert checked >= len(groups)
