@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from byo_models import MODELS  # noqa: E402
+from common import CACHE as BENCH_CACHE  # noqa: E402
+from common import chosen, hadmc_cli, machine, size_of, time_rows, top1  # noqa: E402
 
-from hadmc_core.references import nncf_int8  # noqa: E402,F401 (bench/detect.py imports it from here)
-from hadmc_core.settings import get_settings  # noqa: E402
+from hadmc_core.references import nncf_int8  # noqa: E402
 
-CACHE = get_settings().cache_dir / "bench" / "byo"
+CACHE = BENCH_CACHE / "byo"
 
 
 def trained_onnx(name: str, data, epochs: float) -> tuple[Path, float]:
@@ -64,60 +61,6 @@ def trained_onnx(name: str, data, epochs: float) -> tuple[Path, float]:
     return path, train_s
 
 
-def profile_arg(profile: str) -> str:
-    """``local-openvino``: this machine's detected profile with OpenVINO as its runtime,
-    written to a YAML file (the built-in x86-openvino profile describes an AVX2 machine)."""
-    if profile != "local-openvino":
-        return profile
-    from hadmc_core.hal.detect import detect_profile
-
-    prof = detect_profile()
-    prof.name = "local-openvino"
-    prof.runtimes = [r for r in prof.runtimes if r.startswith("openvino")]
-    if not prof.runtimes:
-        raise SystemExit("OpenVINO is not installed here (pip install openvino)")
-    path = CACHE / "local-openvino.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.to_yaml())
-    return str(path)
-
-
-def hadmc_cli(onnx: Path, profile: str, out: Path, drop: float, extra: list[str]) -> float:
-    """``hadmc compress --model FILE.onnx`` as a user runs it; returns wall seconds."""
-    profile = profile_arg(profile)
-    cmd = [sys.executable, "-m", "hadmc_core.cli", "compress", "--model", str(onnx),
-           "--data", "fashion-mnist", "--profile", profile, "--out", str(out),
-           "--max-accuracy-drop", str(drop), "--overwrite", "--quiet", *extra]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, text=True, capture_output=True)
-    wall = time.perf_counter() - t
-    sys.stdout.write(proc.stdout)
-    if proc.returncode not in (0, 3):  # 3: constraints not met, best result written
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"hadmc compress failed ({proc.returncode}): {' '.join(cmd)}")
-    return wall
-
-
-def time_rows(rows: dict[str, tuple[Path, str]], shape: tuple[int, ...], rounds: int,
-              runs: int) -> dict[str, float]:
-    """Median latency per row; one session open at a time, rounds interleaved."""
-    from hadmc_core import backends
-
-    samples: dict[str, list[float]] = {k: [] for k in rows}
-    for _ in range(rounds):
-        for key, (path, runtime) in rows.items():
-            t = backends.get(runtime).time_model(path, shape, runs=runs, warmup=10)
-            samples[key].extend(t.samples or [t.median_ms])
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def top1(path: Path, runtime: str, split) -> float:
-    from hadmc_core import backends
-
-    logits = backends.get(runtime).predict(path, split.x)[0]
-    return 100.0 * float((logits.argmax(1) == split.y).mean())
-
-
 def bench_model(name: str, data, args) -> list[dict]:
     fp32, train_s = trained_onnx(name, data, args.epochs)
     work = CACHE / "work" / name
@@ -134,7 +77,8 @@ def bench_model(name: str, data, args) -> list[dict]:
     for label, profile, runtime in (("HAD-MC for ONNX Runtime", args.ort_profile, "onnxruntime"),
                                     ("HAD-MC for OpenVINO", args.ov_profile, "openvino")):
         out = work / runtime
-        walls[label] = hadmc_cli(fp32, profile, out, args.max_accuracy_drop, args.extra)
+        walls[label] = hadmc_cli(["--model", str(fp32)], profile, out, args.max_accuracy_drop,
+                                 args.extra)
         rows[label] = (out / "model.onnx", runtime)
         reports[label] = json.loads((out / "report.json").read_text())
     lat = time_rows(rows, (1, *data.test.x.shape[1:]), rounds=args.rounds, runs=args.runs)
@@ -143,8 +87,7 @@ def bench_model(name: str, data, args) -> list[dict]:
     nncf_lat = lat["NNCF PTQ INT8 on OpenVINO"]
     out_rows = []
     for key, (path, runtime) in rows.items():
-        size = (path.stat().st_size + (path.with_suffix(".bin").stat().st_size
-                                       if path.suffix == ".xml" else 0))
+        size = size_of(path)
         acc = top1(path, runtime, data.test)
         rep = next((r for k, r in reports.items() if k == key), None)
         out_rows.append({
@@ -157,13 +100,6 @@ def bench_model(name: str, data, args) -> list[dict]:
             "chosen": chosen(rep) if rep else None,
             "constraints_met": rep["constraints"]["met"] if rep else None})
     return out_rows
-
-
-def chosen(rep: dict) -> dict:
-    """The chosen candidate: its id, rung (1.0: the unpruned model) and FP32-kept layers."""
-    c = next(c for c in rep["candidates"] if c["chosen"])
-    return {"id": c["id"], "latency_fraction": c["latency_fraction"],
-            "higher_precision_layers": c["higher_precision_layers"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -203,14 +139,6 @@ def main() -> None:
                                        indent=2))
     print(table(rows))
     print(f"\nmachine: {machine()}")
-
-
-def machine() -> dict:
-    from hadmc_core.hal.detect import detect_profile
-
-    prof = detect_profile()
-    return {"cpu": prof.description, "cores": os.cpu_count(),
-            "python": platform.python_version(), "profile": prof.name}
 
 
 if __name__ == "__main__":

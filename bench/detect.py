@@ -10,7 +10,7 @@ Rows, all built and measured in one run on this machine:
 - PTQ-INT8 (ONNX Runtime defaults): ``quantize_static`` with its defaults on the whole
   exported graph, one calibration image per batch (what a user tries first);
 - NNCF PTQ-INT8 on OpenVINO: ``nncf.quantize`` with its defaults on the OpenVINO model of
-  the exported graph (``bench/byo.py``'s ``nncf_int8``), run by OpenVINO;
+  the exported graph (``hadmc_core.references.nncf_int8``), run by OpenVINO;
 - L1-uniform pruning: every prunable group at half its channels by L1 magnitude, then
   plain fine-tuning with the detection loss for the same budget as HAD-MC's recovery
   (``--distill-epochs`` x ``--distill-samples``, scaled by the MACs removed as the
@@ -43,12 +43,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from byo import machine, nncf_int8  # noqa: E402
-from compress import _printer  # noqa: E402
+from common import CACHE as BENCH_CACHE  # noqa: E402
+from common import machine, printer, size_of  # noqa: E402
 
-from hadmc_core.settings import get_settings  # noqa: E402
+from hadmc_core.references import nncf_int8  # noqa: E402
 
-CACHE = get_settings().cache_dir / "bench" / "detect"
+CACHE = BENCH_CACHE / "detect"
 
 
 def trained(args: argparse.Namespace, data: Any) -> tuple[Any, float]:
@@ -68,7 +68,7 @@ def trained(args: argparse.Namespace, data: Any) -> tuple[Any, float]:
     model = YOLO(3, data.num_classes, size=args.model.split("-")[1])
     t = time.perf_counter()
     fit_detector(model, data.train, TrainConfig(epochs=args.train_epochs, batch_size=32,
-                                                lr=0.01), progress=_printer("train"))
+                                                lr=0.01), progress=printer("train"))
     train_s = time.perf_counter() - t
     save_weights(model.eval(), path, ArchSpec(args.model, 3, data.num_classes, "small", 1.0))
     meta.write_text(json.dumps({"train_s": train_s}))
@@ -135,7 +135,7 @@ def build_rows(args: argparse.Namespace, model: Any, data: Any, work: Path
     for name, cfg in (("L1-uniform 50% + fine-tune", l1), ("HAD-MC full", full)):
         t = time.perf_counter()
         res = compress(model, data, detect_profile(), work / name.split()[0], cfg,
-                       progress=_printer(name), task="detect", overwrite=True)
+                       progress=printer(name), task="detect", overwrite=True)
         walls[name] = time.perf_counter() - t
         rows[name] = (res.out_dir / "model.onnx", str(res.report.get("backend") or
                                                       "onnxruntime"))
@@ -172,12 +172,6 @@ def score(path: Path, runtime: str, split: Any) -> tuple[float, float]:
     return coco_map(dets, split.y)
 
 
-def size_of(path: Path) -> int:
-    """Bytes of a model file (an OpenVINO IR counts its .bin too)."""
-    extra = path.with_suffix(".bin") if path.suffix == ".xml" else None
-    return path.stat().st_size + (extra.stat().st_size if extra and extra.exists() else 0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="yolo-s", choices=["yolo-n", "yolo-s"])
@@ -194,6 +188,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train (or find cached) the detector and stop")
     args = ap.parse_args()
     import logging
 
@@ -204,6 +200,9 @@ def main() -> None:
     data = load_detection("fashion-mnist-scenes", args.image_size,
                           counts=(args.images, args.eval_images, args.eval_images))
     model, train_s = trained(args, data)
+    if args.train_only:
+        print(f"trained in {train_s:.0f} s (cached in {CACHE})")
+        return
     rows, walls, errors = build_rows(args, model, data, CACHE / "work")
     reports = errors.pop("reports")
     threads = default_threads()
