@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 ROUNDS = 3
 #: calibration images for the NNCF reference (``nncf.quantize``'s default subset size)
 NNCF_SUBSET = 300
+#: how a reference row is named in words (the report's rows carry it as ``label``)
+REFERENCE_NAMES = {"onnxruntime-fp32": "ONNX Runtime FP32", "openvino-fp32": "OpenVINO FP32",
+                   "openvino-nncf-int8": "NNCF PTQ INT8 on OpenVINO"}
 
 
 def measure(ctx: Context, chosen: Candidate, accuracy: float) -> dict[str, Any]:
@@ -60,13 +63,15 @@ def measure(ctx: Context, chosen: Candidate, accuracy: float) -> dict[str, Any]:
     models: dict[str, tuple[Any, Path]] = {"chosen": (ctx.backend, chosen.path)}
     for name in ("onnxruntime", "openvino"):
         if name in backends.names() and backends.get(name).available():
-            rows.append({"name": f"{name}-fp32", "runtime": name, "precision": "fp32",
+            rows.append({"name": f"{name}-fp32", "label": REFERENCE_NAMES[f"{name}-fp32"],
+                         "runtime": name, "precision": "fp32",
                          "work": "none: the baseline graph as it is"})
             models[rows[-1]["name"]] = (backends.get(name), ctx.baseline_path)
     if find_spec("nncf") is not None and "openvino" in backends.names() \
             and backends.get("openvino").available():
-        row: dict[str, Any] = {"name": "openvino-nncf-int8", "runtime": "openvino",
-                               "precision": "int8"}
+        row: dict[str, Any] = {"name": "openvino-nncf-int8",
+                               "label": REFERENCE_NAMES["openvino-nncf-int8"],
+                               "runtime": "openvino", "precision": "int8"}
         try:
             t0 = time.perf_counter()
             path = nncf_int8(ctx.baseline_path, ctx.work / "reference-nncf-int8.xml",
@@ -134,11 +139,6 @@ def nncf_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     return out
 
 
-#: how a reference row is named in words
-REFERENCE_NAMES = {"onnxruntime-fp32": "ONNX Runtime FP32", "openvino-fp32": "OpenVINO FP32",
-                   "openvino-nncf-int8": "NNCF PTQ INT8 on OpenVINO"}
-
-
 def lines(refs: dict[str, Any]) -> list[str]:
     """One line per reference the job measured: the chosen model's speedup over it and
     the chosen model's accuracy minus the reference's, in points."""
@@ -146,7 +146,7 @@ def lines(refs: dict[str, Any]) -> list[str]:
         return [f"references : not measured ({refs['skipped']})"]
     out = []
     for row in refs.get("rows", []):
-        label = REFERENCE_NAMES.get(row["name"], row["name"])
+        label = row.get("label") or REFERENCE_NAMES.get(row["name"], row["name"])
         if "error" in row:
             out.append(f"vs {label}: not measured ({row['error']})")
         else:

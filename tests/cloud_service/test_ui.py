@@ -253,6 +253,8 @@ def test_an_operator_runs_a_job_and_steers_a_rollout(serve: Serve, browser: Brow
     for r in refs["rows"]:
         cell = page.inner_text(f"tr[data-reference={r['name']}] [data-field=speedup]")
         assert cell.endswith("faster" if r["chosen_speedup"] >= 1 else "slower"), cell
+        assert page.inner_text(f"tr[data-reference={r['name']}] th") == r["label"]
+    assert "NNCF PTQ INT8 on OpenVINO" in page.inner_text("[data-testid=references]")
     shots(page, "version")
 
     # Two devices on line-1; a rollout of the version in two waves, from the version page.
