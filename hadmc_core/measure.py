@@ -110,23 +110,26 @@ class Measurer:
                                "it with stats(..., baseline=True) first")
         return self.task.drop_bound(self.baseline_val, per_image, val, self.confidence)
 
-    def estimate_ms(self, fp32_path: Path, precisions: dict[str, str]) -> float:
+    def _graph(self, fp32_path: Path) -> dict[str, graph_stats.GraphLayer]:
+        if fp32_path not in self._graphs:
+            self._graphs[fp32_path] = graph_stats.layers(fp32_path)
+        return self._graphs[fp32_path]
+
+    def estimate_ms(self, fp32_path: Path, precisions: dict[str, str],
+                    corrected: bool = True) -> float:
         """The latency model's estimate of the whole graph built from ``fp32_path`` with
         each weight node at its precision: its layers through the model's whole-model term
         where it has one (a device's, sent with its table; or fitted in graph context),
-        else their sum (``graph_stats.model_ms``)."""
-        if fp32_path not in self._graphs:
-            self._graphs[fp32_path] = graph_stats.layers(fp32_path)
-        return graph_stats.model_ms(self.lat, self._graphs[fp32_path], precisions)
+        else their sum, times the device's correction where it has one
+        (``graph_stats.model_ms``)."""
+        return graph_stats.model_ms(self.lat, self._graph(fp32_path), precisions, corrected)
 
     def device_estimates(self, fp32_path: Path, precisions: dict[str, str]
                          ) -> dict[str, float] | None:
         """Each targeted device's own table's estimate of the graph, uncorrected."""
         if not self.device_lats:
             return None
-        if fp32_path not in self._graphs:
-            self._graphs[fp32_path] = graph_stats.layers(fp32_path)
-        graph = self._graphs[fp32_path]
+        graph = self._graph(fp32_path)
         return {name: round(graph_stats.model_ms(lat, graph, precisions), 6)
                 for name, lat in self.device_lats.items()}
 
@@ -138,11 +141,17 @@ class Measurer:
         m = self.cfg
         timing = self.backend.time_model(path, (1, *self.input_shape), m.runs, m.warmup,
                                          m.threads)
-        latency, p90, worker, per_device = timing.median_ms, timing.p90_ms, None, None
+        latency, p90, worker = timing.median_ms, timing.p90_ms, None
+        table: dict[str, Any] = {}
         if self.source != "measured":
             latency = p90 = self.estimate_ms(fp32_path, precisions)
             worker = timing.median_ms
-            per_device = self.device_estimates(fp32_path, precisions)
+            table["device_table_ms"] = self.device_estimates(fp32_path, precisions)
+            if self.lat.correction is not None:
+                table["uncorrected_ms"] = self.estimate_ms(fp32_path, precisions, False)
+            if table["device_table_ms"] or self.lat.correction is not None:
+                table["table_precision"] = graph_stats.main_precision(
+                    self.lat, self._graph(fp32_path), precisions)
         val_metric, per_image = self.evaluate(path, val)
         if baseline:
             self.baseline_val = per_image
@@ -151,5 +160,4 @@ class Measurer:
             val_accuracy=val_metric,
             latency_ms=latency, latency_p90_ms=p90, size_bytes=Path(path).stat().st_size,
             params=sizes[0], macs=sizes[1], measured_on_worker_ms=worker,
-            val_drop=None if baseline else self.drop_bound(per_image, val),
-            device_table_ms=per_device)
+            val_drop=None if baseline else self.drop_bound(per_image, val), **table)

@@ -401,8 +401,7 @@ class Controller:
         corr = self.ctx.lat.correction
         if corr is None or self.ctx.measurer.source != "device_table":
             return None
-        return {**corr.to_dict(),
-                "uncorrected_ms": round(final.latency_ms / corr.factor, 6)}
+        return {**corr.to_dict(), "uncorrected_ms": final.uncorrected_ms}
 
     def report(self, final: ModelStats, best: Candidate, why: list[str]) -> Report:
         ctx = self.ctx

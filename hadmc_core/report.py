@@ -38,10 +38,16 @@ class ModelStats:
     #: per targeted device, its own table's estimate before any correction (what the p50
     #: it reports for this version is compared with: ``hadmc_core.hal.feedback``)
     device_table_ms: dict[str, float] | None = None
+    #: the device table's estimate before the device's correction (None: not corrected)
+    uncorrected_ms: float | None = None
+    #: the precision of the largest share of the layer time (which of a device's
+    #: correction factors a p50 reported for this version informs)
+    table_precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("measured_on_worker_ms", "device_table_ms"):
+        for key in ("measured_on_worker_ms", "device_table_ms", "uncorrected_ms",
+                    "table_precision"):
             if out[key] is None:
                 del out[key]
         if self.val_drop is None:

@@ -203,10 +203,15 @@ class LatencyModel:
         constant is mostly the call, which a model pays once): ``c + k * (layers - fixed)
         + j * fixed``, with ``fixed_ms_by_precision`` the sums of the layers' ``a``.
 
-        A device's correction (``correction``) multiplies the result; ``corrected=False``:
-        the table's own estimate."""
+        A device's correction (``correction``) multiplies the result by its factors, each
+        precision's weighed by that precision's share of the layer time (a precision
+        without a factor: 1); ``corrected=False``: the table's own estimate."""
         ms = self._whole_ms(layer_ms_by_precision, fixed_ms_by_precision)
-        return self.correction.apply(ms) if corrected and self.correction else ms
+        total = sum(layer_ms_by_precision.values())
+        if not corrected or self.correction is None or total <= 0:
+            return ms
+        corr = self.correction
+        return ms * sum(corr.factor(p) * v for p, v in layer_ms_by_precision.items()) / total
 
     def _whole_ms(self, layer_ms_by_precision: dict[str, float],
                   fixed_ms_by_precision: dict[str, float] | None) -> float:

@@ -119,16 +119,18 @@ def test_a_device_tables_correction_scales_the_reported_latency(convnet, digits,
     prof = load_profile("x86-avx2")
     table = {"conv-k3-s1-8x8|fp32": [0.5, 0.0], "conv-k3-s1-8x8|int8": [0.25, 0.0]}
     slower = {k: [2 * v[0], v[1]] for k, v in table.items()}
-    corr = Correction(2.0, 3, [11, 12, 13])
+    corr = Correction({"fp32": 2.0, "int8": 2.0}, {"fp32": 2, "int8": 1}, [11, 12, 13])
     rep = compress(convnet, digits, prof, tmp_path / "c", QUICK, device_table=slower,
                    latency_correction=corr, device_tables={"7": table, "9": slower}).report
     assert rep["latency_source"] == "device_table"
     assert rep["latency_model"] == "device-table+p50-correction"
     lc = rep["latency_correction"]
-    assert lc["factor"] == 2.0 and lc["pairs"] == 3 and lc["versions"] == [11, 12, 13]
+    assert lc["factors"] == {"fp32": 2.0, "int8": 2.0} and lc["versions"] == [11, 12, 13]
     assert lc["source"] == "device table, corrected by 3 reported p50s"
     final = rep["compressed"]
     assert final["latency_ms"] == pytest.approx(2.0 * lc["uncorrected_ms"])
+    assert final["uncorrected_ms"] == lc["uncorrected_ms"]
+    assert final["table_precision"] in ("fp32", "int8")
     assert final["device_table_ms"]["9"] == pytest.approx(lc["uncorrected_ms"], rel=1e-4)
     assert final["device_table_ms"]["7"] < final["device_table_ms"]["9"]
     # the baseline: the table's 1.0 ms FP32 convolution dominates, doubled
