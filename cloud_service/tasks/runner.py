@@ -163,11 +163,17 @@ def _compress(job: Job, model: Model, dataset: Dataset, settings: Settings,
         cfg = PipelineConfig.from_dict(job.config)
         result = compress(loaded, data, target.profile, Path(tmp) / "out", cfg, progress,
                           device_table=target.device_table,
+                          latency_correction=target.correction,
+                          device_tables=target.device_tables or None,
                           task=CORE_TASKS[job.task],
                           **_update_of(job, settings, store, Path(tmp)))
         rep = result.report
         rep["target"] = {**target.info, "latency_source": rep.get("latency_source"),
                          "backend": rep.get("backend")}
+        final = rep["compressed"]
+        if final.get("device_table_ms"):  # what the p50s devices report are paired with
+            rep["target"]["table_ms"] = final["device_table_ms"]
+            rep["target"]["table_precision"] = final.get("table_precision")
         write_json(result.out_dir / "report.json", rep)
         build = built_for(target, str(rep.get("backend")), result.out_dir / "model.onnx")
         onnx_hash, onnx_size = store.ingest_file(result.out_dir / "model.onnx")

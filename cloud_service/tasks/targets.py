@@ -24,6 +24,14 @@ layer sum, and the notes say so. A group's terms are combined as its tables are,
 envelope coefficient by coefficient; a device without a term counts as ``[0, 1, 1]`` (the
 plain sum), so the group's estimate stays at or above each device's own.
 
+A device's table predictions are scaled by its correction from the p50s it reported for
+versions predicted from its table (``cloud_service.services.feedback``,
+``hadmc_core.hal.feedback``; one factor per precision); a group's corrections combine as
+its tables do, the largest factor per precision, a device without reported p50s of that
+precision counting as 1. The report's ``target.correction``
+keeps it (None: none), ``target.table_ms`` each device's own uncorrected prediction of the
+version, which the p50s it reports for the version are paired with in turn.
+
 Devices are read again when the job runs (their profile or table may have changed since
 submission); a device revoked meanwhile is left out, and the job fails when none is left.
 """
@@ -37,8 +45,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from cloud_service.models import Device, Job
+from cloud_service.services.feedback import correction_for
+from cloud_service.services.plans import line_of
 
 if TYPE_CHECKING:
+    from hadmc_core.hal.feedback import Correction
     from hadmc_core.hal.profile import HardwareProfile
 
 #: Keys of a table's whole-model term (``hadmc_core.hal.latency.TERM_PREFIX``; the API
@@ -60,6 +71,10 @@ class Plan:
     runtime: str | None
     #: The report's ``target`` section.
     info: dict[str, Any] = field(default_factory=dict)
+    #: The device's (a group's: combined) correction from its reported p50s.
+    correction: Correction | None = None
+    #: Each targeted device's own table, by device id (``compress(device_tables=...)``).
+    device_tables: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def combine_tables(tables: list[dict[str, list[float]]]) -> dict[str, list[float]]:
@@ -135,12 +150,20 @@ def plan(session: Session, job: Job) -> Plan:
         "latency": "device_table" if device_table else "profile",
         "whole_model": (WHOLE_MODEL if terms else "layer sum") if device_table else None,
         "notes": notes}
+    correction = None
+    if device_table:
+        correction, why = correction_for(session=session, device_ids=measured,
+                                         model_id=line_of(job, session))
+        info["correction"] = correction.to_dict() if correction is not None else None
+        notes += why
     if "tags" in target:
         info["tags"] = target["tags"]
         info["combine"] = COMBINE
         if target.get("left_out"):
             info["left_out_at_submission"] = target["left_out"]
-    return Plan(profile, device_table, runtime or None, info)
+    own = {str(i): t for i, t in tables.items() if t}
+    return Plan(profile, device_table, runtime or None, info, correction,
+                own if device_table else {})
 
 
 def built_for(plan: Plan, backend_name: str, onnx_path: Path) -> dict[str, Any]:

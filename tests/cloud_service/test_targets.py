@@ -96,7 +96,7 @@ def test_bad_targets_are_problems(client: TestClient, auth: dict, tiny_model: di
 
 def test_device_target_uses_its_table_and_runtime(client: TestClient, auth: dict,
                                                   settings: Settings, tiny_model: dict,
-                                                  digits: dict) -> None:
+                                                  digits: dict, tmp_path: Path) -> None:
     table = {"conv-k3-s1-32x32|fp32": [0.01, 0.2], "linear|int8": [0.002, 0.05],
              "model|fp32": [0.05, 1.1, 0.3], "model|int8": [0.04, 0.9, 0.2]}
     dev = _device(client, auth, "ov-box", [OV, ORT], table=table)
@@ -110,12 +110,37 @@ def test_device_target_uses_its_table_and_runtime(client: TestClient, auth: dict
     assert p.profile.runtimes == ["openvino-cpu"] and p.profile.isa == "x86_64"
     assert p.info["latency"] == "device_table" and p.info["notes"] == []
     assert p.info["whole_model"] == WHOLE_MODEL and p.info["terms_from"] == [dev]
+    assert p.correction is None and p.info["correction"] is None
+    assert p.device_tables == {str(dev): table}
     # a p50 report after an update carries no table: the device's table and term stay
     r = client.post(f"/v1/devices/{dev}/latency", json={"p50_ms": 3.5},
                     headers={"Authorization": f"Bearer {_credentials[dev]}"})
     assert r.status_code == 200 and r.json()["latency"]["p50_ms"] == 3.5
     assert r.json()["latency"]["operators"] == table
     assert _plan(settings, job["id"]).device_table == table
+
+    # The device runs a version built for it (its table predicted 2.0 ms) and reports
+    # 0.5 ms; a version whose prediction was another device's table does not count.
+    mine, theirs = (insert_version(settings, tiny_model["id"], n, make_onnx(
+        tmp_path / f"v{n}.onnx", np.ones((4, 4), np.float32))) for n in (70, 71))
+    with session_scope(settings.database_url) as s:
+        for vid, table_ms in ((mine, {str(dev): 2.0}), (theirs, {str(dev + 1000): 0.1})):
+            s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(
+                summary={"target": {"kind": "device", "table_ms": table_ms}}))
+    for vid in (mine, theirs):
+        r = client.post(f"/v1/devices/{dev}/updates", json={
+            "version_id": vid, "ok": True, "phase": "done", "p50_ms": 0.5, "p95_ms": 0.6},
+            headers={"Authorization": f"Bearer {_credentials[dev]}"})
+        assert r.status_code == 201, r.text
+    p = _plan(settings, _submit(client, auth, tiny_model, digits,
+                                target={"device": dev}).json()["id"])
+    assert p.correction is not None and p.correction.factors == {"fp32": 0.25}
+    assert p.info["correction"]["pairs"] == {"fp32": 1}
+    assert p.info["correction"]["versions"] == [mine]
+    assert p.info["correction"]["source"] == "device table, corrected by 1 reported p50"
+    assert p.info["notes"] == [f"device {dev}: its table's predictions scaled per precision "
+                               "by the median measured/predicted over the p50s it reported "
+                               f"for this model's versions ({mine}): fp32 x0.25 (1)"]
 
     older = _device(client, auth, "older-agent", [ORT], table={"linear|fp32": [0.1, 0.2]})
     p = _plan(settings, _submit(client, auth, tiny_model, digits,
@@ -158,6 +183,7 @@ def test_group_combines_the_slowest_per_operator(client: TestClient, auth: dict,
                               "dw|int8": [0.1, 0.2]}
     assert p.info["profile_of"] == slow and p.profile.peak_gops["fp32"] == 10.0
     assert p.info["tables_from"] == [fast, slow] and p.info["kind"] == "devices"
+    assert set(p.device_tables) == {str(fast), str(slow)} and p.correction is None
     assert any(f"device {none} has sent no operator latency table" in n
                for n in p.info["notes"])
     assert combine_tables([]) == {}
