@@ -144,6 +144,10 @@ def test_job_for_a_device_runs_on_its_runtime(server: Server, tmp_path: Path) ->
         assert {"model|fp32", "model|int8"} <= set(table), table
         assert report["latency_model"] == "device-table+whole-model-term"
         assert report["target"]["terms_from"] == [ov_id], report["target"]
+        # what the p50 the device reports for this version is paired with in later jobs
+        assert report["target"]["table_ms"][str(ov_id)] > 0, report["target"]
+        assert report["target"]["table_precision"] in ("fp32", "int8")
+        assert report["target"]["correction"] is None and report["latency_correction"] is None
         built = ok(s.admin.get(f"/v1/versions/{vid}"))["built_for"]
         assert built["runtime"] == "openvino-cpu" and built["runtimes"] == ["openvino-cpu"]
         assert built["memory_mb"] >= 1 and built["runtime_version"]["min"].startswith("20")
