@@ -164,7 +164,7 @@ def test_device_target_uses_its_table_and_runtime(client: TestClient, auth: dict
 
 def test_group_combines_the_slowest_per_operator(client: TestClient, auth: dict,
                                                  settings: Settings, tiny_model: dict,
-                                                 digits: dict) -> None:
+                                                 digits: dict, tmp_path: Path) -> None:
     fast = _device(client, auth, "g-fast", [ORT, OV], tags=["grp"],
                    table={"conv|fp32": [0.01, 0.5], "linear|fp32": [0.3, 0.1]})
     slow = _device(client, auth, "g-slow", [OV], tags=["grp", "other"],
@@ -187,6 +187,28 @@ def test_group_combines_the_slowest_per_operator(client: TestClient, auth: dict,
     assert any(f"device {none} has sent no operator latency table" in n
                for n in p.info["notes"])
     assert combine_tables([]) == {}
+
+    # An INT8 version built for the group runs 3x its prediction on the fast device and
+    # half of it on the slow one: the group's INT8 factor is the largest, 3.
+    vid = insert_version(settings, tiny_model["id"], 72, make_onnx(
+        tmp_path / "g.onnx", np.ones((4, 4), np.float32)))
+    with session_scope(settings.database_url) as s:
+        s.execute(update(ModelVersion).where(ModelVersion.id == vid).values(summary={
+            "target": {"kind": "devices", "table_ms": {str(fast): 1.0, str(slow): 2.0},
+                       "table_precision": "int8"}}))
+    for dev, p50 in ((fast, 3.0), (slow, 1.0)):
+        r = client.post(f"/v1/devices/{dev}/updates", json={
+            "version_id": vid, "ok": True, "phase": "done", "p50_ms": p50},
+            headers={"Authorization": f"Bearer {_credentials[dev]}"})
+        assert r.status_code == 201, r.text
+    p = _plan(settings, _submit(client, auth, tiny_model, digits,
+                                target={"devices": {"tags": ["grp"]}}).json()["id"])
+    assert p.correction is not None
+    assert p.correction.factors == pytest.approx({"int8": 3.0})
+    per = p.info["correction"]["per_device"]
+    assert per[str(fast)] == pytest.approx({"int8": 3.0})
+    assert per[str(slow)] == pytest.approx({"int8": 0.5})
+    assert p.info["correction"]["pairs"] == {"int8": 2}
 
 
 def test_group_terms_combine_as_an_upper_envelope() -> None:
