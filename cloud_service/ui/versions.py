@@ -34,6 +34,10 @@ def _chosen_estimate(report: dict[str, Any]) -> float | None:
 LATENCY_MODELS = {
     "device-table+whole-model-term": "device's operator table through its whole-model term",
     "device-table": "device's operator table, sum of the layers (no whole-model term)",
+    "device-table+whole-model-term+p50-correction": "device's operator table through its "
+    "whole-model term, corrected by the p50s it reported",
+    "device-table+p50-correction": "device's operator table, sum of the layers, corrected "
+    "by the p50s it reported",
     "roofline": "roofline of the profile",
 }
 
