@@ -171,8 +171,9 @@ class VersionLatency(BaseModel):
     predicted_model: str | None = Field(
         default=None, description="The latency model behind it (the report's "
         "`latency_model`): `device-table+whole-model-term` (the device's table through the "
-        "whole-model term it measured), `device-table` (the sum of its layers), "
-        "`measured-<backend>-in-graph`, `roofline`, ...")
+        "whole-model term it measured), `device-table` (the sum of its layers), either "
+        "ending in `+p50-correction` when scaled by the p50s the device reported for "
+        "versions built for it, `measured-<backend>-in-graph`, `roofline`, ...")
     measured_p50_ms: float | None = Field(description="Median over devices of each "
                                           "device's p50 for this version.")
     measured_p95_ms: float | None = Field(description="Median over devices of their p95.")

@@ -14,8 +14,10 @@ from cloud_service.db import utcnow
 from cloud_service.models import Device
 from cloud_service.services import desired as desired_svc
 from cloud_service.services import devices as svc
+from cloud_service.services import feedback as feedback_svc
 from cloud_service.services import fleet as fleet_svc
 from cloud_service.services import updates as updates_svc
+from cloud_service.tasks.targets import TERM_PREFIX
 from cloud_service.ui.lookups import flush_heartbeats, model_names, version_labels
 from cloud_service.ui.render import error_page, render
 from cloud_service.ui.session import ViewerDep
@@ -25,14 +27,31 @@ HISTORY_PAGE = 50
 
 
 def operator_rows(latency: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The reported per-operator table as rows: class, samples, median, min, max (ms)."""
+    """The reported per-operator table as rows: class, samples, median, min, max (ms).
+    The whole-model term's entries are not operators (``term_rows``)."""
     table = (latency or {}).get("operators") or {}
     rows = []
     for op, samples in sorted(table.items()):
+        if op.startswith(TERM_PREFIX):
+            continue
         values = [float(v) for v in samples or [] if isinstance(v, int | float)]
         rows.append({"op": op, "n": len(values),
                      "median": statistics.median(values) if values else None,
                      "min": min(values, default=None), "max": max(values, default=None)})
+    return rows
+
+
+def term_rows(latency: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The device's whole-model term per precision, ``[c, k, j]`` (``model|<precision>``
+    entries of its table): whole ms = c + k x the layers' MAC parts + j x their constants."""
+    table = (latency or {}).get("operators") or {}
+    rows = []
+    for key, value in sorted(table.items()):
+        if not key.startswith(TERM_PREFIX) or not isinstance(value, list):
+            continue
+        c, k, j = ([float(v) if isinstance(v, int | float) else None for v in value]
+                   + [None] * 3)[:3]
+        rows.append({"precision": key[len(TERM_PREFIX):], "c": c, "k": k, "j": j})
     return rows
 
 
@@ -57,9 +76,12 @@ def device_page(device_id: PathId, request: Request, session: SessionDep,
     for m in models:
         shown += [m["current"], m["previous"], (m["want"] or {}).get("version_id")]
     ids = {v for v in shown if v is not None}
+    correction, _ = feedback_svc.correction_for(session=session, device_ids=[dev.id],
+                                                model_id=None)
     return render(request, "device.html", viewer, title=f"Device {dev.name}", nav="fleet",
                   dev=dev, state=state, profile=dev.profile or {},
-                  operators=operator_rows(dev.latency), latency=dev.latency or {},
+                  operators=operator_rows(dev.latency), terms=term_rows(dev.latency),
+                  latency=dev.latency or {}, correction=correction,
                   reports=reports, count=count, offset=offset, page=HISTORY_PAGE,
                   desired=desired, models=models, labels=version_labels(session, ids))
 

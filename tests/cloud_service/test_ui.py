@@ -39,6 +39,8 @@ QUICK_OVERRIDES = {"quantize": {"keep_ladder": [0], "calib_samples": 32,
                                 "sensitivity_samples": 16},
                    "measure": {"runs": 5, "warmup": 2}}
 OPERATORS = {"Conv": [0.011, 0.012, 0.013], "Gemm": [0.004, 0.005], "Relu": [0.001]}
+#: the whole-model term the agent sends inside its table: [c, k, j], not operator samples
+TERM = {"model|fp32": [0.05, 1.1, 0.3]}
 
 if not Path(CHROMIUM).exists():
     pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/system_deps.sh "
@@ -261,7 +263,7 @@ def test_an_operator_runs_a_job_and_steers_a_rollout(serve: Serve, browser: Brow
     devs = [serve.enroll(f"edge-{i}", ["line-1"]) for i in (1, 2)]
     other = serve.enroll("edge-3", ["line-2"])
     r = serve.api.post(f"/v1/devices/{devs[0]['device_id']}/latency",
-                       json={"operators": OPERATORS}, headers=devs[0]["auth"])
+                       json={"operators": {**OPERATORS, **TERM}}, headers=devs[0]["auth"])
     assert r.status_code == 200, r.text
     page.click("a:has-text('Roll out')")
     page.wait_for_url(re.compile(r".*/ui/rollouts/new\?version_id=\d+$"))
@@ -356,6 +358,10 @@ def test_an_operator_runs_a_job_and_steers_a_rollout(serve: Serve, browser: Brow
     assert page.locator("[data-testid=operators] tbody tr").count() == len(OPERATORS)
     conv = page.locator("[data-testid=operators] tr", has_text="Conv").inner_text()
     assert "0.0120" in conv and "3" in conv
+    term = page.inner_text("[data-testid=whole-model-term] tr[data-precision=fp32]")
+    assert "0.0500" in term and "1.10" in term and "0.300" in term, term
+    # its version was built for a profile, not from its table: nothing to correct by
+    assert "None yet" in page.inner_text("[data-testid=correction]")
     history = page.locator("[data-testid=updates] tbody tr")
     assert history.count() == 1 and "done" in history.inner_text()
     assert f"#{version_id}" in page.inner_text("[data-testid=current-version]")
