@@ -67,6 +67,51 @@ def hadmc_cli(model: list[str], profile: str, out: Path, drop: float, extra: lis
     return wall
 
 
+def ort_default_int8(fp32: Path, out: Path, calib: Any, batch: int) -> Path:
+    """ONNX Runtime static quantization with its default settings on the whole graph (what
+    a user tries first on ONNX Runtime), calibrated on ``calib`` in batches of ``batch``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]) \
+        .get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: calib[i:i + batch]} for i in range(0, len(calib), batch)])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader())
+    return out
+
+
+PTQ_ORT, PTQ_NNCF = "PTQ-INT8, ONNX Runtime defaults", "NNCF PTQ INT8 on OpenVINO"
+
+
+def ptq_rows(fp32: Path, work: Path, calib: Any, batch: int
+             ) -> tuple[dict[str, tuple[Path, str]], dict[str, float], dict[str, str]]:
+    """The two post-training INT8 rows of ``fp32`` (``PTQ_ORT``, ``PTQ_NNCF``): their files
+    and runtimes, build seconds, and the error of a row that could not be built."""
+    from hadmc_core.references import nncf_int8
+
+    rows: dict[str, tuple[Path, str]] = {}
+    walls: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for name, runtime, build in (
+            (PTQ_ORT, "onnxruntime",
+             lambda: ort_default_int8(fp32, work / "ptq-ort.onnx", calib, batch)),
+            (PTQ_NNCF, "openvino", lambda: nncf_int8(fp32, work / "nncf.xml", calib))):
+        t = time.perf_counter()
+        try:
+            rows[name] = (build(), runtime)
+        except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported
+            errors[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        walls[name] = time.perf_counter() - t
+    return rows, walls, errors
+
+
 def time_rows(rows: dict[str, tuple[Path, str]], shape: tuple[int, ...], rounds: int,
               runs: int) -> dict[str, float]:
     """Median latency per row; one session open at a time, rounds interleaved."""

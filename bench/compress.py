@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import CACHE as BENCH_CACHE  # noqa: E402
-from common import chosen, hadmc_cli, machine, size_of, time_rows, top1  # noqa: E402
+from common import PTQ_NNCF, chosen, hadmc_cli, machine, ptq_rows, size_of, time_rows, top1  # noqa: E402
 
 CACHE = BENCH_CACHE / "compress"
 PROFILES = {"openvino": "local-openvino", "onnxruntime": "local"}
@@ -64,21 +64,6 @@ def baseline(arch: str, epochs: float) -> tuple[Path, float]:
     return path, train_s
 
 
-def ptq_default(fp32: Path, out: Path, calib) -> Path:
-    """ONNX Runtime static quantization with its default settings."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"input": calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(fp32), str(out), Reader())
-    return out
-
-
 def build_rows(arch: str, weights: Path, data, args, work: Path
                ) -> tuple[dict[str, tuple[Path, str]], dict[str, float], dict[str, dict]]:
     """Every row's file and runtime, its build seconds, and the HAD-MC reports."""
@@ -86,22 +71,17 @@ def build_rows(arch: str, weights: Path, data, args, work: Path
 
     from hadmc_core.models import load_model
     from hadmc_core.onnx_io import export_onnx
-    from hadmc_core.references import nncf_int8
 
     work.mkdir(parents=True, exist_ok=True)
     model = load_model(weights)[0].eval()
     fp32 = export_onnx(model, torch.from_numpy(data.val.x[:1]), work / "fp32.onnx")
     rows = {"ONNX Runtime FP32": (fp32, "onnxruntime"), "OpenVINO FP32": (fp32, "openvino")}
     walls = dict.fromkeys(rows, 0.0)
-    calib = data.train.x[:300]
-    for name, runtime, build in (
-            ("PTQ-INT8, ONNX Runtime defaults", "onnxruntime",
-             lambda: ptq_default(fp32, work / "ptq-ort.onnx", calib)),
-            ("NNCF PTQ INT8 on OpenVINO", "openvino",
-             lambda: nncf_int8(fp32, work / "nncf.xml", calib))):
-        t = time.perf_counter()
-        rows[name] = (build(), runtime)
-        walls[name] = time.perf_counter() - t
+    built, built_s, errors = ptq_rows(fp32, work, data.train.x[:300], batch=32)
+    if errors:
+        raise SystemExit(f"a reference row could not be built: {errors}")
+    rows.update(built)
+    walls.update(built_s)
     model_args = ["--model", arch, "--weights", str(weights)]
     reports = {}
     jobs = [(f"HAD-MC for {_runtime_name(r)}", PROFILES[r], r, []) for r in args.runtimes]
@@ -139,7 +119,7 @@ def score(arch: str, epochs: float, rows: dict[str, tuple[Path, str]],
             "delta_points": round(acc - base_acc, 2), "latency_ms": round(lat[key], 3),
             "speedup": round(lat["ONNX Runtime FP32"] / lat[key], 2),
             "vs_ov_fp32": round(lat["OpenVINO FP32"] / lat[key], 2),
-            "vs_nncf": round(lat["NNCF PTQ INT8 on OpenVINO"] / lat[key], 2),
+            "vs_nncf": round(lat[PTQ_NNCF] / lat[key], 2),
             "size_mb": round(size_of(path) / 1e6, 3),
             "compression": round(base_size / size_of(path), 2), "wall_s": round(walls[key], 1),
             "stages_seconds": rep.get("stages_seconds") if rep else None,

@@ -44,9 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import CACHE as BENCH_CACHE  # noqa: E402
-from common import machine, printer, size_of  # noqa: E402
-
-from hadmc_core.references import nncf_int8  # noqa: E402
+from common import PTQ_NNCF, PTQ_ORT, machine, printer, ptq_rows, size_of  # noqa: E402
 
 CACHE = BENCH_CACHE / "detect"
 
@@ -75,24 +73,11 @@ def trained(args: argparse.Namespace, data: Any) -> tuple[Any, float]:
     return model, train_s
 
 
-def ort_default_int8(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    """ONNX Runtime static quantization with its default settings on the whole graph."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"images": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    quantize_static(str(fp32), str(out), Reader())
-    return out
-
-
 def build_rows(args: argparse.Namespace, model: Any, data: Any, work: Path
-               ) -> tuple[dict[str, tuple[Path, str]], dict[str, float], dict[str, Any]]:
-    """Every row's model file and runtime, its build wall seconds, and errors by row."""
+               ) -> tuple[dict[str, tuple[Path, str]], dict[str, float], dict[str, str],
+                          dict[str, Any]]:
+    """Every row's model file and runtime, its build wall seconds, the error of each row
+    that could not be built, and the compression reports."""
     import torch
 
     from hadmc_core.compress import compress
@@ -104,22 +89,12 @@ def build_rows(args: argparse.Namespace, model: Any, data: Any, work: Path
     work.mkdir(parents=True)
     rows: dict[str, tuple[Path, str]] = {}
     walls: dict[str, float] = {}
-    errors: dict[str, Any] = {}
     example = torch.from_numpy(data.val.x[:1])
     fp32 = export_detector(model, example, work / "fp32.onnx", list(data.class_names))
     rows["FP32"], walls["FP32"] = (fp32, "onnxruntime"), 0.0
-    calib = data.train.x[:args.calib_images]
-    for name, runtime, build in (
-            ("PTQ-INT8 (ONNX Runtime defaults)", "onnxruntime",
-             lambda: ort_default_int8(fp32, work / "ptq-ort.onnx", calib)),
-            ("NNCF PTQ-INT8 (OpenVINO)", "openvino",
-             lambda: nncf_int8(fp32, work / "nncf.xml", calib))):
-        t = time.perf_counter()
-        try:
-            rows[name] = (build(), runtime)
-        except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported
-            errors[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        walls[name] = time.perf_counter() - t
+    built, built_s, errors = ptq_rows(fp32, work, data.train.x[:args.calib_images], batch=1)
+    rows.update(built)
+    walls.update(built_s)
     distill = {"epochs": args.distill_epochs, "samples": args.distill_samples,
                "batch_size": 32}
     quick = {"measure": {"references": False}, "max_candidates": args.max_candidates}
@@ -140,8 +115,7 @@ def build_rows(args: argparse.Namespace, model: Any, data: Any, work: Path
         rows[name] = (res.out_dir / "model.onnx", str(res.report.get("backend") or
                                                       "onnxruntime"))
         reports[name] = res.report
-    errors["reports"] = reports
-    return rows, walls, errors
+    return rows, walls, errors, reports
 
 
 def time_rows(rows: dict[str, tuple[Path, str]], images: np.ndarray, rounds: int,
@@ -203,14 +177,13 @@ def main() -> None:
     if args.train_only:
         print(f"trained in {train_s:.0f} s (cached in {CACHE})")
         return
-    rows, walls, errors = build_rows(args, model, data, CACHE / "work")
-    reports = errors.pop("reports")
+    rows, walls, errors, reports = build_rows(args, model, data, CACHE / "work")
     threads = default_threads()
     lat = time_rows(rows, data.test.x[:32], args.rounds, args.runs, threads)
     base_map, _ = score(*rows["FP32"], data.test)
     base_size, base_lat = size_of(rows["FP32"][0]), lat["FP32"]
     out = []
-    for name in ("FP32", "PTQ-INT8 (ONNX Runtime defaults)", "NNCF PTQ-INT8 (OpenVINO)",
+    for name in ("FP32", PTQ_ORT, PTQ_NNCF,
                  "L1-uniform 50% + fine-tune", "HAD-MC full"):
         if name not in rows:
             out.append({"row": name, "error": errors.get(name), "wall_s": round(walls[name], 1)})

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud_service.models import ModelVersion, Rollout, RolloutDevice, UpdateReport
+from cloud_service.models import ModelVersion
+from cloud_service.services.updates import reported_latency
 
 if TYPE_CHECKING:
     from hadmc_core.hal.feedback import Correction, Pair
@@ -32,26 +33,9 @@ MAX_PAIRS = 20
 
 
 def reported_p50s(*, session: Session, device_id: int) -> dict[int, float]:
-    """Per version, the p50 the device measured for it: its newest successful update
-    report with a p50, or else its row in a rollout of the version it succeeded in."""
-    out: dict[int, float] = {}
-    rows = session.execute(
-        select(UpdateReport.version_id, UpdateReport.p50_ms)
-        .where(UpdateReport.device_id == device_id, UpdateReport.ok.is_(True),
-               UpdateReport.p50_ms.is_not(None), UpdateReport.version_id.is_not(None))
-        .order_by(UpdateReport.id))
-    for version_id, p50 in rows:  # newest last, so it wins
-        if version_id is not None and p50 is not None:
-            out[version_id] = p50
-    rows = session.execute(
-        select(Rollout.version_id, RolloutDevice.p50_ms).join(Rollout)
-        .where(RolloutDevice.device_id == device_id, RolloutDevice.status == "succeeded",
-               RolloutDevice.p50_ms.is_not(None))
-        .order_by(RolloutDevice.rollout_id))
-    for version_id, p50 in rows:
-        if version_id is not None and p50 is not None:
-            out.setdefault(version_id, p50)
-    return out
+    """Per version, the p50 the device measured for it (``services.updates``' reports)."""
+    return {vid: p50 for (vid, _), (p50, _) in
+            reported_latency(session=session, device_id=device_id).items()}
 
 
 def _prediction(summary: dict[str, Any] | None, device_id: int

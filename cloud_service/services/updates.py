@@ -21,28 +21,45 @@ def list_update_reports(*, session: Session, device_id: int, offset: int, limit:
     return page(session, query, UpdateReport.id.desc(), offset, limit)
 
 
+def reported_latency(*, session: Session, version_id: int | None = None,
+                     device_id: int | None = None
+                     ) -> dict[tuple[int, int], tuple[float, float | None]]:
+    """Per ``(version, device)``, ``(p50_ms, p95_ms)`` as the device measured the version:
+    its newest successful update report for the version that carries a p50, or else its
+    row in a rollout of the version that it succeeded in (no p95 there). Narrowed to one
+    version and/or one device when given."""
+    out: dict[tuple[int, int], tuple[float, float | None]] = {}
+    query = (select(UpdateReport.version_id, UpdateReport.device_id, UpdateReport.p50_ms,
+                    UpdateReport.p95_ms)
+             .where(UpdateReport.ok.is_(True), UpdateReport.p50_ms.is_not(None),
+                    UpdateReport.version_id.is_not(None))
+             .order_by(UpdateReport.id))
+    if version_id is not None:
+        query = query.where(UpdateReport.version_id == version_id)
+    if device_id is not None:
+        query = query.where(UpdateReport.device_id == device_id)
+    for vid, did, p50, p95 in session.execute(query):  # newest last, so it wins
+        if vid is not None and p50 is not None:
+            out[(vid, did)] = (p50, p95)
+    rows = (select(Rollout.version_id, RolloutDevice.device_id, RolloutDevice.p50_ms)
+            .join(Rollout)
+            .where(RolloutDevice.status == "succeeded", RolloutDevice.p50_ms.is_not(None))
+            .order_by(RolloutDevice.rollout_id))
+    if version_id is not None:
+        rows = rows.where(Rollout.version_id == version_id)
+    if device_id is not None:
+        rows = rows.where(RolloutDevice.device_id == device_id)
+    for vid, did, p50 in session.execute(rows):
+        if vid is not None and p50 is not None:
+            out.setdefault((vid, did), (p50, None))
+    return out
+
+
 def measured(*, session: Session, version_id: int) -> dict[int, tuple[float, float | None]]:
-    """Per device, ``(p50_ms, p95_ms)`` of the version as the device measured it: its
-    newest successful update report for the version that carries a p50, or else its row
-    in a rollout of the version that it succeeded in."""
-    per_device: dict[int, tuple[float, float | None]] = {}
-    reports = session.execute(
-        select(UpdateReport.device_id, UpdateReport.p50_ms, UpdateReport.p95_ms)
-        .where(UpdateReport.version_id == version_id, UpdateReport.ok.is_(True),
-               UpdateReport.p50_ms.is_not(None))
-        .order_by(UpdateReport.id))
-    for device_id, p50, p95 in reports:  # newest last, so it wins
-        if p50 is not None:
-            per_device[device_id] = (p50, p95)
-    rows = session.execute(
-        select(RolloutDevice.device_id, RolloutDevice.p50_ms).join(Rollout)
-        .where(Rollout.version_id == version_id, RolloutDevice.status == "succeeded",
-               RolloutDevice.p50_ms.is_not(None))
-        .order_by(RolloutDevice.rollout_id))
-    for device_id, p50 in rows:
-        if p50 is not None:
-            per_device.setdefault(device_id, (p50, None))
-    return per_device
+    """Per device, ``(p50_ms, p95_ms)`` of the version as the device measured it
+    (``reported_latency``)."""
+    return {did: v for (_, did), v in
+            reported_latency(session=session, version_id=version_id).items()}
 
 
 def predicted(report: dict[str, Any]) -> tuple[float | None, str | None]:
