@@ -167,28 +167,32 @@ def estimate_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
                * ly.tokens for name, ly in graph.items())
 
 
-def model_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
-             precisions: dict[str, str], corrected: bool = True) -> float:
-    """The latency model's estimate of the whole model: its weight layers per precision,
-    plus what the model costs beyond them where the model fitted that
-    (``LatencyModel.fit_overhead``), times a device's correction where it has one
-    (``corrected=False``: without it)."""
+def _by_precision(lat: LatencyModel, graph: dict[str, GraphLayer],
+                  precisions: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per precision, the sum of the layers' estimates and of their constant parts."""
     by_p: dict[str, float] = {}
     fixed: dict[str, float] = {}
     for name, ly in graph.items():
         p = precisions.get(name, "fp32")
         by_p[p] = by_p.get(p, 0.0) + lat.layer_ms(ly.geom, ly.cin, ly.cout, p) * ly.tokens
         fixed[p] = fixed.get(p, 0.0) + lat.fixed_ms(ly.geom, p)
+    return by_p, fixed
+
+
+def model_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
+             precisions: dict[str, str], corrected: bool = True) -> float:
+    """The latency model's estimate of the whole model: its weight layers per precision,
+    plus what the model costs beyond them where the model fitted that
+    (``LatencyModel.fit_overhead``), times a device's correction where it has one
+    (``corrected=False``: without it)."""
+    by_p, fixed = _by_precision(lat, graph, precisions)
     return lat.model_ms(by_p, fixed, corrected=corrected)
 
 
 def main_precision(lat: LatencyModel, graph: dict[str, GraphLayer],
                    precisions: dict[str, str]) -> str:
     """The precision of the largest share of the model's layer time."""
-    by_p: dict[str, float] = {}
-    for name, ly in graph.items():
-        p = precisions.get(name, "fp32")
-        by_p[p] = by_p.get(p, 0.0) + lat.layer_ms(ly.geom, ly.cin, ly.cout, p) * ly.tokens
+    by_p = _by_precision(lat, graph, precisions)[0]
     return max(by_p, key=lambda p: by_p[p]) if by_p else "fp32"
 
 
