@@ -34,6 +34,7 @@ largest factor, as a group's tables are combined by their upper envelope).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -104,9 +105,8 @@ def _valid(p: Pair) -> bool:
 
 
 def _median_ratio(pairs: list[Pair]) -> float:
-    logs = sorted(math.log(p.measured_ms / p.predicted_ms) for p in pairs)
-    n = len(logs)
-    return math.exp(logs[n // 2] if n % 2 else (logs[n // 2 - 1] + logs[n // 2]) / 2)
+    return math.exp(statistics.median(math.log(p.measured_ms / p.predicted_ms)
+                                      for p in pairs))
 
 
 def correction(pairs: Iterable[Pair | tuple[float, float]]) -> Correction | None:
