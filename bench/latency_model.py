@@ -167,11 +167,7 @@ def predict_table(cands: list[dict[str, Any]], ctx: dict[str, Any], backend: Any
         graph = graph_stats.layers(c["fp32"])
         out[c["id"]] = (graph_stats.estimate_ms(lat, graph, c["precisions"]),
                         graph_stats.model_ms(lat, graph, c["precisions"]))
-        shares: dict[str, float] = {}
-        for name, ly in graph.items():
-            p = c["precisions"].get(name, "fp32")
-            shares[p] = shares.get(p, 0.0) + lat.layer_ms(ly.geom, ly.cin, ly.cout, p) * ly.tokens
-        c["table_shares"] = shares
+        c["table_shares"] = graph_stats.by_precision(lat, graph, c["precisions"])[0]
     return out, lat.overhead
 
 

@@ -167,7 +167,7 @@ def estimate_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
                * ly.tokens for name, ly in graph.items())
 
 
-def _by_precision(lat: LatencyModel, graph: dict[str, GraphLayer],
+def by_precision(lat: LatencyModel, graph: dict[str, GraphLayer],
                   precisions: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
     """Per precision, the sum of the layers' estimates and of their constant parts."""
     by_p: dict[str, float] = {}
@@ -185,14 +185,14 @@ def model_ms(lat: LatencyModel, graph: dict[str, GraphLayer],
     plus what the model costs beyond them where the model fitted that
     (``LatencyModel.fit_overhead``), times a device's correction where it has one
     (``corrected=False``: without it)."""
-    by_p, fixed = _by_precision(lat, graph, precisions)
+    by_p, fixed = by_precision(lat, graph, precisions)
     return lat.model_ms(by_p, fixed, corrected=corrected)
 
 
 def main_precision(lat: LatencyModel, graph: dict[str, GraphLayer],
                    precisions: dict[str, str]) -> str:
     """The precision of the largest share of the model's layer time."""
-    by_p = _by_precision(lat, graph, precisions)[0]
+    by_p = by_precision(lat, graph, precisions)[0]
     return max(by_p, key=lambda p: by_p[p]) if by_p else "fp32"
 
 
