@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadmc_core import pipeline, references, report, tasks, update
+from hadmc_core import decision, pipeline, references, report, tasks, update
 from hadmc_core.config import PipelineConfig
 from hadmc_core.context import Context
-from hadmc_core.data import DataSplits
+from hadmc_core.data import DataSplits, with_validation
 from hadmc_core.errors import HadmcError
 from hadmc_core.hal.feedback import Correction
 from hadmc_core.hal.profile import HardwareProfile
@@ -135,6 +135,7 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
               device_tables: dict[str, dict[str, list[float]]] | None = None
               ) -> CompressionResult:
     cfg = cfg or PipelineConfig()
+    data = sized_validation(data, cfg)
     plan = (update_of if isinstance(update_of, Plan) or update_of is None
             else load_plan(update_of))
     the_task = tasks.get(task)
@@ -190,6 +191,23 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CompressionResult(Path(out_dir), data_out, rep.met, rep.message)
+
+
+def sized_validation(data: DataSplits, cfg: PipelineConfig) -> DataSplits:
+    """``data`` with the validation split ``cfg.constraints.validation_images`` asks for."""
+    cons = cfg.constraints
+    want = cons.validation_images
+    if want == "dataset":
+        return data
+    if want == "auto":
+        want = decision.auto_validation_size(len(data.val), len(data.train),
+                                             cons.max_accuracy_drop, cons.confidence)
+    assert isinstance(want, int)
+    if want < len(data.val):
+        raise HadmcError(f"validation_images {want} is fewer than the dataset's own "
+                         f"validation split ({len(data.val)} images); ask for at least that "
+                         "many, or 'dataset'")
+    return with_validation(data, want)
 
 
 def _task_metrics(ctx: Context, chosen: Path) -> dict[str, Any]:

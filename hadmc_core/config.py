@@ -218,9 +218,17 @@ class Constraints:
     #: one-sided confidence that a candidate's drop is within max_accuracy_drop, from a
     #: paired bound on the validation split (hadmc_core.decision); 0.5 = point estimate
     confidence: float = 0.95
+    #: validation images the decisions use: "auto" (enough for the limit where the training
+    #: split can spare them, ``decision.auto_validation_size``), "dataset" (its own split) or
+    #: a number (the dataset's split topped up from the end of the training split)
+    validation_images: int | str = "auto"
 
     def __post_init__(self) -> None:
         _check(0.5 <= self.confidence < 1, "constraints.confidence must be in [0.5, 1)")
+        v = self.validation_images
+        _check(v in ("auto", "dataset") or (isinstance(v, int) and not isinstance(v, bool)
+                                            and v >= 1),
+               f"constraints.validation_images: 'auto', 'dataset' or a number >= 1, not {v!r}")
 
 
 #: Built-in techniques: attributes of ``PipelineConfig`` (their JSON keys).

@@ -129,4 +129,38 @@ def split_warning(margins: list[float], n: int, max_drop: float,
             f"{confidence:.0%} confidence the noise alone adds {smallest:.2f} points to every "
             f"candidate's drop, so a candidate passes only with a measured drop under "
             f"{max(0.0, max_drop - smallest):.2f}; about {need} validation images would bring "
-            "that margin to a quarter of the limit")
+            "that margin to a quarter of the limit (constraints.validation_images, "
+            "--validation-images)")
+
+
+#: Fraction of validation images on which a candidate near the limit disagrees with its
+#: baseline, for sizing the split before any candidate exists: ResNet-18 and MobileNetV2
+#: candidates within half a point of their Fashion-MNIST baselines disagreed on 2-3 %.
+TYPICAL_DISAGREEMENT = 0.03
+#: ``validation_images="auto"`` takes at most this share of the training split.
+MAX_TRAIN_SHARE = 0.25
+
+
+def images_for_margin(margin: float, confidence: float,
+                      disagreement: float = TYPICAL_DISAGREEMENT,
+                      value_range: float = 100.0) -> int:
+    """Validation images at which ``paired_mean_bound`` adds about ``margin`` points to the
+    drop of a candidate that disagrees with its baseline on ``disagreement`` of them."""
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    return int(math.ceil(disagreement * value_range ** 2 * (z_score(confidence) / margin) ** 2))
+
+
+def auto_validation_size(n_val: int, n_train: int, max_drop: float, confidence: float) -> int:
+    """How many validation images ``validation_images="auto"`` uses: enough that the noise
+    margin of a typical candidate is at most half of ``max_drop``, taking the extra images
+    from the training split. The dataset's own split when it is already large enough, when
+    the limit is 0 or the decision is a point comparison, or when reaching the size would
+    take more than ``MAX_TRAIN_SHARE`` of the training images (a small dataset keeps its
+    training images for recovery, and the report's split warning says what is missing)."""
+    if max_drop <= 0 or z_score(confidence) == 0:
+        return n_val
+    need = images_for_margin(max_drop / 2, confidence)
+    if need <= n_val or need - n_val > n_train * MAX_TRAIN_SHARE:
+        return n_val
+    return need

@@ -387,9 +387,15 @@ class Controller:
                     "the same images, is at most the limit",
             "method": bound.method if bound is not None else "point",
             "confidence": cons.confidence, "validation_images": n,
+            "validation_from_training": getattr(ctx.data, "val_from_train", 0),
             "smallest_margin_points": round(min(margins), 4) if margins else None,
             "largest_margin_points": round(max(margins), 4) if margins else None,
         }
+        if out["validation_from_training"]:
+            out["note"] = (f"{out['validation_from_training']} of the {n} validation images "
+                           "come from the end of the training split, which the baseline may "
+                           "have been trained on; its advantage there makes a measured drop "
+                           "larger, not smaller")
         warning = decision.split_warning(margins, n, cons.max_accuracy_drop, cons.confidence)
         if warning:
             out["warning"] = warning

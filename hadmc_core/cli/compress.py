@@ -40,6 +40,11 @@ def _load_config(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig
     return PipelineConfig.from_dict(data)
 
 
+def _count_or_word(value: str | None) -> int | str | None:
+    """A CLI value that is a number or a word ("auto"): the number as an int."""
+    return int(value) if value is not None and value.strip().isdigit() else value
+
+
 MODEL_HELP = ("The model: a built-in architecture (resnet18, mobilenetv2, densenet), an ONNX "
               "file (model.onnx) or your factory 'package.module:function'.")
 
@@ -131,6 +136,10 @@ def compress_cmd(
         None, help="One-sided confidence that a candidate's drop is within the limit, from "
                    "a paired bound on the validation split (default 0.95; 0.5 = the point "
                    "estimate)."),
+    validation_images: str | None = typer.Option(
+        None, help="Validation images the accuracy decisions use: auto (default: enough for "
+                   "the limit, taken from the training split where it can spare them), "
+                   "dataset (its own split) or a number."),
     latency_budget_ms: float | None = typer.Option(None, help="Latency budget, ms at batch 1."),
     size_budget_mb: float | None = typer.Option(None, help="Model file size budget, MB."),
     config: Path | None = typer.Option(None, help="Pipeline config JSON (see docs)."),
@@ -171,6 +180,7 @@ def compress_cmd(
                  "constraints.max_accuracy_drop": (max_accuracy_drop if max_map_drop is None
                                                    else max_map_drop),
                  "constraints.confidence": confidence,
+                 "constraints.validation_images": _count_or_word(validation_images),
                  "constraints.latency_budget_ms": latency_budget_ms,
                  "constraints.size_budget_mb": size_budget_mb}
     cfg = _load_config(config, overrides)

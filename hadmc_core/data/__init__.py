@@ -10,7 +10,7 @@ Splits (seed 0, see docs/data.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class DataSplits:
     num_classes: int
     #: how the images were fitted to a model's input (``data.adapt``), None when they were not
     adaptation: dict[str, Any] | None = field(default=None, kw_only=True)
+    #: validation images taken from the end of the training split (``with_validation``)
+    val_from_train: int = field(default=0, kw_only=True)
 
     @property
     def in_channels(self) -> int:
@@ -51,6 +53,23 @@ class DataSplits:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+
+
+def with_validation(data: DataSplits, n: int) -> DataSplits:
+    """``data`` with ``n`` validation images: the dataset's own followed by the last ones of
+    its training split (a seeded permutation for every built-in reader, so these are a
+    random sample). DatasetError when the training split cannot give them and keep one."""
+    extra = n - len(data.val)
+    if extra <= 0:
+        return data
+    if extra >= len(data.train):
+        raise DatasetError(f"{data.name}: {n} validation images would take {extra} of the "
+                           f"{len(data.train)} training images; ask for fewer")
+    keep = len(data.train) - extra
+    train = Split(data.train.x[:keep], data.train.y[:keep])
+    val = Split(np.concatenate([data.val.x, data.train.x[keep:]]),
+                np.concatenate([data.val.y, data.train.y[keep:]]))
+    return replace(data, train=train, val=val, val_from_train=data.val_from_train + extra)
 
 
 def _nchw_shape(shape: tuple[int, ...], source: str) -> tuple[int, ...]:

@@ -41,10 +41,13 @@ def test_submit_stores_row_then_enqueues_id_only(client: TestClient, auth: dict,
     ({"config": {"quantize": {"bogus": 1}}}, 422, "unknown option"),
     ({"constraints": {"max_accuracy_drop": "lots"}}, 422, "non-negative number"),
     ({"constraints": {"speed": 1}}, 422, "unknown constraint"),
+    ({"config": {"constraints": {"validation_images": "lots"}}}, 422,
+     "constraints.validation_images: 'auto', 'dataset' or a number"),
     ({"model_id": 999999}, 404, "does not exist"),
     ({"dataset_id": 999999}, 404, "does not exist"),
 ], ids=["unknown-profile", "path-as-profile", "bad-option-value", "unknown-option",
-        "non-numeric-constraint", "unknown-constraint", "unknown-model", "unknown-dataset"])
+        "non-numeric-constraint", "unknown-constraint", "bad-validation-images",
+        "unknown-model", "unknown-dataset"])
 def test_invalid_submissions(client: TestClient, auth: dict, tiny_model: dict, digits: dict,
                              override: dict, status: int, words: str) -> None:
     body = {"model_id": tiny_model["id"], "dataset_id": digits["id"], "profile": "x86-avx2",

@@ -49,6 +49,15 @@ CASES = {
                                    "digits"], "not found"),
     "bad-dataset": (lambda t, w: ["--weights", str(w), "--data", "mnist-9000"],
                     "unknown dataset"),
+    "validation-word": (lambda t, w: ["--weights", str(w), "--data", "digits",
+                                      "--validation-images", "lots"],
+                        "constraints.validation_images: 'auto', 'dataset' or a number"),
+    "validation-fewer": (lambda t, w: ["--weights", str(w), "--data", "digits",
+                                       "--validation-images", "100"],
+                         "fewer than the dataset's own validation split (269 images)"),
+    "validation-more-than-training": (lambda t, w: ["--weights", str(w), "--data", "digits",
+                                                    "--validation-images", "2000"],
+                                      "would take 1731 of the 1257 training images"),
 }
 
 

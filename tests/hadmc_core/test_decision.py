@@ -3,6 +3,7 @@ the controller's rule, and the measurer pairing candidates with the kept baselin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +14,10 @@ from torch import nn
 
 from hadmc_core import decision, tasks
 from hadmc_core.backends import get as get_backend
+from hadmc_core.compress import sized_validation
 from hadmc_core.config import MeasureConfig, PipelineConfig
-from hadmc_core.data import Split
-from hadmc_core.errors import ConfigError
+from hadmc_core.data import DataSplits, Split, with_validation
+from hadmc_core.errors import ConfigError, DatasetError, HadmcError
 from hadmc_core.measure import Measurer
 from hadmc_core.onnx_io import export_onnx
 from hadmc_core.pipeline import violations
@@ -133,6 +135,76 @@ def test_confidence_is_validated_in_the_config():
     assert PipelineConfig().constraints.confidence == 0.95
     with pytest.raises(ConfigError, match="confidence"):
         PipelineConfig.from_dict({"constraints": {"confidence": 0.4}})
+
+
+def test_auto_validation_size_grows_the_split_only_for_a_tight_limit():
+    # Fashion-MNIST: 5,000 validation and 55,000 training images.
+    assert decision.auto_validation_size(5000, 55000, 1.0, 0.95) == 5000
+    assert decision.auto_validation_size(5000, 55000, 0.5, 0.95) == 12987
+    assert decision.auto_validation_size(5000, 55000, 0.5, 0.5) == 5000   # point rule
+    assert decision.auto_validation_size(5000, 55000, 0.0, 0.95) == 5000
+    # A limit no split the training images can spare would reach keeps the dataset's.
+    assert decision.auto_validation_size(5000, 55000, 0.2, 0.95) == 5000
+    # digits (269 and 1,257): 3 points needs 361 (92 from training); 1 point would need
+    # 3,247, more than a quarter of training can give.
+    assert decision.auto_validation_size(269, 1257, 3.0, 0.95) == 361
+    assert decision.auto_validation_size(269, 1257, 1.0, 0.95) == 269
+
+
+@pytest.mark.parametrize("limit", [0.5, 1.0])
+def test_auto_size_gives_a_typical_candidate_a_margin_of_half_the_limit(limit):
+    n = decision.images_for_margin(limit / 2, 0.95)
+    # A candidate disagreeing with its baseline on 3 % of the images, 2 % lost, 1 % gained.
+    split, base, cand = _predictions(n, 0.9, int(n * 0.02), int(n * 0.01))
+    margin = _bound(split, base, cand).margin
+    assert margin == pytest.approx(limit / 2, rel=0.05)
+    # The dataset's 5,000 images leave a wider one at the tight limit.
+    small, base, cand = _predictions(5000, 0.9, 100, 50)
+    assert (_bound(small, base, cand).margin > limit / 2) == (n > 5000)
+
+
+def _splits(n_train: int, n_val: int) -> DataSplits:
+    def split(start: int, n: int) -> Split:
+        ids = np.arange(start, start + n)
+        return Split(ids.astype(np.float32).reshape(-1, 1, 1, 1), ids)
+    return DataSplits("ids", split(0, n_train), split(10**6, n_val), split(2 * 10**6, 5), 10)
+
+
+def test_validation_is_topped_up_from_the_end_of_the_training_split():
+    data = _splits(100, 10)
+    got = with_validation(data, 30)
+    assert len(got.val) == 30 and len(got.train) == 80 and got.val_from_train == 20
+    assert list(got.val.y[:10]) == list(data.val.y)            # the dataset's own first
+    assert list(got.val.y[10:]) == list(range(80, 100))        # then training's last
+    assert list(got.train.y) == list(range(80))                # no image in both
+    assert got.val.x[:, 0, 0, 0].tolist() == got.val.y.tolist()
+    assert with_validation(data, 10) is data
+    with pytest.raises(DatasetError, match="would take 100 of the 100 training images"):
+        with_validation(data, 110)
+
+
+def test_sized_validation_follows_the_config():
+    data = _splits(55000, 5000)
+
+    def cfg(limit: float, images: object) -> PipelineConfig:
+        return PipelineConfig.from_dict({"constraints": {"max_accuracy_drop": limit,
+                                                         "validation_images": images}})
+
+    assert len(sized_validation(data, cfg(0.5, "auto")).val) == 12987
+    assert sized_validation(data, cfg(1.0, "auto")) is data
+    assert sized_validation(data, cfg(0.5, "dataset")) is data
+    assert len(sized_validation(data, cfg(1.0, 6000)).val) == 6000
+    with pytest.raises(HadmcError, match="fewer than the dataset's own"):
+        sized_validation(data, cfg(1.0, 4000))
+
+
+@pytest.mark.parametrize("bad", ["lots", 0, -5, True, 2.5])
+def test_validation_images_is_validated_in_the_config(bad):
+    assert PipelineConfig().constraints.validation_images == "auto"
+    with pytest.raises(ConfigError, match="validation_images"):
+        PipelineConfig.from_dict({"constraints": {"validation_images": bad}})
+    cfg = PipelineConfig.from_dict({"constraints": {"validation_images": 7000}})
+    assert PipelineConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
 def _ctx(limit: float, confidence: float = 0.95) -> SimpleNamespace:
