@@ -98,6 +98,10 @@ class PruneConfig(TechniqueConfig):
     # max_candidates: the run's answer is never worse than the unpruned model quantized
     # (hadmc_core.pipeline). Leave 1.0 out to consider pruned models only.
     ladder: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.45, 0.65, 1.0])
+    #: when the most aggressive rung so far meets every constraint with its drop bound at
+    #: most this fraction of the accuracy limit, a rung halfway to the floor is tried next,
+    #: within max_candidates (0: stop at the first rung that meets them)
+    descend_below: float = 0.5
 
     def validate(self) -> None:
         _check(self.importance in ("taylor", "l1"), "prune.importance: 'taylor' or 'l1'")
@@ -107,6 +111,7 @@ class PruneConfig(TechniqueConfig):
         _check(bool(self.ladder) and all(0 <= f <= 1 for f in self.ladder),
                "prune.ladder: fractions of the removable latency, in [0, 1]")
         _check(self.search_trials >= 1, "prune.search_trials must be >= 1")
+        _check(0 <= self.descend_below <= 1, "prune.descend_below must be in [0, 1]")
         from hadmc_core import search  # torch-free; strategies may be registered by plug-ins
 
         _check(self.search in search.names(),

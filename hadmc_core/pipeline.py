@@ -10,7 +10,10 @@ candidate (the module phase allocates channels against the latency model, prunes
 distills, fuses), exports it, and lets each graph-phase technique offer variants (for
 quantization: more and more layers kept in floating point) until one is within the
 accuracy limit; if the FP32 export is already over the limit, it backs off to less
-pruning. The first pruned candidate within every constraint ends the pruned rungs.
+pruning. The first pruned candidate within every constraint ends the pruned rungs, unless
+every rung so far met them and its drop bound leaves at least half the limit unused
+(``prune.descend_below``): then a rung halfway to the latency floor is tried next, while
+``max_candidates`` allows.
 
 The unpruned rung (``1.0`` in ``prune.ladder``, there by default) is measured after the
 pruned ones whatever they gave, outside ``max_candidates`` (it needs no recovery
@@ -104,6 +107,18 @@ def ladder(ctx: Any) -> list[float]:
     return steps
 
 
+def descend(ctx: Any, fraction: float, cand: Candidate) -> float | None:
+    """The rung halfway from ``fraction`` to the floor, when ``cand`` (its candidate, which
+    meets every constraint) has a drop bound of at most ``prune.descend_below`` of the
+    accuracy limit; None when it has not, or when the floor is within 0.02."""
+    limit = ctx.cfg.constraints.max_accuracy_drop
+    floor = ctx.floor_fraction
+    if fraction >= 1.0 or fraction - floor < 0.02 or \
+            drop_of(ctx, cand)[1] > ctx.cfg.prune.descend_below * limit:
+        return None
+    return round(floor + (fraction - floor) / 2, 4)
+
+
 def accuracy_ok(ctx: Context, bound: DropBound) -> bool:
     """Whether a drop is within the accuracy limit at the configured confidence: its paired
     upper bound on the validation split, not its point estimate (``hadmc_core.decision``)."""
@@ -159,22 +174,37 @@ class Controller:
         self.techs: list[tuple[techniques.Technique, Any]] = []
         self._built: dict[str, tuple[Path, dict[str, str], tuple[int, int]]] = {}
         self._original: dict[str, prune.Layer] | None = None
+        self.ladder: dict[str, Any] = {}
 
     def run(self) -> Report:
         ctx = self.ctx
         self.baseline()
         self.prepare()
         rungs, tried = ladder(ctx), 0
+        self.ladder = {"floor_fraction": round(ctx.floor_fraction, 4), "rungs": list(rungs),
+                       "tried": [], "descended": []}
         last = self.unpruned_rung and len(rungs) > 1 and rungs[-1] >= 1.0
         if last:
             rungs.pop()
         budget = ctx.cfg.constraints.latency_budget_ms
+        deepest = True   # every rung so far met the constraints: a deeper one may too
+        descending = False
         while rungs and tried < ctx.cfg.max_candidates:
             fraction = rungs.pop(0)
             cand = self.candidate(fraction)
             tried += 1
+            self.ladder["tried"].append(fraction)
+            if descending:
+                self.ladder["descended"].append(fraction)
             if not violations(ctx, cand):
-                break
+                deeper = descend(ctx, fraction, cand) if deepest else None
+                if deeper is None:
+                    break
+                log.info("candidate %s meets every constraint with room to spare: trying "
+                         "the rung at %.4f", cand.id, deeper)
+                rungs, descending = [deeper], True
+                continue
+            deepest = False
             if cand.status != "accuracy" and budget and cand.latency_ms > budget \
                     and fraction > 0.02:
                 # Accurate but slower than the budget: the estimate was optimistic, so aim
@@ -182,6 +212,7 @@ class Controller:
                 rungs.insert(0, round(fraction * budget / cand.latency_ms * 0.95, 4))
         if last:
             self.unpruned()
+            self.ladder["tried"].append(1.0)
         best, why = choose(ctx)
         best.chosen = True
         if best.latency_fraction >= 1.0 and best.id.endswith("-fp32") and len(ctx.candidates) > 1:
@@ -426,7 +457,7 @@ class Controller:
             data_adaptation=getattr(ctx.data, "adaptation", None),
             profile=ctx.profile.model_dump(mode="json"), backend=ctx.backend.name,
             latency_source=ctx.measurer.source, latency_model=ctx.lat.source,
-            latency_correction=self.correction_summary(final),
+            latency_correction=self.correction_summary(final), ladder=self.ladder,
             baseline=base, compressed=final,
             constraints={"max_accuracy_drop": cons.max_accuracy_drop,
                          "latency_budget_ms": cons.latency_budget_ms,

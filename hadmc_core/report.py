@@ -172,6 +172,9 @@ class Report:
     #: the device's correction from the p50s it reported (``hadmc_core.hal.feedback``):
     #: factor, pairs, versions, source; None when the latency is not corrected
     latency_correction: dict[str, Any] | None = None
+    #: the latency ladder: floor_fraction, rungs (planned), tried (in order), descended
+    #: (rungs added because the deepest so far met every constraint with room to spare)
+    ladder: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())
 
@@ -203,7 +206,7 @@ class Report:
             "data_adaptation": self.data_adaptation,
             "profile": self.profile, "backend": self.backend,
             "latency_source": self.latency_source, "latency_model": self.latency_model,
-            "latency_correction": self.latency_correction,
+            "latency_correction": self.latency_correction, "ladder": dict(self.ladder),
             "baseline": self.baseline.to_dict(), "compressed": self.compressed.to_dict(),
             "summary": self.summary(), "references": self.references,
             "constraints": {**self.constraints, "met": self.met, "message": self.message},

@@ -62,3 +62,62 @@ def test_every_int8_variant_over_the_limit_gives_the_fp32_export(convnet, digits
     assert rep["constraints"]["met"] and chosen["id"].endswith("-fp32") and chosen in unpruned
     assert any("unpruned FP32 export" in w for w in rep["warnings"])
 
+
+
+def _halfway(rep, floor):
+    """The pruned rungs the run tried, in order, and what halving towards ``floor`` from the
+    first would give."""
+    rungs = []
+    for c in rep["candidates"]:
+        if c["latency_fraction"] < 1.0 and c["latency_fraction"] not in rungs:
+            rungs.append(c["latency_fraction"])
+    expect = [rungs[0]]
+    while len(expect) < len(rungs):
+        expect.append(round(floor + (expect[-1] - floor) / 2, 4))
+    return rungs, expect
+
+
+def test_a_rung_met_with_room_to_spare_descends_halfway_to_the_floor(convnet, digits, tmp_path):
+    # No recovery, so candidates fall far; descend_below 1 counts the whole 100-point
+    # limit as room.
+    cfg = {**FAST, "prune": {"ladder": [0.6, 1.0], "calib_batches": 2, "descend_below": 1.0},
+           "distill": {"enabled": False}, "max_candidates": 3}
+    rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "o",
+                   PipelineConfig.from_dict(cfg)).report
+    floor = rep["ladder"]["floor_fraction"]
+    rungs, expect = _halfway(rep, floor)
+    assert rep["ladder"]["tried"] == [*rungs, 1.0]
+    assert rep["ladder"]["descended"] == rungs[1:]
+    # Room every time: three rungs, each halfway to the floor.
+    assert len(rungs) == 3 and rungs == pytest.approx(expect, abs=1e-3), (rep["ladder"],
+                                                                         rep["candidates"])
+    assert rungs[0] > rungs[1] > rungs[2] > floor
+    chosen = next(c for c in rep["candidates"] if c["chosen"])
+    assert chosen["latency_ms"] == min(c["latency_ms"] for c in rep["candidates"])
+
+    # Descent switched off: the first rung that meets the constraints ends the pruned ones.
+    cfg["prune"] = {**cfg["prune"], "descend_below": 0.0}
+    rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "o2",
+                   PipelineConfig.from_dict(cfg)).report
+    assert len(_halfway(rep, floor)[0]) == 1 and rep["ladder"]["descended"] == []
+
+
+def test_descent_needs_every_rung_so_far_to_have_met_the_limit_with_room():
+    from types import SimpleNamespace
+
+    from hadmc_core.pipeline import descend
+    from hadmc_core.report import Candidate
+
+    ctx = SimpleNamespace(cfg=PipelineConfig.from_dict({"constraints": {
+        "max_accuracy_drop": 1.0}}), floor_fraction=0.25,
+        baseline=SimpleNamespace(val_accuracy=90.0))
+
+    def cand(upper):
+        c = Candidate("c0-q0", 0.4, 0, 90.0, 1.0, 1000, 10, 10, 1.0)
+        c.val_drop, c.val_drop_upper = upper - 0.3, upper
+        return c
+
+    assert descend(ctx, 0.45, cand(0.5)) == pytest.approx(0.35)
+    assert descend(ctx, 0.45, cand(0.51)) is None          # less than half the limit left
+    assert descend(ctx, 0.26, cand(0.1)) is None           # at the floor
+    assert descend(ctx, 1.0, cand(0.1)) is None            # the unpruned rung
