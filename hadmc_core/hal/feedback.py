@@ -89,15 +89,6 @@ class Correction:
             out["per_device"] = {d: dict(f) for d, f in self.per_device.items()}
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Correction:
-        per = data.get("per_device")
-        return cls({str(p): float(f) for p, f in data["factors"].items()},
-                   {str(p): int(n) for p, n in data["pairs"].items()},
-                   list(data.get("versions") or []), bool(data.get("clipped", False)),
-                   {str(d): {str(p): float(f) for p, f in fs.items()}
-                    for d, fs in per.items()} if per else None)
-
 
 def _valid(p: Pair) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0

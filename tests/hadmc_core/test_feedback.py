@@ -30,8 +30,6 @@ def test_a_constant_ratio_is_recovered_per_precision_with_its_versions() -> None
     assert c.pairs == {"fp32": 3, "int8": 1} and c.versions == [11, 12, 13, 14]
     assert not c.clipped and c.source == "device table, corrected by 4 reported p50s"
     assert c.factor("fp16") == 1.0  # a precision no version informed: as the table says
-    back = fb.Correction.from_dict(c.to_dict())
-    assert back.factors == pytest.approx(c.factors) and back.pairs == c.pairs
     one = fb.correction([(2.0, 3.0)])
     assert one is not None and one.factors == pytest.approx({"fp32": 1.5})
     assert one.source == "device table, corrected by 1 reported p50"
