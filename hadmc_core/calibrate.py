@@ -60,19 +60,52 @@ def calibration_models(model: nn.Module, groups: list[prune.Group], example: tor
     for i, ratio in enumerate(ratios):
         keep = {g.root: search.round_channels(g.channels * (1 - ratio), round_to, g.channels)
                 for g in groups}
-        student = prune.apply(model, groups, keep, example) if ratio > 0 else model
-        fused = fold_batchnorm(student, example).model
-        fp32 = export_onnx(fused, example, work / f"latency-{i}-fp32.onnx")
-        names = quantize.torch_to_onnx_names(fused, example, fp32)
-        table = prune.layer_table(fused, example)
-        for precision in precisions:
-            path = fp32
-            if precision == "int8":
-                path = backend.quantize_int8(fp32, work / f"latency-{i}-int8.onnx",
-                                             calib.x[:64], reduce_range=reduce_range)
-            out.append(CalibrationModel(precision, path, table, names,
-                                          tuple(example.shape)))
+        out += build(model, groups, keep if ratio > 0 else None, example, calib, precisions,
+                     reduce_range, work / f"latency-{i}", backend)
         progress("latency", i + 1, len(ratios))
+    return out
+
+
+def build(model: nn.Module, groups: list[prune.Group], keep: dict[str, int] | None,
+          example: torch.Tensor, calib: Split, precisions: list[str], reduce_range: bool,
+          stem: Path, backend: Any) -> list[CalibrationModel]:
+    """The model pruned to ``keep`` (None: unpruned), folded, exported to ``stem``-fp32.onnx
+    and, for ``int8``, quantized by ``backend`` as a candidate is: one model per precision."""
+    student = prune.apply(model, groups, keep, example) if keep is not None else model
+    fused = fold_batchnorm(student, example).model
+    fp32 = export_onnx(fused, example, stem.with_name(stem.name + "-fp32.onnx"))
+    names = quantize.torch_to_onnx_names(fused, example, fp32)
+    table = prune.layer_table(fused, example)
+    out = []
+    for precision in precisions:
+        path = fp32
+        if precision == "int8":
+            path = backend.quantize_int8(fp32, stem.with_name(stem.name + "-int8.onnx"),
+                                         calib.x[:64], reduce_range=reduce_range)
+        out.append(CalibrationModel(precision, path, table, names, tuple(example.shape)))
+    return out
+
+
+def time_plans(model: nn.Module, groups: list[prune.Group], plans: list[dict[str, int] | None],
+               example: torch.Tensor, calib: Split, precision: str, reduce_range: bool,
+               threads: int, work: Path, backend: Any, progress: ProgressFn = no_progress
+               ) -> list[float]:
+    """Whole-model wall-clock ms (median of 60 runs after 10, batch 1) of the model pruned
+    to each kept-channel plan (None: unpruned), built as ``build`` does at ``precision``.
+    The weights need no training for this: latency depends on the structure alone. Each
+    model's files are removed once it is timed."""
+    out = []
+    for i, keep in enumerate(plans):
+        stem = work / f"ladder-{i}"
+        models = build(model, groups, keep, example, calib, [precision], reduce_range,
+                       stem, backend)
+        try:
+            m = models[0]
+            out.append(backend.time_model(m.path, m.input_shape, 60, 10, threads).median_ms)
+        finally:
+            for suffix in ("-fp32.onnx", "-int8.onnx"):
+                stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+        progress("ladder", i + 1, len(plans))
     return out
 
 

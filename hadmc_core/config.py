@@ -102,8 +102,16 @@ class PruneConfig(TechniqueConfig):
     #: most this fraction of the accuracy limit, a rung halfway to the floor is tried next,
     #: within max_candidates (0: stop at the first rung that meets them)
     descend_below: float = 0.5
+    #: how the ladder's fractions become latency targets: "measured" times the model
+    #: pruned by the search at a few estimated fractions (whole, at the search precision,
+    #: with the run's backend) and places each rung at that fraction of the measured
+    #: removable latency; "estimate" uses the latency model's estimate alone. Measured
+    #: applies only where the latency is measured on this machine.
+    ladder_by: str = "measured"
 
     def validate(self) -> None:
+        _check(self.ladder_by in ("measured", "estimate"),
+               "prune.ladder_by: 'measured' or 'estimate'")
         _check(self.importance in ("taylor", "l1"), "prune.importance: 'taylor' or 'l1'")
         _check(0 < self.min_keep <= 1, "prune.min_keep must be in (0, 1]")
         _check(self.uniform_ratio is None or 0 <= self.uniform_ratio < 1,

@@ -59,6 +59,9 @@ class Context:
     precision_ratio: float = 1.0
     #: estimated latency with every group at its floor / of the unpruned model
     floor_fraction: float = 0.0
+    #: (estimated fraction, measured ms) of pruned structures timed whole at the search
+    #: precision, unpruned last; empty when the ladder is placed by the estimate alone
+    ladder_curve: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def backend(self) -> Backend:

@@ -5,7 +5,11 @@ One ``Controller`` runs every technique registered for the configs of the run
 (module phase), then mixed-precision INT8 and INT4 weight-only on the exported graph (graph
 phase), each candidate measured by the backend of the target profile.
 
-It walks a ladder of latency targets, most aggressive first. For each it builds a
+It walks a ladder of latency targets, most aggressive first. The rungs are fractions of
+the latency pruning can remove; where latency is measured on this machine, they are
+placed on measured time (``prune.ladder_by``): the structures the search plans at a few
+estimated fractions are built untrained, quantized and timed whole (latency depends on
+structure alone), because the estimate errs most near the floor. For each rung it builds a
 candidate (the module phase allocates channels against the latency model, prunes,
 distills, fuses), exports it, and lets each graph-phase technique offer variants (for
 quantization: more and more layers kept in floating point) until one is within the
@@ -36,6 +40,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,32 +96,76 @@ def counts(ctx: Context, model: nn.Module) -> tuple[int, int]:
     return prune.count_params(model), prune.count_macs(model, ctx.example)
 
 
+def _curve(ctx: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The measured ladder curve as (estimated fractions, ms) with the ms made
+    non-decreasing and each ms kept once (at its smallest fraction); None when the
+    ladder is placed by the estimate, or when pruning measured no faster."""
+    pts = getattr(ctx, "ladder_curve", None)
+    if not pts or len(pts) < 2:
+        return None
+    f = np.array([p[0] for p in pts], dtype=float)
+    ms = np.maximum.accumulate(np.array([p[1] for p in pts], dtype=float))
+    ms, first = np.unique(ms, return_index=True)
+    f = f[first]
+    return (f, ms) if len(ms) > 1 else None
+
+
+def fraction_at(ctx: Any, r: float) -> float:
+    """The estimated latency fraction (what the search is asked for) whose structure
+    removes ``1 - r`` of the latency pruning can remove: measured on the ladder curve when
+    there is one, otherwise by the estimate (floor + r x (1 - floor))."""
+    if r >= 1.0:
+        return 1.0
+    floor, c = ctx.floor_fraction, _curve(ctx)
+    if c is None:
+        return floor + r * (1 - floor)
+    f, ms = c
+    return float(np.interp(ms[0] + r * (ms[-1] - ms[0]), ms, f))
+
+
+def position(ctx: Any, fraction: float) -> float:
+    """Inverse of ``fraction_at``: the share of removable latency an estimated fraction
+    keeps (0 at the floor, 1 unpruned)."""
+    floor, c = ctx.floor_fraction, _curve(ctx)
+    if c is None:
+        return (fraction - floor) / (1 - floor) if floor < 1 else 1.0
+    f, ms = c
+    return float((np.interp(fraction, f, ms) - ms[0]) / (ms[-1] - ms[0]))
+
+
 def ladder(ctx: Any) -> list[float]:
     pc, cons = ctx.cfg.prune, ctx.cfg.constraints
     if not pc.enabled or pc.uniform_ratio is not None or not getattr(ctx, "prunable", True):
         return [1.0]
-    # Rungs are fractions of the latency pruning can remove (above the floor estimate),
-    # so a rung never asks for less than the floor and crushes every layer to it.
-    floor = ctx.floor_fraction
-    steps = sorted({round(floor + r * (1 - floor), 4) for r in pc.ladder})
+    # Rungs are fractions of the latency pruning can remove (above the floor), so a rung
+    # never asks for less than the floor and crushes every layer to it.
+    steps = sorted({round(fraction_at(ctx, r), 4) for r in pc.ladder})
     if cons.latency_budget_ms and ctx.baseline:
-        # The ladder's fractions are of the unpruned model at the search precision; the
-        # budget is wall-clock of the whole model, so scale by its FP32-to-INT8 ratio.
-        f = min(1.0, cons.latency_budget_ms / ctx.baseline.latency_ms / ctx.precision_ratio)
+        c = _curve(ctx)
+        if c is not None:
+            # Measured at the search precision: the budget reads off the curve directly.
+            f = float(np.interp(cons.latency_budget_ms, c[1], c[0]))
+        else:
+            # The estimate's fractions are of the unpruned model at the search precision;
+            # the budget is wall-clock of the whole model, so scale by its FP32-to-INT8
+            # ratio.
+            f = min(1.0, cons.latency_budget_ms / ctx.baseline.latency_ms / ctx.precision_ratio)
         steps = sorted({round(f, 3), *[s for s in steps if s > f]})
     return steps
 
 
 def descend(ctx: Any, fraction: float, cand: Candidate) -> float | None:
-    """The rung halfway from ``fraction`` to the floor, when ``cand`` (its candidate, which
-    meets every constraint) has a drop bound of at most ``prune.descend_below`` of the
-    accuracy limit; None when it has not, or when the floor is within 0.02."""
+    """The rung halfway from ``fraction`` to the floor in removable latency (measured when
+    the ladder was), when ``cand`` (its candidate, which meets every constraint) has a drop
+    bound of at most ``prune.descend_below`` of the accuracy limit; None when it has not,
+    or when the floor is within 0.02."""
     limit = ctx.cfg.constraints.max_accuracy_drop
     floor = ctx.floor_fraction
     if fraction >= 1.0 or fraction - floor < 0.02 or \
             drop_of(ctx, cand)[1] > ctx.cfg.prune.descend_below * limit:
         return None
-    return round(floor + (fraction - floor) / 2, 4)
+    deeper = round(fraction_at(ctx, position(ctx, fraction) / 2), 4)
+    return deeper if deeper < fraction - 0.005 else None
 
 
 def accuracy_ok(ctx: Context, bound: DropBound) -> bool:
@@ -182,7 +231,10 @@ class Controller:
         self.prepare()
         rungs, tried = ladder(ctx), 0
         self.ladder = {"floor_fraction": round(ctx.floor_fraction, 4), "rungs": list(rungs),
-                       "tried": [], "descended": []}
+                       "tried": [], "descended": [],
+                       "placement": "measured" if _curve(ctx) is not None else "estimate",
+                       "measured_ms": [[round(f, 4), round(m, 4)]
+                                       for f, m in ctx.ladder_curve]}
         last = self.unpruned_rung and len(rungs) > 1 and rungs[-1] >= 1.0
         if last:
             rungs.pop()

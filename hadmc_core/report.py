@@ -173,7 +173,9 @@ class Report:
     #: factor, pairs, versions, source; None when the latency is not corrected
     latency_correction: dict[str, Any] | None = None
     #: the latency ladder: floor_fraction, rungs (planned), tried (in order), descended
-    #: (rungs added because the deepest so far met every constraint with room to spare)
+    #: (rungs added because the deepest so far met every constraint with room to spare),
+    #: placement ("measured" or "estimate") and measured_ms ([estimated fraction, ms] of
+    #: the structures timed to place the rungs)
     ladder: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: now_iso())
     versions: dict[str, str] = field(default_factory=lambda: library_versions())

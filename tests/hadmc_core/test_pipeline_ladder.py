@@ -121,3 +121,78 @@ def test_descent_needs_every_rung_so_far_to_have_met_the_limit_with_room():
     assert descend(ctx, 0.45, cand(0.51)) is None          # less than half the limit left
     assert descend(ctx, 0.26, cand(0.1)) is None           # at the floor
     assert descend(ctx, 1.0, cand(0.1)) is None            # the unpruned rung
+
+
+def _curve_ctx(curve, **cfg):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(cfg=PipelineConfig.from_dict(
+        {"prune": {"ladder": [0.2, 0.5, 1.0]}, **cfg}), floor_fraction=0.4,
+        baseline=SimpleNamespace(val_accuracy=90.0, latency_ms=2.0), precision_ratio=1.0,
+        ladder_curve=curve)
+
+
+#: Measured ms of the structures planned at estimated fractions 0.4 (the floor) .. 1.0;
+#: the 0.55 point is noise below its neighbour.
+CURVE = [(0.4, 0.2), (0.5, 0.5), (0.55, 0.45), (0.7, 0.7), (1.0, 1.0)]
+
+
+def test_a_measured_curve_places_rungs_at_fractions_of_the_measured_removable_latency():
+    from hadmc_core.pipeline import descend, fraction_at, ladder, position
+    from hadmc_core.report import Candidate
+
+    ctx = _curve_ctx(CURVE)
+    # Rung 0.2: 0.2 + 0.2 x (1.0 - 0.2) = 0.36 ms, between the probes at 0.4 and 0.5.
+    assert ladder(ctx) == [pytest.approx(0.4533), pytest.approx(0.6), 1.0]
+    assert position(ctx, 0.6) == pytest.approx(0.5)
+    assert fraction_at(ctx, 0.0) == pytest.approx(0.4) and fraction_at(ctx, 1.0) == 1.0
+    # By the estimate alone the same rungs sit much higher.
+    assert ladder(_curve_ctx([])) == [pytest.approx(0.52), pytest.approx(0.7), 1.0]
+
+    # Descent halves the measured removable latency: 0.6 keeps half, so a quarter next.
+    c = Candidate("c0-q0", 0.6, 0, 90.0, 0.6, 1000, 10, 10, 0.6)
+    c.val_drop, c.val_drop_upper = 0.0, 0.1
+    assert descend(ctx, 0.6, c) == pytest.approx(0.4667, abs=1e-4)
+
+    # A budget reads off the curve: 0.6 ms is the structure at 0.6.
+    budget = _curve_ctx(CURVE, constraints={"latency_budget_ms": 0.6})
+    assert ladder(budget) == [0.6, 1.0]
+    # Pruning that measured no faster leaves the estimate in charge.
+    flat = _curve_ctx([(0.4, 0.5), (0.7, 0.5), (1.0, 0.5)])
+    assert ladder(flat) == ladder(_curve_ctx([]))
+
+
+def test_the_ladder_is_placed_by_timing_the_searched_structures(convnet, digits, tmp_path):
+    from types import SimpleNamespace
+
+    from hadmc_core.pipeline import fraction_at
+
+    cfg = {**FAST, "prune": {"ladder": [0.3, 1.0], "calib_batches": 2},
+           "measure": {**FAST["measure"], "in_graph": True},
+           "distill": {"enabled": False}, "int4": {"enabled": False}}
+    rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "o",
+                   PipelineConfig.from_dict(cfg)).report
+    lad = rep["ladder"]
+    assert lad["placement"] == "measured", lad
+    fractions = [f for f, _ in lad["measured_ms"]]
+    # The floor, four probes above it, the unpruned model last; the floor measures faster.
+    assert len(fractions) == 6 and fractions[0] == lad["floor_fraction"] and fractions[-1] == 1.0
+    assert lad["measured_ms"][0][1] < lad["measured_ms"][-1][1], lad
+    ctx = SimpleNamespace(floor_fraction=lad["floor_fraction"], ladder_curve=lad["measured_ms"])
+    # (the report rounds the ms to 4 decimals)
+    assert lad["rungs"][0] == pytest.approx(fraction_at(ctx, 0.3), abs=2e-3), lad
+    assert rep["stages_seconds"]["ladder"] > 0
+    assert not list((tmp_path / "o").rglob("ladder-*")), "the timed structures are removed"
+
+    cfg["prune"] = {**cfg["prune"], "ladder_by": "estimate"}
+    rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "e",
+                   PipelineConfig.from_dict(cfg)).report
+    assert rep["ladder"]["placement"] == "estimate" and rep["ladder"]["measured_ms"] == []
+    assert "ladder" not in rep["stages_seconds"]
+
+
+def test_ladder_by_names_a_placement():
+    from hadmc_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prune.ladder_by: 'measured' or 'estimate'"):
+        PipelineConfig.from_dict({"prune": {"ladder_by": "guess"}})
