@@ -14,7 +14,8 @@ user weighs, built and measured in one run on this machine:
   images: the five-second alternative on x86);
 - HAD-MC for each runtime of ``--runtimes`` (default OpenVINO, the faster FP32 runtime
   here): ``hadmc compress --model ARCH --weights W`` through the CLI as a subprocess, with
-  the profile whose runtime it is, so the job wall time is what a user waits;
+  the profile whose runtime it is and ``--time-budget-s`` a minute under the 20-minute
+  job limit, so the job wall time is what a user waits;
 - ``--l1``: L1-uniform pruning of half of every group with plain fine-tuning of the same
   budget, FP32 on ONNX Runtime (the single-technique row).
 
@@ -48,6 +49,9 @@ PROFILES = {"openvino": "local-openvino", "onnxruntime": "local"}
 VS_NNCF = {"resnet18": 2.5, "mobilenetv2": 1.5}
 MIN_COMPRESSION = {"resnet18": 12.0}
 MAX_DROP, MAX_JOB_S = 0.5, 1200.0
+#: the jobs' --time-budget-s: the job limit less a minute for what the budget does not
+#: count (interpreter start, imports, loading the data and the model)
+TIME_BUDGET_S = MAX_JOB_S - 60
 
 
 def baseline(arch: str, epochs: float) -> tuple[Path, float]:
@@ -98,8 +102,10 @@ def build_rows(arch: str, weights: Path, data, args, work: Path
     for label, profile, runtime, more in jobs:
         out = work / label.split()[0].lower() / runtime
         drop = 100.0 if more else args.max_accuracy_drop
+        budget = [] if more else ["--time-budget-s", f"{TIME_BUDGET_S:g}"]
         print(f"== {arch}: {label}", flush=True)
-        walls[label] = hadmc_cli(model_args, profile, out, drop, [*more, *args.extra])
+        walls[label] = hadmc_cli(model_args, profile, out, drop,
+                                 [*more, *budget, *args.extra])
         rows[label] = (out / "model.onnx", runtime)
         reports[label] = json.loads((out / "report.json").read_text())
     return rows, walls, reports
@@ -138,7 +144,8 @@ def targets(rows: list[dict]) -> list[dict]:
             continue
         need, smaller = VS_NNCF.get(r["arch"]), MIN_COMPRESSION.get(r["arch"])
         tests = [(f"vs NNCF >= {need}x", need is None or r["vs_nncf"] >= need, r["vs_nncf"]),
-                 (f"drop <= {MAX_DROP}", r["delta_points"] >= -MAX_DROP, r["delta_points"])]
+                 (f"test delta >= -{MAX_DROP} points", r["delta_points"] >= -MAX_DROP,
+                  r["delta_points"])]
         if smaller is not None:
             tests.append((f"compression >= {smaller}x", r["compression"] >= smaller,
                           r["compression"]))

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -134,6 +135,7 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
               latency_correction: Correction | None = None,
               device_tables: dict[str, dict[str, list[float]]] | None = None
               ) -> CompressionResult:
+    started = time.monotonic()  # the time budget counts from here
     cfg = cfg or PipelineConfig()
     data = sized_validation(data, cfg)
     plan = (update_of if isinstance(update_of, Plan) or update_of is None
@@ -163,6 +165,7 @@ def _compress(model: nn.Module | LoadedModel, data: DataSplits, profile: Hardwar
                 measure_layers=measure_layers, device_table=device_table,
                 profile_backend=note is None, latency_correction=latency_correction,
                 device_tables=device_tables)
+            ctx.started = started
             if note:
                 ctx.warnings.append(note)
             if plan is None:

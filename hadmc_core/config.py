@@ -235,9 +235,14 @@ class Constraints:
     #: split can spare them, ``decision.auto_validation_size``), "dataset" (its own split) or
     #: a number (the dataset's split topped up from the end of the training split)
     validation_images: int | str = "auto"
+    #: wall seconds the job may take: a pruned rung is tried only when it (at the cost of
+    #: the last one), the unpruned rung and the final measurements fit (``pipeline``)
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         _check(0.5 <= self.confidence < 1, "constraints.confidence must be in [0.5, 1)")
+        _check(self.time_budget_s is None or self.time_budget_s > 0,
+               "constraints.time_budget_s must be > 0 seconds")
         v = self.validation_images
         _check(v in ("auto", "dataset") or (isinstance(v, int) and not isinstance(v, bool)
                                             and v >= 1),

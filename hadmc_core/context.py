@@ -62,6 +62,8 @@ class Context:
     #: (estimated fraction, measured ms) of pruned structures timed whole at the search
     #: precision, unpruned last; empty when the ladder is placed by the estimate alone
     ladder_curve: list[tuple[float, float]] = field(default_factory=list)
+    #: ``time.monotonic()`` when the job started (the time budget counts from it)
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def backend(self) -> Backend:

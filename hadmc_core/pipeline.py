@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,28 @@ def descend(ctx: Any, fraction: float, cand: Candidate) -> float | None:
     return deeper if deeper < fraction - 0.005 else None
 
 
+def next_rung(rungs: list[float], elapsed: float, cost: float, reserve: float,
+              budget: float | None, last_failed: bool) -> tuple[float | None, str | None]:
+    """The pruned rung to try next within the time budget, and why the ladder changed
+    course (None when it did not): ``cost`` is what the last pruned candidate took (0 before
+    the first), ``reserve`` what the unpruned rung and the final measurements will take.
+    When the next candidate would not fit, none is tried; when only one more fits after a
+    candidate over a limit, it is the mildest rung left, the one likeliest to pass."""
+    if not rungs:
+        return None, None
+    if not budget or cost <= 0:
+        return rungs[0], None
+    left = budget - elapsed - reserve
+    if cost > left:
+        return None, (f"time budget: {elapsed:.0f} s spent, the next candidate (about "
+                      f"{cost:.0f} s) and the unpruned rung with the final measurements "
+                      f"(about {reserve:.0f} s) would pass {budget:g} s")
+    if last_failed and len(rungs) > 1 and 2 * cost > left:
+        return rungs[-1], (f"time budget: {left:.0f} s left for pruned rungs, one more "
+                           f"candidate fits: the mildest rung left, {rungs[-1]}")
+    return rungs[0], None
+
+
 def accuracy_ok(ctx: Context, bound: DropBound) -> bool:
     """Whether a drop is within the accuracy limit at the configured confidence: its paired
     upper bound on the validation split, not its point estimate (``hadmc_core.decision``)."""
@@ -224,6 +247,7 @@ class Controller:
         self._built: dict[str, tuple[Path, dict[str, str], tuple[int, int]]] = {}
         self._original: dict[str, prune.Layer] | None = None
         self.ladder: dict[str, Any] = {}
+        self._graph_s: list[float] = []   # seconds each candidate's graph phase took
 
     def run(self) -> Report:
         ctx = self.ctx
@@ -233,7 +257,7 @@ class Controller:
         self.ladder = {"floor_fraction": round(ctx.floor_fraction, 4), "rungs": list(rungs),
                        "tried": [], "descended": [],
                        "placement": "measured" if _curve(ctx) is not None else "estimate",
-                       "measured_ms": [[round(f, 4), round(m, 4)]
+                       "measured_ms": [[round(f, 4), round(m, 6)]
                                        for f, m in ctx.ladder_curve]}
         last = self.unpruned_rung and len(rungs) > 1 and rungs[-1] >= 1.0
         if last:
@@ -241,14 +265,27 @@ class Controller:
         budget = ctx.cfg.constraints.latency_budget_ms
         deepest = True   # every rung so far met the constraints: a deeper one may too
         descending = False
+        cost, failed = 0.0, False
         while rungs and tried < ctx.cfg.max_candidates:
-            fraction = rungs.pop(0)
+            fraction, course = next_rung(rungs, time.monotonic() - ctx.started, cost,
+                                         self.reserve_s(), ctx.cfg.constraints.time_budget_s,
+                                         failed)
+            if course:
+                log.info("%s", course)
+                self.ladder.setdefault("time_budget", []).append(course)
+            if fraction is None:
+                ctx.warnings.append(f"the ladder stopped early: {course}")
+                break
+            rungs.remove(fraction)
+            t = time.monotonic()
             cand = self.candidate(fraction)
+            cost = time.monotonic() - t
+            failed = bool(violations(ctx, cand))
             tried += 1
             self.ladder["tried"].append(fraction)
             if descending:
                 self.ladder["descended"].append(fraction)
-            if not violations(ctx, cand):
+            if not failed:
                 deeper = descend(ctx, fraction, cand) if deepest else None
                 if deeper is None:
                     break
@@ -275,6 +312,12 @@ class Controller:
         for handler, cfg in self.techs:  # prepared but never applied
             ctx.stages.skip(handler.stage_name(cfg), self.unused_reason(handler))
         return self.report(final, best, why)
+
+    def reserve_s(self) -> float:
+        """Seconds the unpruned rung and the final measurements are expected to take: the
+        longest graph phase of a candidate so far (quantizing and measuring its variants),
+        and twice the baseline's measurement (the chosen model's, then the references')."""
+        return max(self._graph_s, default=0.0) + 2 * self.ctx.timings.get("baseline", 0.0)
 
     def unpruned(self) -> None:
         """The unpruned rung (module doc)."""
@@ -360,6 +403,17 @@ class Controller:
             else:
                 work.fp32_path, work.sizes = ctx.baseline_path, self._built["baseline"][2]
         fp32 = Variant("fp32", work.fp32_path, -1, {})
+        t = time.monotonic()
+        try:
+            return self.graph_phase(work, fp32, fp32_fallback)
+        finally:
+            self._graph_s.append(time.monotonic() - t)
+
+    def graph_phase(self, work: Work, fp32: Variant, fp32_fallback: bool) -> Candidate:
+        """The candidate's FP32 export checked, then each graph technique's variants
+        measured until one is within the accuracy limit (``candidate``)."""
+        ctx = self.ctx
+        assert work.fp32_path is not None and ctx.baseline is not None
         graph_techs = [(h, c) for h, c in self.techs if h.phase == "graph"]
         if not graph_techs:
             return self.measure(work, fp32)
@@ -370,7 +424,7 @@ class Controller:
             cand = self.measure(work, fp32)
             cand.status = "accuracy"
             log.info("candidate %s: FP32 val accuracy %.2f (baseline %.2f): backing off",
-                     cand.id, cand.val_accuracy, base.val_accuracy)
+                     cand.id, cand.val_accuracy, ctx.baseline.val_accuracy)
             return cand
         current = fp32
         for handler, cfg in graph_techs:

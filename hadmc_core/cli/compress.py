@@ -142,6 +142,9 @@ def compress_cmd(
                    "dataset (its own split) or a number."),
     latency_budget_ms: float | None = typer.Option(None, help="Latency budget, ms at batch 1."),
     size_budget_mb: float | None = typer.Option(None, help="Model file size budget, MB."),
+    time_budget_s: float | None = typer.Option(
+        None, help="Wall seconds the job may take: pruned rungs stop when the next one, the "
+                   "unpruned rung and the final measurements would not fit."),
     config: Path | None = typer.Option(None, help="Pipeline config JSON (see docs)."),
     no_prune: bool = typer.Option(False, help="Switch pruning off."),
     no_distill: bool = typer.Option(False, help="Switch distillation off."),
@@ -182,7 +185,8 @@ def compress_cmd(
                  "constraints.confidence": confidence,
                  "constraints.validation_images": _count_or_word(validation_images),
                  "constraints.latency_budget_ms": latency_budget_ms,
-                 "constraints.size_budget_mb": size_budget_mb}
+                 "constraints.size_budget_mb": size_budget_mb,
+                 "constraints.time_budget_s": time_budget_s}
     cfg = _load_config(config, overrides)
     ref = _model_ref(model, arch, weights)
     args = parse_model_args(model_args)
