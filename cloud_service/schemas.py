@@ -102,7 +102,8 @@ class JobCreate(BaseModel):
     constraints: dict[str, Any] = Field(
         default_factory=dict,
         description="max_accuracy_drop (points of top-1; classify), max_map_drop (points of "
-                    "mAP@0.5; detect), latency_budget_ms, size_budget_mb.")
+                    "mAP@0.5; detect), latency_budget_ms, size_budget_mb, time_budget_s "
+                    "(wall seconds the compression may take).")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-technique overrides (prune, distill, fuse, quantize, measure, ...), "

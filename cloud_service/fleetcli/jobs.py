@@ -90,6 +90,8 @@ def submit_cmd(
         min=0, help="Latency the result must meet.", show_default=False)] = None,
     size_budget_mb: Annotated[float | None, typer.Option(
         min=0, help="Size the result must meet.", show_default=False)] = None,
+    time_budget_s: Annotated[float | None, typer.Option(
+        min=0, help="Wall seconds the compression may take.", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", metavar="FILE.json", help="Per-technique overrides (prune, distill, "
                                               "fuse, quantize, measure, ...).")] = None,
@@ -107,7 +109,8 @@ def submit_cmd(
         {"device": device} if device else {"devices": {"tags": list(tag or [])}}
     constraints = {k: v for k, v in (("max_accuracy_drop", max_accuracy_drop),
                                      ("latency_budget_ms", latency_budget_ms),
-                                     ("size_budget_mb", size_budget_mb)) if v is not None}
+                                     ("size_budget_mb", size_budget_mb),
+                                     ("time_budget_s", time_budget_s)) if v is not None}
     body = {"model_id": model, "dataset_id": dataset, "target": target,
             "constraints": constraints, "config": read_config(config) if config else {}}
     with connect(server, token) as api:

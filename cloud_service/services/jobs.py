@@ -18,7 +18,8 @@ from cloud_service.errors import ConflictError, InvalidInputError, NotFoundError
 from cloud_service.models import Dataset, Device, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-CONSTRAINT_KEYS = ("max_accuracy_drop", "max_map_drop", "latency_budget_ms", "size_budget_mb")
+CONSTRAINT_KEYS = ("max_accuracy_drop", "max_map_drop", "latency_budget_ms", "size_budget_mb",
+                   "time_budget_s")
 #: Base model formats a job compresses: safetensors of a built-in architecture, or ONNX.
 COMPRESSIBLE = ("safetensors", "onnx")
 

@@ -43,10 +43,13 @@ def test_submit_stores_row_then_enqueues_id_only(client: TestClient, auth: dict,
     ({"constraints": {"speed": 1}}, 422, "unknown constraint"),
     ({"config": {"constraints": {"validation_images": "lots"}}}, 422,
      "constraints.validation_images: 'auto', 'dataset' or a number"),
+    ({"constraints": {"time_budget_s": 0}}, 422,
+     "constraints.time_budget_s must be > 0 seconds"),
     ({"model_id": 999999}, 404, "does not exist"),
     ({"dataset_id": 999999}, 404, "does not exist"),
 ], ids=["unknown-profile", "path-as-profile", "bad-option-value", "unknown-option",
         "non-numeric-constraint", "unknown-constraint", "bad-validation-images",
+        "zero-time-budget",
         "unknown-model", "unknown-dataset"])
 def test_invalid_submissions(client: TestClient, auth: dict, tiny_model: dict, digits: dict,
                              override: dict, status: int, words: str) -> None:
