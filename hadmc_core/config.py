@@ -108,8 +108,13 @@ class PruneConfig(TechniqueConfig):
     #: removable latency; "estimate" uses the latency model's estimate alone. Measured
     #: applies only where the latency is measured on this machine.
     ladder_by: str = "measured"
+    #: the order pruned rungs are tried in (``pipeline.Walk``): "bisect" (the middle rung
+    #: first, then halving towards the deepest rung that holds) or "aggressive" (the
+    #: deepest first, then milder ones until one holds)
+    order: str = "bisect"
 
     def validate(self) -> None:
+        _check(self.order in ("bisect", "aggressive"), "prune.order: 'bisect' or 'aggressive'")
         _check(self.ladder_by in ("measured", "estimate"),
                "prune.ladder_by: 'measured' or 'estimate'")
         _check(self.importance in ("taylor", "l1"), "prune.importance: 'taylor' or 'l1'")

@@ -5,7 +5,9 @@ One ``Controller`` runs every technique registered for the configs of the run
 (module phase), then mixed-precision INT8 and INT4 weight-only on the exported graph (graph
 phase), each candidate measured by the backend of the target profile.
 
-It walks a ladder of latency targets, most aggressive first. The rungs are fractions of
+It walks a ladder of latency targets in the order of ``prune.order`` (``Walk``): by
+default the middle rung first, then halving towards the deepest rung that holds. The rungs
+are fractions of
 the latency pruning can remove; where latency is measured on this machine, they are
 placed on measured time (``prune.ladder_by``): the structures the search plans at a few
 estimated fractions are built untrained, quantized and timed whole (latency depends on
@@ -14,10 +16,11 @@ candidate (the module phase allocates channels against the latency model, prunes
 distills, fuses), exports it, and lets each graph-phase technique offer variants (for
 quantization: more and more layers kept in floating point) until one is within the
 accuracy limit; if the FP32 export is already over the limit, it backs off to less
-pruning. The first pruned candidate within every constraint ends the pruned rungs, unless
-every rung so far met them and its drop bound leaves at least half the limit unused
-(``prune.descend_below``): then a rung halfway to the latency floor is tried next, while
-``max_candidates`` allows.
+pruning. A candidate within every constraint rules out the milder rungs, one that misses
+rules out the deeper ones. When the deepest rung held, every rung tried held, and its drop
+bound leaves at least half the limit unused (``prune.descend_below``), a rung halfway to
+the latency floor is tried next. All of it within ``max_candidates`` and the time budget
+(``next_rung``).
 
 The unpruned rung (``1.0`` in ``prune.ladder``, there by default) is measured after the
 pruned ones whatever they gave, outside ``max_candidates`` (it needs no recovery
@@ -169,26 +172,74 @@ def descend(ctx: Any, fraction: float, cand: Candidate) -> float | None:
     return deeper if deeper < fraction - 0.005 else None
 
 
-def next_rung(rungs: list[float], elapsed: float, cost: float, reserve: float,
+class Walk:
+    """The order the pruned rungs are tried in (``prune.order``), over the rungs not yet
+    ruled out (``pending``, deepest first).
+
+    ``aggressive``: the deepest rung first, then milder ones until one meets every
+    constraint. ``bisect``: the middle rung first (the milder of two middles); one that
+    meets the constraints rules out every milder rung, one that misses every deeper rung,
+    so the deepest rung that holds is found in about log2(n + 1) candidates instead of up
+    to n, and a budget that affords one candidate spends it on a rung likelier to pass.
+    Either way, when the deepest rung so far met the constraints and every rung tried did
+    too, ``descend`` may add a deeper one."""
+
+    def __init__(self, rungs: list[float], order: str) -> None:
+        self.pending = sorted(rungs)
+        self.order = order
+        self.all_met = True        # every rung tried met every constraint
+        self.descending = False
+        self._forced: float | None = None
+
+    def pick(self) -> float:
+        if self._forced is not None:
+            return self._forced
+        return self.pending[0] if self.order == "aggressive" else \
+            self.pending[len(self.pending) // 2]
+
+    def met(self, rung: float) -> None:
+        self._forced = None
+        self.pending = [r for r in self.pending if r < rung]
+
+    def missed(self, rung: float) -> None:
+        self._forced, self.all_met = None, False
+        self.pending = [r for r in self.pending if r > rung]
+
+    def room_below(self) -> bool:
+        """Whether descent may add a rung: nothing deeper left to try, none missed."""
+        return not self.pending and self.all_met
+
+    def descend(self, rung: float) -> None:
+        self.pending, self.descending = [rung], True
+
+    def force(self, rung: float) -> None:
+        """Try ``rung`` next (a deeper one after a candidate slower than the latency
+        budget), then go on as before."""
+        self.pending = sorted({rung, *self.pending})
+        self._forced = rung
+
+
+def next_rung(rungs: list[float], pick: float, elapsed: float, cost: float, reserve: float,
               budget: float | None, last_failed: bool) -> tuple[float | None, str | None]:
     """The pruned rung to try next within the time budget, and why the ladder changed
-    course (None when it did not): ``cost`` is what the last pruned candidate took (0 before
-    the first), ``reserve`` what the unpruned rung and the final measurements will take.
-    When the next candidate would not fit, none is tried; when only one more fits after a
-    candidate over a limit, it is the mildest rung left, the one likeliest to pass."""
+    course (None when it did not): ``pick`` is the walk's choice among ``rungs``, ``cost``
+    what the last pruned candidate took (0 before the first), ``reserve`` what the unpruned
+    rung and the final measurements will take. When the next candidate would not fit, none
+    is tried; when only one more fits after a candidate over a limit, it is the mildest
+    rung left, the one likeliest to pass."""
     if not rungs:
         return None, None
     if not budget or cost <= 0:
-        return rungs[0], None
+        return pick, None
     left = budget - elapsed - reserve
     if cost > left:
         return None, (f"time budget: {elapsed:.0f} s spent, the next candidate (about "
                       f"{cost:.0f} s) and the unpruned rung with the final measurements "
                       f"(about {reserve:.0f} s) would pass {budget:g} s")
-    if last_failed and len(rungs) > 1 and 2 * cost > left:
+    if last_failed and len(rungs) > 1 and 2 * cost > left and pick != rungs[-1]:
         return rungs[-1], (f"time budget: {left:.0f} s left for pruned rungs, one more "
                            f"candidate fits: the mildest rung left, {rungs[-1]}")
-    return rungs[0], None
+    return pick, None
 
 
 def accuracy_ok(ctx: Context, bound: DropBound) -> bool:
@@ -263,11 +314,11 @@ class Controller:
         if last:
             rungs.pop()
         budget = ctx.cfg.constraints.latency_budget_ms
-        deepest = True   # every rung so far met the constraints: a deeper one may too
-        descending = False
+        walk = Walk(rungs, ctx.cfg.prune.order)
         cost, failed = 0.0, False
-        while rungs and tried < ctx.cfg.max_candidates:
-            fraction, course = next_rung(rungs, time.monotonic() - ctx.started, cost,
+        while walk.pending and tried < ctx.cfg.max_candidates:
+            fraction, course = next_rung(walk.pending, walk.pick(),
+                                         time.monotonic() - ctx.started, cost,
                                          self.reserve_s(), ctx.cfg.constraints.time_budget_s,
                                          failed)
             if course:
@@ -276,29 +327,28 @@ class Controller:
             if fraction is None:
                 ctx.warnings.append(f"the ladder stopped early: {course}")
                 break
-            rungs.remove(fraction)
             t = time.monotonic()
             cand = self.candidate(fraction)
             cost = time.monotonic() - t
             failed = bool(violations(ctx, cand))
             tried += 1
             self.ladder["tried"].append(fraction)
-            if descending:
+            if walk.descending:
                 self.ladder["descended"].append(fraction)
             if not failed:
-                deeper = descend(ctx, fraction, cand) if deepest else None
-                if deeper is None:
-                    break
-                log.info("candidate %s meets every constraint with room to spare: trying "
-                         "the rung at %.4f", cand.id, deeper)
-                rungs, descending = [deeper], True
+                walk.met(fraction)
+                deeper = descend(ctx, fraction, cand) if walk.room_below() else None
+                if deeper is not None:
+                    log.info("candidate %s meets every constraint with room to spare: "
+                             "trying the rung at %.4f", cand.id, deeper)
+                    walk.descend(deeper)
                 continue
-            deepest = False
+            walk.missed(fraction)
             if cand.status != "accuracy" and budget and cand.latency_ms > budget \
                     and fraction > 0.02:
                 # Accurate but slower than the budget: the estimate was optimistic, so aim
                 # lower in proportion before backing off.
-                rungs.insert(0, round(fraction * budget / cand.latency_ms * 0.95, 4))
+                walk.force(round(fraction * budget / cand.latency_ms * 0.95, 4))
         if last:
             self.unpruned()
             self.ladder["tried"].append(1.0)

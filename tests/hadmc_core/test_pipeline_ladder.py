@@ -204,20 +204,69 @@ def test_next_rung_keeps_within_the_time_budget():
     from hadmc_core.pipeline import next_rung
 
     rungs = [0.3, 0.4, 0.6]
-    # No budget, or no candidate yet to learn the cost from: the next rung in order.
-    assert next_rung(rungs, 500, 300, 200, None, True) == (0.3, None)
-    assert next_rung(rungs, 500, 0, 200, 1000, True) == (0.3, None)
-    # Room for two more candidates: in order.
-    assert next_rung(rungs, 100, 300, 200, 1300, True) == (0.3, None)
+    # No budget, or no candidate yet to learn the cost from: the walk's pick.
+    assert next_rung(rungs, 0.4, 500, 300, 200, None, True) == (0.4, None)
+    assert next_rung(rungs, 0.4, 500, 0, 200, 1000, True) == (0.4, None)
+    # Room for two more candidates: the pick.
+    assert next_rung(rungs, 0.3, 100, 300, 200, 1300, True) == (0.3, None)
     # Room for one more after a miss: the mildest rung left, said why.
-    rung, why = next_rung(rungs, 400, 300, 200, 1000, True)
+    rung, why = next_rung(rungs, 0.3, 400, 300, 200, 1000, True)
     assert rung == 0.6 and "one more candidate fits" in why
-    # ... but after a rung that met the limits (descent), the next one in order.
-    assert next_rung(rungs, 400, 300, 200, 1000, False) == (0.3, None)
+    # ... but after a rung that met the limits, the pick.
+    assert next_rung(rungs, 0.3, 400, 300, 200, 1000, False) == (0.3, None)
     # No room: none, and why, in seconds.
-    rung, why = next_rung(rungs, 600, 300, 200, 1000, True)
+    rung, why = next_rung(rungs, 0.3, 600, 300, 200, 1000, True)
     assert rung is None and "600 s spent" in why and "would pass 1000 s" in why
-    assert next_rung([], 0, 0, 0, 1000, False) == (None, None)
+    assert next_rung([], 0.3, 0, 0, 0, 1000, False) == (None, None)
+
+
+def _walk(order, holds, rungs=(0.2, 0.3, 0.45, 0.65)):
+    """The rungs a walk tries when every rung from ``holds`` up meets the constraints."""
+    from hadmc_core.pipeline import Walk
+
+    walk, tried = Walk(list(rungs), order), []
+    while walk.pending:
+        r = walk.pick()
+        tried.append(r)
+        walk.met(r) if r >= holds else walk.missed(r)
+    return tried, walk
+
+
+def test_bisect_finds_the_deepest_rung_that_holds_in_fewer_candidates():
+    # The middle rung (the milder of two middles) first, then halving.
+    assert _walk("bisect", 0.45)[0] == [0.45, 0.3]
+    assert _walk("bisect", 0.3)[0] == [0.45, 0.3, 0.2]
+    assert _walk("bisect", 0.65)[0] == [0.45, 0.65]
+    assert _walk("bisect", 0.9)[0] == [0.45, 0.65]        # none holds
+    # Deepest first: one candidate per rung that misses.
+    assert _walk("aggressive", 0.45)[0] == [0.2, 0.3, 0.45]
+    assert _walk("aggressive", 0.9)[0] == [0.2, 0.3, 0.45, 0.65]
+    # Descent may follow only when the deepest rung held and nothing missed.
+    assert _walk("bisect", 0.1)[1].room_below()
+    assert _walk("bisect", 0.2)[1].room_below()           # 0.45, 0.3 and 0.2 held
+    assert not _walk("bisect", 0.3)[1].room_below()       # 0.2 missed
+    assert _walk("aggressive", 0.2)[1].room_below()
+    assert not _walk("aggressive", 0.3)[1].room_below()
+
+
+def test_a_forced_rung_is_tried_next_and_the_walk_goes_on():
+    from hadmc_core.pipeline import Walk
+
+    walk = Walk([0.2, 0.3, 0.45, 0.65], "bisect")
+    assert walk.pick() == 0.45
+    walk.missed(0.45)              # accurate but slower than a latency budget
+    walk.force(0.35)
+    assert walk.pick() == 0.35 and walk.pending == [0.35, 0.65]
+    walk.missed(0.35)
+    assert walk.pick() == 0.65
+
+
+def test_the_order_is_a_config_choice():
+    from hadmc_core.errors import ConfigError
+
+    assert PipelineConfig().prune.order == "bisect"
+    with pytest.raises(ConfigError, match="prune.order: 'bisect' or 'aggressive'"):
+        PipelineConfig.from_dict({"prune": {"order": "random"}})
 
 
 def test_a_time_budget_stops_the_pruned_rungs_and_says_so(convnet, digits, tmp_path):
@@ -232,8 +281,9 @@ def test_a_time_budget_stops_the_pruned_rungs_and_says_so(convnet, digits, tmp_p
     cfg["constraints"] = {**cfg["constraints"], "time_budget_s": 0.001}
     rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "o",
                    PipelineConfig.from_dict(cfg)).report
-    # The first candidate's cost already passes the budget: the unpruned rung comes next.
-    assert rep["ladder"]["tried"] == [rep["ladder"]["rungs"][0], 1.0], rep["ladder"]
+    # The first candidate (the middle rung) already passes the budget: the unpruned rung
+    # comes next.
+    assert rep["ladder"]["tried"] == [rep["ladder"]["rungs"][1], 1.0], rep["ladder"]
     assert rep["ladder"]["time_budget"][0].startswith("time budget: ")
     assert any(w.startswith("the ladder stopped early: time budget") for w in rep["warnings"])
     assert rep["config"]["constraints"]["time_budget_s"] == 0.001
