@@ -125,6 +125,10 @@ class Prune(Technique):
         estimate (whose error is largest near the floor, where per-node costs dominate)."""
         floor = ctx.floor_fraction
         fractions = sorted({round(floor + p * (1 - floor), 4) for p in LADDER_PROBES})
+        if 1 - floor < 0.02:
+            log.info("ladder placed by the estimate: pruning is estimated to remove %.1f %% "
+                     "of the latency, nothing to measure", 100 * (1 - floor))
+            return
         with ctx.stage("search"):
             plans: list[dict[str, int] | None] = [
                 self.allocate(ctx, cfg, st, f, f"ladder-{f}").keep for f in fractions]

@@ -173,6 +173,11 @@ def test_the_ladder_is_placed_by_timing_the_searched_structures(convnet, digits,
     rep = compress(convnet, digits, load_profile("x86-avx2"), tmp_path / "o",
                    PipelineConfig.from_dict(cfg)).report
     lad = rep["ladder"]
+    if 1 - lad["floor_fraction"] < 0.02:
+        # The latency model may estimate that pruning this small a model removes nothing
+        # (microseconds of overhead): then there is no curve to measure.
+        assert lad["placement"] == "estimate" and lad["measured_ms"] == [], lad
+        return
     fractions = [f for f, _ in lad["measured_ms"]]
     # The floor, four probes above it, the unpruned model last, each timed.
     assert len(fractions) == 6 and fractions[0] == lad["floor_fraction"] and fractions[-1] == 1.0
