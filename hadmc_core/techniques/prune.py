@@ -124,11 +124,11 @@ class Prune(Technique):
         built, so the ladder is placed by what the runtime measures rather than by the
         estimate (whose error is largest near the floor, where per-node costs dominate)."""
         floor = ctx.floor_fraction
-        fractions = sorted({round(floor + p * (1 - floor), 4) for p in LADDER_PROBES})
         if 1 - floor < 0.02:
             log.info("ladder placed by the estimate: pruning is estimated to remove %.1f %% "
                      "of the latency, nothing to measure", 100 * (1 - floor))
             return
+        fractions = sorted({round(floor + p * (1 - floor), 4) for p in LADDER_PROBES})
         with ctx.stage("search"):
             plans: list[dict[str, int] | None] = [
                 self.allocate(ctx, cfg, st, f, f"ladder-{f}").keep for f in fractions]
